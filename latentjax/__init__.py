@@ -1,0 +1,13 @@
+"""latentjax: latent dynamics of neural populations in JAX.
+
+    >>> import latentjax as lj
+    >>> data = lj.datasets.lorenz(seed=0)
+"""
+
+from latentjax import data, datasets
+from latentjax.data import Trials
+from latentjax.results import FitResult, Posterior
+
+__version__ = "0.1.0"
+
+__all__ = ["FitResult", "Posterior", "Trials", "data", "datasets"]

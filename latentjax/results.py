@@ -1,0 +1,73 @@
+"""What fitting and inference return: `FitResult` and `Posterior`.
+
+Both are plain containers that know nothing of the family that made them, so metrics,
+geometry, plots and reports can read them without importing any model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["FitResult", "Posterior"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Posterior:
+    """Inferred latent state of a batch of trials.
+
+    Attributes:
+      latents: `[trials, time, latents]` posterior mean of the latent state.
+      rates: `[trials, time, neurons]` expected counts per bin (same unit as `Trials.spikes`),
+        or None for families without an observation model.
+      extras: family-specific arrays (`covariances`, `factors`, `inputs`, `coupling`, ...),
+        also readable as attributes: `posterior.covariances`.
+    """
+
+    latents: Any
+    rates: Any = None
+    extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        extras = self.__dict__.get("extras", {})
+        if name in extras:
+            return extras[name]
+        raise AttributeError(f"Posterior has no field {name!r}; extras: {sorted(extras)}")
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """All arrays as a flat dict of NumPy arrays (what `posterior.npz` holds)."""
+        arrays = {"latents": np.asarray(self.latents)}
+        if self.rates is not None:
+            arrays["rates"] = np.asarray(self.rates)
+        arrays.update({k: np.asarray(v) for k, v in self.extras.items() if v is not None})
+        return arrays
+
+    @classmethod
+    def from_numpy(cls, arrays: Mapping[str, Any]) -> Posterior:
+        arrays = dict(arrays)
+        latents = arrays.pop("latents")
+        rates = arrays.pop("rates", None)
+        return cls(latents=latents, rates=rates, extras=arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """A fitted model.
+
+    Attributes:
+      params: the family's parameter pytree (for a population member, that member's slice).
+      config: the family's `Config` (frozen dataclass); its type selects the family.
+      history: dict of arrays logged during fitting (`loss`, `valid_loss` or
+        `log_likelihood`, `step`, ...).
+      run_dir: the run folder, or None when fitted without `out=`.
+    """
+
+    params: Any
+    config: Any
+    history: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    run_dir: str | None = None
