@@ -314,8 +314,10 @@ class Trials:
         return self.select_neurons(np.array([r == name for r in self.regions]))
 
     def __repr__(self) -> str:
+        if len(getattr(self.spikes, "shape", ())) != 3:  # leaves replaced by a tree_map
+            return "Trials(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in _LEAVES) + ")"
         extras = [
-            f"{f}={np.shape(getattr(self, f))}"
+            f"{f}={getattr(self, f).shape}"
             for f in ("behavior", "conditions")
             if getattr(self, f) is not None
         ]
@@ -324,8 +326,7 @@ class Trials:
         if isinstance(self.mask, np.ndarray) and not self.mask.all():
             extras.append(f"observed={float(np.mean(self.mask)):.0%}")
         kind = "signals" if self.continuous else "spikes"
-        num_trials, num_bins, num_neurons = np.shape(self.spikes)
         return (
-            f"Trials({num_trials} trials x {num_bins} bins x {num_neurons} "
+            f"Trials({self.num_trials} trials x {self.num_bins} bins x {self.num_neurons} "
             f"neurons of {kind}, dt={self.dt:g}s" + "".join(", " + e for e in extras) + ")"
         )
