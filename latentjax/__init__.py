@@ -5,9 +5,9 @@
 """
 
 from latentjax import data, datasets
-from latentjax.data import Trials
+from latentjax.data import Trials, io
 from latentjax.results import FitResult, Posterior
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "Posterior", "Trials", "data", "datasets"]
+__all__ = ["FitResult", "Posterior", "Trials", "data", "datasets", "io"]

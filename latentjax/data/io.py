@@ -1,0 +1,114 @@
+"""Reading and writing `Trials`: `.npz` files (exact round trip) and NWB files (NLB layout).
+
+`save(trials, path)` writes every field of a `Trials` to a `.npz` file, without pickle: string
+labels (regions, neuron ids, condition names) are stored as unicode arrays. `load(path)` reads
+it back, or dispatches `.nwb` files to `load_nwb`.
+
+A hand-made `.npz` file loads too: only `spikes` `[trials, time, neurons]` and `dt` (seconds
+per bin) are required; the other fields take their `Trials` defaults.
+
+Example:
+  >>> import numpy as np, latentjax as lj
+  >>> trials = lj.Trials(np.ones((2, 5, 3), dtype=np.int32), dt=0.01, regions=["M1"] * 3)
+  >>> lj.io.save(trials, "session.npz")
+  >>> lj.io.load("session.npz").regions
+  ('M1', 'M1', 'M1')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from latentjax.data.nwb import load_nwb, nwb_heldout_units
+from latentjax.data.trials import Trials
+
+__all__ = ["load", "load_nwb", "nwb_heldout_units", "save"]
+
+_REQUIRED = ("spikes", "dt")
+_OPTIONAL = (
+    "times",
+    "mask",
+    "behavior",
+    "conditions",
+    "condition_names",
+    "regions",
+    "neuron_ids",
+    "continuous",
+)
+
+
+def save(trials: Trials, path) -> None:
+    """Write `trials` to a `.npz` file; `load(path)` gives back equal fields and dtypes.
+
+    Args:
+      trials: the `Trials` to write.
+      path: destination ending in `.npz`; written atomically (a temporary file, then a rename).
+    """
+    if not isinstance(trials, Trials):
+        raise ValueError(f"save: `trials` must be a Trials, got {type(trials).__name__}")
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"save: `path` must end in .npz, got {str(path)!r}")
+    arrays = {"dt": np.asarray(trials.dt), "continuous": np.asarray(trials.continuous)}
+    for name, value in trials.fields().items():
+        if name in arrays or value is None:
+            continue
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise ValueError(
+                f"save: `{name}` holds values that need pickle to store (dtype object); "
+                "use strings or numbers"
+            )
+        arrays[name] = array
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, **arrays)
+    os.replace(partial, path)
+
+
+def load(path, **nwb_options) -> Trials:
+    """Read `Trials` from a `.npz` file (written by `save`) or an NWB file (`load_nwb`).
+
+    Args:
+      path: a `.npz` or `.nwb` file.
+      **nwb_options: keyword arguments of `load_nwb` (`bin_size` is required for `.nwb`).
+    """
+    path = Path(path)
+    if path.suffix == ".nwb":
+        if "bin_size" not in nwb_options:
+            raise ValueError(
+                f"load: reading the NWB file {str(path)!r} needs `bin_size` (seconds per bin), "
+                "e.g. lj.io.load(path, bin_size=0.005)"
+            )
+        return load_nwb(path, **nwb_options)
+    if nwb_options:
+        raise ValueError(
+            f"load: options {sorted(nwb_options)} apply to .nwb files only, not {str(path)!r}"
+        )
+    if path.suffix != ".npz":
+        raise ValueError(f"load: `path` must end in .npz or .nwb, got {str(path)!r}")
+    return _load_npz(path)
+
+
+def _load_npz(path: Path) -> Trials:
+    if not path.is_file():
+        raise ValueError(f"load: no such file {str(path)!r}")
+    with np.load(path, allow_pickle=False) as archive:
+        stored = {name: archive[name] for name in archive.files}
+    for name in _REQUIRED:
+        if name not in stored:
+            raise ValueError(f"load: {str(path)!r} has no `{name}` array (required)")
+    unknown = sorted(set(stored) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ValueError(
+            f"load: {str(path)!r} holds arrays {unknown} that are not Trials fields; "
+            f"known fields are {list(_REQUIRED + _OPTIONAL)}"
+        )
+    for name in ("dt", "continuous"):
+        if name in stored:
+            if stored[name].ndim != 0:
+                raise ValueError(f"load: `{name}` in {str(path)!r} must be a scalar")
+            stored[name] = stored[name].item()
+    return Trials(**stored)
