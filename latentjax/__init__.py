@@ -4,10 +4,11 @@
     >>> data = lj.datasets.lorenz(seed=0)
 """
 
-from latentjax import data, datasets
+from latentjax import data, datasets, metrics
 from latentjax.data import Trials, io
+from latentjax.evaluate import evaluate
 from latentjax.results import FitResult, Posterior
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "Posterior", "Trials", "data", "datasets", "io"]
+__all__ = ["FitResult", "Posterior", "Trials", "data", "datasets", "evaluate", "io", "metrics"]
