@@ -28,6 +28,7 @@ from latentjax.data.trials import Trials
 __all__ = ["load", "load_nwb", "nwb_heldout_units", "save"]
 
 _REQUIRED = ("spikes", "dt")
+_LABELS = ("condition_names", "regions", "neuron_ids")
 _OPTIONAL = (
     "times",
     "mask",
@@ -111,4 +112,7 @@ def _load_npz(path: Path) -> Trials:
             if stored[name].ndim != 0:
                 raise ValueError(f"load: `{name}` in {str(path)!r} must be a scalar")
             stored[name] = stored[name].item()
+    for name in _LABELS:  # back to Python str / int labels, as Trials holds them
+        if name in stored:
+            stored[name] = stored[name].tolist()
     return Trials(**stored)
