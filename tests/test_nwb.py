@@ -288,3 +288,24 @@ def test_pynapple_file_cut_into_trials():
     assert trials.shape == (int(epoch_stop), 20, 3)
     assert trials.neuron_ids == (6, 191, 206)
     assert trials.spikes.sum() == np.sum(flat < int(epoch_stop))
+
+
+def test_trials_without_the_align_event_are_dropped_with_a_warning(tmp_path, spike_times):
+    path = write_nwb(tmp_path / "nan_onset.nwb", spike_times, behavior=False)
+    with h5py.File(path, "r+") as file:
+        file["intervals/trials/move_onset_time"][1] = np.nan
+    with pytest.warns(UserWarning, match="dropped 1 trial"):
+        trials = lj.io.load_nwb(path, bin_size=BIN, align="move_onset_time", window=(-0.3, 0.5))
+    assert trials.num_trials == 3
+    np.testing.assert_array_equal(
+        trials.spikes[1, :, 0], histogram_counts(spike_times[0], MOVE_ONSETS[2] - 0.3, 8)
+    )
+
+
+def test_behavior_must_cover_the_trials(tmp_path, spike_times):
+    path = write_nwb(tmp_path / "long.nwb", spike_times, trials=False, epochs=[(0.0, 12.0)])
+    with pytest.raises(ValueError, match="'hand_vel' does not cover the trials"):
+        lj.io.load_nwb(path, bin_size=BIN, trial_length=1.0)
+    with pytest.raises(ValueError, match="exceeds the recording"):
+        lj.io.load_nwb(path, bin_size=BIN, trial_length=20.0)
+    assert lj.io.load_nwb(path, bin_size=BIN, trial_length=1.0, behavior=()).num_trials == 12
