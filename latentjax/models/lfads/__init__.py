@@ -1,0 +1,18 @@
+"""LFADS: latent factor analysis via dynamical systems (Pandarinath et al. 2018), in Flax.
+
+A bidirectional-GRU encoder infers each trial's initial condition, a controller infers
+time-varying inputs (Gaussian or AR(1) prior), and a clipped-GRU generator produces factors
+that a per-session read-out maps to rates (Poisson) or continuous signals (Gaussian, Gamma,
+zero-inflated Gamma). AutoLFADS augmentations (coordinated dropout, sample validation) guard
+against identity overfitting; its hyperparameter search is `lj.sweep` with PBT over the knobs.
+
+    >>> import latentjax as lj
+    >>> config = lj.models.lfads.Config.preset("lorenz")
+    >>> result = lj.fit(config, train)                     # doctest: +SKIP
+    >>> post = lj.infer(result, test, n_samples=20)        # doctest: +SKIP
+"""
+
+from latentjax.models.lfads.config import Config
+from latentjax.models.lfads.family import init, loss, posterior, validation_loss
+
+__all__ = ["Config", "init", "loss", "posterior", "validation_loss"]
