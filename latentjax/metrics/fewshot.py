@@ -71,7 +71,7 @@ def few_shot_co_bps(
         scored_latents = np.where(observed[scored_idx][..., None], latents[scored_idx], 0.0)
         predicted = np.stack(
             [
-                PoissonRegressor(alpha=penalty, max_iter=1000)
+                PoissonRegressor(alpha=penalty, solver="newton-cholesky", max_iter=200)
                 .fit(shot_latents, spikes_heldout[shot_idx][keep][:, neuron])
                 .predict(scored_latents.reshape(-1, latents.shape[2]))
                 .reshape(scored_latents.shape[:2])

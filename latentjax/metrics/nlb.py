@@ -88,7 +88,7 @@ def bits_per_spike(rates, spikes, *, mask=None) -> float:
     model_rates = np.where(model_rates == 0, RATE_FLOOR, model_rates)
     null_rates = np.where(null_rates == 0, RATE_FLOOR, null_rates)
     gain = _poisson_log_likelihood(model_rates, y) - _poisson_log_likelihood(null_rates, y)
-    return gain / total_spikes / np.log(2)
+    return float(gain / total_spikes / np.log(2))
 
 
 def co_bps(rates_heldout, spikes_heldout, *, mask=None) -> float:
