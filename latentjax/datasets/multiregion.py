@@ -157,7 +157,7 @@ def multiregion(
 
     Example:
       >>> data = multiregion(seed=0, num_trials=4)
-      >>> data.trials.region_names, data.truth["delays"][0, 1]
+      >>> data.trials.region_names, int(data.truth["delays"][0, 1])
       (('R0', 'R1', 'R2'), 2)
     """
     rng = make_rng(_NAME, seed)

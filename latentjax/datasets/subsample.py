@@ -27,9 +27,9 @@ def subsample(
 ) -> Trials | tuple[Trials, np.ndarray]:
     """Drop bins at random, keeping a fraction `keep` of each trial's observed bins.
 
-    Each trial keeps `max(1, round(keep * observed))` of its observed bins, drawn without
-    replacement; dropped and already-unobserved bins are removed and the kept ones compacted
-    to the front (see the module doc).
+    Each trial keeps `max(1, round(keep * observed))` of its observed bins (none if it has
+    none), drawn without replacement; dropped and already-unobserved bins are removed and the
+    kept ones compacted to the front (see the module doc).
 
     Args:
       trials: `Trials` `[trials, time, neurons]`.
@@ -59,7 +59,7 @@ def subsample(
 
     mask = np.asarray(trials.mask)
     observed = mask.sum(axis=1)
-    num_kept = np.maximum(1, np.round(keep * observed)).astype(int)
+    num_kept = np.where(observed > 0, np.maximum(1, np.round(keep * observed)), 0).astype(int)
     # A random priority per observed bin; each trial keeps its num_kept highest, in time order.
     priority = np.where(mask, rng.random(mask.shape), -1.0)
     rank = np.argsort(np.argsort(-priority, axis=1), axis=1)
