@@ -4,11 +4,26 @@
     >>> data = lj.datasets.lorenz(seed=0)
 """
 
-from latentjax import data, datasets, metrics
+from latentjax import data, datasets, metrics, train
+from latentjax.api import fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate
 from latentjax.results import FitResult, Posterior
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "Posterior", "Trials", "data", "datasets", "evaluate", "io", "metrics"]
+__all__ = [
+    "FitResult",
+    "Posterior",
+    "Trials",
+    "data",
+    "datasets",
+    "evaluate",
+    "fit",
+    "infer",
+    "io",
+    "load_run",
+    "metrics",
+    "sweep",
+    "train",
+]

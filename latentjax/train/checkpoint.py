@@ -1,0 +1,76 @@
+"""Checkpoints of the whole training state with orbax, in `RUN_DIR/checkpoints/STEP`.
+
+What one checkpoint holds: the loop state of every member (parameters, optimiser or EM
+state, step, PRNG key, the epoch's data order, schedule position, best parameters for early
+stopping, non-finite counters), the knobs (which population-based training changes), and
+a JSON record with the config hash and the step.
+
+Atomicity is orbax's: a checkpoint is written into a temporary directory
+(`STEP.orbax-checkpoint-tmp-*`) and renamed once complete, so a process killed mid-write
+leaves only a temporary directory that `latest_step` ignores; the previous checkpoint stays
+the latest readable one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpoints"]
+
+
+class Checkpoints:
+    """Save and restore training states in `directory` (created on first save)."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        """Step of the latest complete checkpoint, or None."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, record: dict) -> None:
+        """Start writing `state` (a pytree of arrays) and `record` (JSON) at `step`.
+
+        The write finishes in the background; `wait` blocks until it is committed.
+        """
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """The state saved at `step`, with the structure, dtypes and shardings of `like`
+        (concrete arrays or `jax.ShapeDtypeStruct`s), and its JSON record."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.record
+
+    def record(self, step: int) -> dict:
+        """The JSON record saved at `step` (no arrays are read)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+        )
+        return restored.record
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,171 @@
+"""`TrainConfig` (optimiser and loop settings) and the knobs of a Config.
+
+A *knob* is a continuous hyperparameter that a population may vary (learning rate, KL and L2
+weights, dropout rates): a dataclass field declared with `metadata={"knob": True}`. Knobs are
+addressed by dotted paths through nested configs (`"train.learning_rate"`). Inside compiled
+code the engine replaces every knob by a traced scalar, so one program serves every member
+of a population and every knob value; family code must use knobs only arithmetically.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["TrainConfig", "check_grid", "knob", "knob_values", "static_config", "with_knobs"]
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def knob(default: float) -> Any:
+    """A dataclass field for a continuous hyperparameter that populations may vary."""
+    return dataclasses.field(default=default, metadata={"knob": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and loop settings shared by every gradient-trained family.
+
+    Attributes:
+      learning_rate: peak learning rate of AdamW (knob).
+      weight_decay: decoupled weight decay of AdamW (knob).
+      batch_size: trials per minibatch, drawn without replacement from a per-epoch
+        permutation; None uses every trial at every step.
+      steps: optimisation steps (EM iterations for Fitter families).
+      grad_clip: clip gradients to this global norm; None leaves them alone.
+      schedule: learning-rate decay after warm-up: "constant", "cosine" or "linear" (to
+        `final_lr_fraction` of the peak at `steps`).
+      warmup_steps: linear warm-up of the learning rate from 0.
+      final_lr_fraction: learning rate at the last step, as a fraction of the peak.
+      chunk_size: steps per compiled chunk; the host logs, validates, early-stops and
+        checkpoints between chunks.
+      checkpoint_every: steps between checkpoints (rounded up to whole chunks); a checkpoint
+        is always written at the end.
+      patience: stop after this many validations (one per chunk) without improvement of the
+        validation loss; None never stops early.
+      max_nonfinite: stop with `NonFiniteError` after this many consecutive steps whose loss,
+        gradient or new state was not finite (each such update is skipped).
+    """
+
+    learning_rate: float = knob(1e-3)
+    weight_decay: float = knob(0.0)
+    batch_size: int | None = None
+    steps: int = 1000
+    grad_clip: float | None = None
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.0
+    chunk_size: int = 100
+    checkpoint_every: int = 1000
+    patience: int | None = None
+    max_nonfinite: int = 20
+
+    def __post_init__(self):
+        positive = {"steps": self.steps, "chunk_size": self.chunk_size}
+        positive["checkpoint_every"] = self.checkpoint_every
+        positive["max_nonfinite"] = self.max_nonfinite
+        if self.batch_size is not None:
+            positive["batch_size"] = self.batch_size
+        if self.patience is not None:
+            positive["patience"] = self.patience
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig: `{name}` must be a positive int, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"TrainConfig: `schedule` must be one of {SCHEDULES}, got {self.schedule!r}"
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig: `grad_clip` must be > 0 or None, got {self.grad_clip}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(
+                f"TrainConfig: `warmup_steps` must be an int >= 0, got {self.warmup_steps!r}"
+            )
+
+
+def _is_config(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def knob_values(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every knob of `config` (nested configs included) as `{dotted path: value}`."""
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        path = prefix + field.name
+        if field.metadata.get("knob"):
+            values[path] = value
+        elif _is_config(value):
+            values.update(knob_values(value, path + "."))
+    return values
+
+
+def with_knobs(config: Any, values: Mapping[str, Any], *, validate: bool = True) -> Any:
+    """A copy of `config` with the knobs at the given dotted paths replaced.
+
+    With `validate=True` the copies are built by `dataclasses.replace` (running the config's
+    own checks); with `validate=False` (inside compiled code, where the values are tracers)
+    the fields are set directly, so a config's `__post_init__` never sees a tracer.
+    """
+    own, nested = {}, {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            own[head] = value
+    for head, inner in nested.items():
+        own[head] = with_knobs(getattr(config, head), inner, validate=validate)
+    if validate:
+        return dataclasses.replace(config, **own)
+    clone = copy.copy(config)
+    for name, value in own.items():
+        object.__setattr__(clone, name, value)
+    return clone
+
+
+def _knob_defaults(config: Any, prefix: str = "") -> dict[str, Any]:
+    defaults = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        path = prefix + field.name
+        if field.metadata.get("knob"):
+            defaults[path] = value if field.default is dataclasses.MISSING else field.default
+        elif _is_config(value):
+            defaults.update(_knob_defaults(value, path + "."))
+    return defaults
+
+
+def static_config(config: Any) -> Any:
+    """`config` with every knob set to its declared default.
+
+    This is the compile-time (hashable) part of a config: two configs that differ only in
+    knob values share one compiled program, the knobs being passed as traced arguments.
+    """
+    return with_knobs(config, _knob_defaults(config))
+
+
+def check_grid(config: Any, grid: Mapping[str, Any] | None) -> dict[str, list[float]]:
+    """Validate a population grid `{knob path: [values]}` against the knobs of `config`."""
+    if grid is None:
+        return {}
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"grid must map knob names to lists of values, got {type(grid).__name__}")
+    knobs = knob_values(config)
+    checked = {}
+    for path, values in grid.items():
+        if path not in knobs:
+            raise ValueError(
+                f"grid: {path!r} is not a knob of {type(config).__name__}; knobs are "
+                f"{sorted(knobs)} (sizes and choices cannot vary inside one population)"
+            )
+        values = list(values) if not isinstance(values, (int, float)) else [values]
+        if not values:
+            raise ValueError(f"grid: {path!r} has no values")
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"grid: {path!r} values must be numbers, got {value!r}")
+        checked[path] = [float(v) for v in values]
+    return checked

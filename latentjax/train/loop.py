@@ -1,0 +1,364 @@
+"""The engine's loop: compiled chunks of steps for a whole population, host work in between.
+
+One compiled program, `run_chunk`, advances every member of a population by `chunk_size`
+steps (`lax.scan` over steps inside `vmap` over members), then computes each member's
+validation loss and keeps its best parameters. The program depends only on the static part
+of the config (knobs travel as traced arguments) and on array shapes, so it is compiled once
+per shape and reused by later chunks and later fits. Between chunks the host logs, shows
+progress, early-stops, runs population-based training and writes checkpoints.
+
+A single fit is a population of one: the same program, the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from latentjax.train.checkpoint import Checkpoints
+from latentjax.train.config import with_knobs
+from latentjax.train.fitter import Fitter
+from latentjax.train.gradient import tree_where
+from latentjax.train.pbt import PBTConfig, exploit_explore, take_members
+from latentjax.train.population import Population
+from latentjax.train.run import MetricsLog, RunDir
+
+__all__ = [
+    "LoopState",
+    "NonFiniteError",
+    "Program",
+    "TrainOutcome",
+    "run_chunk",
+    "train_population",
+]
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped after too many consecutive non-finite steps (loss, gradient or
+    state); the last checkpoint written before is intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Everything static about a training run: the compile-time key of `run_chunk`.
+
+    Attributes:
+      make_fitter: `config -> Fitter`, called inside compiled code with knobs as tracers;
+        must be hashable and equal across calls for the same family (a module-level
+        function, or `gradient.FamilyGradientFitter`).
+      config: the config with its knobs at their defaults (`config.static_config`).
+      validation_loss: `(params, trials, key, config, step) -> (scalar, aux)`, or None.
+      chunk_size: steps per compiled chunk.
+      max_nonfinite: consecutive non-finite steps after which a member stops.
+    """
+
+    make_fitter: Callable[[Any], Fitter]
+    config: Any
+    validation_loss: Callable | None = None
+    chunk_size: int = 100
+    max_nonfinite: int = 20
+
+
+class LoopState(NamedTuple):
+    """One member's training state (every leaf gains a leading `[members]` axis).
+
+    fitter_state: the Fitter's state (`.params` holds the parameters); key: the member's
+    base PRNG key (step `t` uses `fold_in(key, t)`); step: steps taken; consecutive_nonfinite
+    and nonfinite_steps: non-finite counters; best_params, best_valid, since_best: early
+    stopping on the validation loss (`best_params` is None without validation data).
+    """
+
+    fitter_state: Any
+    key: jax.Array
+    step: jax.Array
+    consecutive_nonfinite: jax.Array
+    nonfinite_steps: jax.Array
+    best_params: Any
+    best_valid: jax.Array
+    since_best: jax.Array
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _init_member(program: Program, params, knobs, key, train) -> LoopState:
+    config = with_knobs(program.config, knobs, validate=False)
+    fitter_state = program.make_fitter(config).init(params, train)
+    if not hasattr(fitter_state, "params"):
+        raise ValueError(
+            f"Fitter: the state returned by init must have a `params` field, got "
+            f"{type(fitter_state).__name__}"
+        )
+    zero = jnp.zeros((), jnp.int32)
+    return LoopState(
+        fitter_state=fitter_state,
+        key=key,
+        step=zero,
+        consecutive_nonfinite=zero,
+        nonfinite_steps=zero,
+        best_params=None if program.validation_loss is None else params,
+        best_valid=jnp.asarray(jnp.inf, jnp.float32),
+        since_best=zero,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_population(program: Program, params, knobs, keys, train) -> LoopState:
+    """The initial `LoopState` of every member from `params`, `knobs` and `keys` (each with a
+    leading `[members]` axis) and the training data."""
+    member = functools.partial(_init_member, program)
+    return jax.vmap(member, in_axes=(0, 0, 0, None))(params, knobs, keys, train)
+
+
+def _validation_key(key, step):
+    return jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFF), step)
+
+
+def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_step):
+    config = with_knobs(program.config, knobs, validate=False)
+    fitter = program.make_fitter(config)
+
+    def one_step(state: LoopState, _):
+        active = (state.step < stop_step) & (state.consecutive_nonfinite < program.max_nonfinite)
+        key = jax.random.fold_in(state.key, state.step)
+        new_fitter_state, info = fitter.step(state.fitter_state, train, key)
+        state_finite = _all_finite(new_fitter_state)
+        nonfinite = ~jnp.isfinite(info["loss"]) | ~state_finite | (info.get("skipped", 0) > 0)
+        keep_new = active & state_finite
+        fitter_state = tree_where(keep_new, new_fitter_state, state.fitter_state)
+        counted = active & nonfinite
+        state = state._replace(
+            fitter_state=fitter_state,
+            step=state.step + active.astype(jnp.int32),
+            consecutive_nonfinite=jnp.where(
+                active,
+                jnp.where(nonfinite, state.consecutive_nonfinite + 1, 0),
+                state.consecutive_nonfinite,
+            ),
+            nonfinite_steps=state.nonfinite_steps + counted.astype(jnp.int32),
+        )
+        scalars = {k: jnp.asarray(v, jnp.float32) for k, v in info.items() if jnp.ndim(v) == 0}
+        scalars.pop("skipped", None)
+        return state, (scalars, active & ~nonfinite, counted)
+
+    steps_before = state.nonfinite_steps
+    state, (infos, good, _) = jax.lax.scan(one_step, state, None, length=program.chunk_size)
+    num_good = jnp.maximum(good.sum(), 1)
+    summary = {
+        name: jnp.where(good.any(), jnp.where(good, values, 0.0).sum() / num_good, jnp.nan)
+        for name, values in infos.items()
+    }
+    summary["nonfinite_steps"] = state.nonfinite_steps - steps_before
+    summary["consecutive_nonfinite"] = state.consecutive_nonfinite
+
+    if program.validation_loss is not None:
+        params = state.fitter_state.params
+        valid_loss, valid_aux = program.validation_loss(
+            params, valid, _validation_key(state.key, state.step), config, state.step
+        )
+        improved = valid_loss < state.best_valid
+        state = state._replace(
+            best_params=tree_where(improved, params, state.best_params),
+            best_valid=jnp.where(improved, valid_loss, state.best_valid),
+            since_best=jnp.where(improved, 0, state.since_best + 1),
+        )
+        summary["valid_loss"] = valid_loss
+        summary["since_best"] = state.since_best
+        for name, value in valid_aux.items():
+            if jnp.ndim(value) == 0:
+                summary["valid_" + name] = jnp.asarray(value, jnp.float32)
+    return state, summary
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step):
+    """Advance every member by `program.chunk_size` steps (members stop at `stop_step` or
+    after `program.max_nonfinite` consecutive non-finite steps), then validate.
+
+    Returns the new state and a summary of `[members]` arrays: the mean of each scalar of
+    the Fitter's `info` over the chunk's finite steps, `nonfinite_steps`,
+    `consecutive_nonfinite`, and with validation data `valid_loss` and `since_best`.
+    """
+    member = functools.partial(_chunk_member, program)
+    return jax.vmap(member, in_axes=(0, 0, None, None, None))(state, knobs, train, valid, stop_step)
+
+
+class TrainOutcome(NamedTuple):
+    """params: final (or, with validation data, best) parameters, host arrays with a leading
+    `[members]` axis; knobs: final knob values `{path: [members]}`; log: the metrics lines;
+    failed: `[members]` bool, members stopped by non-finite steps."""
+
+    params: Any
+    knobs: dict
+    log: list
+    failed: np.ndarray
+
+
+def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int) -> dict:
+    line = {
+        "step": step,
+        "time": time.time(),
+        "steps_per_second": steps_done / seconds if seconds > 0 else math.nan,
+    }
+    for name, values in summary.items():
+        if name == "consecutive_nonfinite":
+            continue
+        line[name] = [_json_number(v) for v in np.asarray(values).tolist()]
+    line["knobs"] = {path: np.asarray(v).tolist() for path, v in knobs.items()}
+    return line
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def train_population(
+    program: Program,
+    params: Any,
+    knobs: dict[str, np.ndarray],
+    keys: np.ndarray,
+    train: Any,
+    valid: Any = None,
+    *,
+    steps: int,
+    checkpoint_every: int,
+    patience: int | None = None,
+    run: RunDir | None = None,
+    run_hash: str = "",
+    progress: bool = True,
+    pbt: PBTConfig | None = None,
+    explored: tuple[str, ...] = (),
+    devices=None,
+) -> TrainOutcome:
+    """Train a population to `steps` steps (or until early stopping) and return it.
+
+    Args:
+      program: the static description of the compiled step (`Program`).
+      params: initial parameters, host arrays with a leading `[members]` axis.
+      knobs: `{knob path: [members] float32}`, every knob of the config.
+      keys: `[members, 2]` uint32 PRNG keys of the loop.
+      train, valid: `Trials` (valid may be None: no validation, no early stopping).
+      steps: total steps per member.
+      checkpoint_every: steps between checkpoints (with `run`).
+      patience: validations without improvement before stopping (all members must be out
+        of patience); None never stops early.
+      run: the run folder; an existing checkpoint there is resumed.
+      run_hash: the config hash stored with each checkpoint and checked on resume.
+      progress: show a tqdm progress bar.
+      pbt: exploit/explore between chunks over the knobs in `explored`; None switches it off.
+      devices: devices to shard the population over (default: all).
+
+    Raises:
+      NonFiniteError: every member hit `program.max_nonfinite` consecutive non-finite steps.
+    """
+    size = len(keys)
+    population = Population(size, devices)
+    train_device = population.replicate(train)
+    valid_device = None if valid is None else population.replicate(valid)
+    knobs_device = population.shard({k: np.asarray(v, np.float32) for k, v in knobs.items()})
+    state = init_population(
+        program, population.shard(params), knobs_device, population.shard(keys), train_device
+    )
+
+    step, finished = 0, False
+    log = MetricsLog(None if run is None else run.metrics_path)
+    checkpoints = None if run is None else Checkpoints(run.checkpoint_dir)
+    if checkpoints is not None and (latest := checkpoints.latest_step()) is not None:
+        record = checkpoints.record(latest)
+        if record["members"] != population.padded_size:
+            raise ValueError(
+                f"out: the checkpoint holds {record['members']} members (the population padded "
+                f"to the device count when it was written); here it pads to "
+                f"{population.padded_size}; resume with the same number of devices"
+            )
+        restored, record = checkpoints.restore(latest, {"loop": state, "knobs": knobs_device})
+        if record["run_hash"] != run_hash:
+            raise ValueError(
+                f"out: the checkpoint in {checkpoints.directory} belongs to another config "
+                "(hash mismatch); use another folder to start a new run"
+            )
+        state, knobs_device = restored["loop"], restored["knobs"]
+        step, finished = latest, record["finished"] and steps <= record["steps"]
+        log = MetricsLog.resume(run.metrics_path, latest)
+
+    failed = np.zeros(size, bool)
+    bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step")
+    chunk_index = step // program.chunk_size
+    try:
+        while step < steps and not finished:
+            started = time.perf_counter()
+            state, summary = run_chunk(
+                program, state, knobs_device, train_device, valid_device, jnp.int32(steps)
+            )
+            summary = population.to_host(summary)
+            seconds = time.perf_counter() - started
+            previous, step = step, min(step + program.chunk_size, steps)
+            chunk_index += 1
+            knobs_host = population.to_host(knobs_device)
+            line = _line(step, summary, knobs_host, seconds, step - previous)
+
+            failed = summary["consecutive_nonfinite"] >= program.max_nonfinite
+            if failed.all():
+                log.append(line)
+                last = None if checkpoints is None else checkpoints.latest_step()
+                where = "" if last is None else f"; the last checkpoint (step {last}) is intact"
+                raise NonFiniteError(
+                    f"training stopped at step {step}: {program.max_nonfinite} consecutive "
+                    f"steps with a non-finite loss, gradient or state (their updates were "
+                    f"skipped){where}. Lower the learning rate, clip gradients "
+                    "(TrainConfig.grad_clip) or check the data."
+                )
+            if patience is not None and "since_best" in summary:
+                finished = bool((summary["since_best"] >= patience).all())
+            finished = finished or step >= steps
+
+            if pbt is not None and not finished and chunk_index % pbt.interval == 0:
+                scores = summary.get("valid_loss", summary["loss"])
+                sources, new_knobs = exploit_explore(
+                    scores, knobs_host, explored, pbt, generation=step
+                )
+                line["pbt_source"] = sources.tolist()
+                state = take_members(state, population.shard(np.asarray(sources, np.int32)))
+                knobs_host = new_knobs
+                knobs_device = population.shard(
+                    {k: np.asarray(v, np.float32) for k, v in new_knobs.items()}
+                )
+            log.append(line)
+            bar.update(step - previous)
+            bar.set_postfix(loss=f"{np.nanmean(np.asarray(summary['loss'], float)):.4g}")
+
+            if checkpoints is not None and (
+                finished or step // checkpoint_every > previous // checkpoint_every
+            ):
+                record = {
+                    "run_hash": run_hash,
+                    "steps": steps,
+                    "finished": finished,
+                    "members": population.padded_size,
+                }
+                checkpoints.save(step, {"loop": state, "knobs": knobs_device}, record)
+    finally:
+        bar.close()
+        if checkpoints is not None:
+            checkpoints.wait()
+            checkpoints.close()
+
+    final = population.to_host(state.fitter_state.params if valid is None else state.best_params)
+    return TrainOutcome(final, population.to_host(knobs_device), log.lines, failed)
