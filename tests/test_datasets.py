@@ -223,6 +223,19 @@ def test_multiregion_scales_strong_feedback_to_stability():
     assert np.isfinite(data.truth["latents"]).all()
 
 
+def test_multiregion_neurons_read_their_own_region_and_the_global_latent():
+    data = lj.datasets.multiregion(seed=0, num_trials=3, global_latent_dim=2)
+    readout, slices = data.truth["params"]["readout"], data.truth["latent_slices"]
+    regions = np.array(data.trials.regions)
+    assert data.truth["latents"].shape[-1] == 8 and slices["global"] == slice(6, 8)
+    for label in ("R0", "R1", "R2"):
+        own = readout[:, regions == label]
+        assert (np.abs(own[slices[label]]).sum(axis=0) > 0).all()
+        assert (np.abs(own[slices["global"]]).sum(axis=0) > 0).all()
+        others = [slices[r] for r in ("R0", "R1", "R2") if r != label]
+        assert not np.concatenate([own[sl] for sl in others]).any()
+
+
 def decode_angle(counts, preferred):
     """Population-vector estimate of the angle from counts `[..., neurons]`."""
     return np.angle(counts @ np.exp(1j * preferred))

@@ -66,14 +66,16 @@ def _check_tuning(name, num_trials, num_bins, num_neurons, dt, kwargs):
     return sizes
 
 
-def _angle_dataset(rng, angles, log_tuning, dt, tuning, params) -> Dataset:
-    """Spikes from `rates = (baseline + peak exp(log_tuning)) dt`; latents (cos, sin)."""
-    rates = (tuning["baseline_hz"] + tuning["peak_hz"] * np.exp(log_tuning)) * dt
+def _angle_dataset(rng, angles, log_tuning, dt, params, angle_name) -> Dataset:
+    """Spikes at `rates = (baseline + peak exp(log_tuning)) dt`; latents (cos, sin) per angle."""
+    rates = (params["baseline_hz"] + params["peak_hz"] * np.exp(log_tuning)) * dt
     spikes = poisson_counts(rng, rates)
-    angles3 = angles.reshape(*angles.shape[:2], -1)
-    latents = np.stack([np.cos(angles3), np.sin(angles3)], axis=-1).reshape(*angles.shape[:2], -1)
+    per_angle = angles.reshape(*angles.shape[:2], -1)
+    latents = np.stack([np.cos(per_angle), np.sin(per_angle)], axis=-1)
+    latents = latents.reshape(*angles.shape[:2], -1)
     trials = Trials(spikes, dt, behavior=latents.astype(np.float32))
-    return Dataset(trials, dict(latents=latents, rates=rates, params={**tuning, **params}))
+    truth = {angle_name: angles, "latents": latents, "rates": rates, "params": params}
+    return Dataset(trials, as_float32(truth))
 
 
 def ring(
@@ -122,9 +124,8 @@ def ring(
     preferred = np.mod(preferred, 2 * np.pi)
     angle = random_walk_angles(rng, (num_trials, num_bins), dt, **walk)
     log_tuning = kappa * (np.cos(angle[..., None] - preferred) - 1.0)
-    data = _angle_dataset(rng, angle, log_tuning, dt, tuning, dict(preferred=preferred, **walk))
-    data.truth["angle"] = angle
-    return Dataset(data.trials, as_float32(data.truth))
+    params = dict(preferred=preferred, **tuning, **walk)
+    return _angle_dataset(rng, angle, log_tuning, dt, params, "angle")
 
 
 def torus(
@@ -170,6 +171,5 @@ def torus(
     preferred = rng.uniform(0, 2 * np.pi, size=(num_neurons, 2))
     angles = random_walk_angles(rng, (num_trials, num_bins, 2), dt, **walk)
     log_tuning = kappa * (np.cos(angles[..., None, :] - preferred) - 1.0).sum(axis=-1)
-    data = _angle_dataset(rng, angles, log_tuning, dt, tuning, dict(preferred=preferred, **walk))
-    data.truth["angles"] = angles
-    return Dataset(data.trials, as_float32(data.truth))
+    params = dict(preferred=preferred, **tuning, **walk)
+    return _angle_dataset(rng, angles, log_tuning, dt, params, "angles")
