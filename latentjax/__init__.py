@@ -4,7 +4,7 @@
     >>> data = lj.datasets.lorenz(seed=0)
 """
 
-from latentjax import data, datasets, metrics, train
+from latentjax import data, datasets, geometry, metrics, plot, train
 from latentjax.api import fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate
@@ -20,10 +20,12 @@ __all__ = [
     "datasets",
     "evaluate",
     "fit",
+    "geometry",
     "infer",
     "io",
     "load_run",
     "metrics",
+    "plot",
     "sweep",
     "train",
 ]

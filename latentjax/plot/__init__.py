@@ -1,0 +1,19 @@
+"""Figures (matplotlib). Every function returns the Figure and never calls `show()`.
+
+Figures are built without pyplot, so nothing global changes; save with `figure.savefig(path)`.
+"""
+
+from latentjax.plot.activity import psths, raster
+from latentjax.plot.latents import latent_trajectories, true_vs_inferred
+from latentjax.plot.topology import plot_barcode, plot_diagram
+from latentjax.plot.training import training_curves
+
+__all__ = [
+    "latent_trajectories",
+    "plot_barcode",
+    "plot_diagram",
+    "psths",
+    "raster",
+    "training_curves",
+    "true_vs_inferred",
+]
