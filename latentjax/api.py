@@ -65,12 +65,17 @@ def register_family(config_type: type, family: Any) -> None:
     _FAMILIES[config_type] = family
 
 
-def _check_family(family: Any, name: str) -> None:
+def _missing_functions(family: Any) -> list[str]:
     missing = [f for f in ("init", "posterior") if not callable(getattr(family, f, None))]
     if not callable(getattr(family, "loss", None)) and not callable(
         getattr(family, "fitter", None)
     ):
         missing.append("loss or fitter")
+    return missing
+
+
+def _check_family(family: Any, name: str) -> None:
+    missing = _missing_functions(family)
     if missing:
         raise ValueError(
             f"the family of {name} ({getattr(family, '__name__', family)!r}) lacks "
@@ -86,7 +91,11 @@ def family_of(config: Any) -> Any:
         )
     config_type = type(config)
     if config_type not in _FAMILIES:
-        family = importlib.import_module(config_type.__module__)
+        # The family is the module defining the Config, or the nearest package above it
+        # (a family written as a package, e.g. `models/lfads/config.py`).
+        parts = config_type.__module__.split(".")
+        modules = [importlib.import_module(".".join(parts[:n])) for n in range(len(parts), 0, -1)]
+        family = next((m for m in modules if not _missing_functions(m)), modules[0])
         _check_family(family, config_type.__name__)
         _FAMILIES[config_type] = family
     return _FAMILIES[config_type]

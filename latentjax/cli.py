@@ -1,0 +1,345 @@
+"""The `latentjax` command line: a thin layer over the Python API.
+
+Each subcommand parses its arguments, builds a Config (defaults, then `--config file.toml`,
+then `--set key=value`), calls the API and writes the run folder. Errors are one line on
+stderr and a non-zero exit code; `LATENTJAX_DEBUG=1` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+__all__ = ["main"]
+
+FAMILIES = {
+    "lds": "latentjax.models.lds",
+    "plds": "latentjax.models.plds",
+    "gpfa": "latentjax.models.gpfa",
+    "smoothing": "latentjax.models.smoothing",
+    "lfads": "latentjax.models.lfads",
+    "seqvae": "latentjax.models.seqvae",
+    "node": "latentjax.models.node",
+    "coupled_lds": "latentjax.multiregion.coupled_lds",
+    "gnn": "latentjax.multiregion.gnn",
+    "attention": "latentjax.multiregion.attention",
+}
+
+DATA_HELP = """trials to use: a .npz written by lj.io.save, an .nwb file in the NLB layout (with
+--bin-size and optionally --align/--window or --trial-length), or a built-in dataset name with
+optional sizes, e.g. `lorenz` or `lorenz:num_trials=40,num_bins=50`"""
+
+
+class CommandError(Exception):
+    """A user error reported as one line."""
+
+
+def family_module(name: str):
+    """The module of a model family named on the command line."""
+    if name not in FAMILIES:
+        raise CommandError(f"unknown family {name!r}; choose from {', '.join(FAMILIES)}")
+    try:
+        return importlib.import_module(FAMILIES[name])
+    except ModuleNotFoundError as err:
+        raise CommandError(f"family {name!r} is not available in this version ({err})") from err
+
+
+def build_config(family: str, config_file: str | None, assignments) -> object:
+    """Config of `family`: defaults, then the TOML file, then `--set` overrides."""
+    from latentjax.configs import load_toml, make_config, parse_assignments
+
+    changes = load_toml(config_file) if config_file else {}
+    changes.update(parse_assignments(assignments))
+    return make_config(family_module(family).Config, changes)
+
+
+def load_data(spec: str, args) -> tuple:
+    """(trials, truth or None) from a file path or a built-in dataset spec."""
+    import latentjax as lj
+
+    path = Path(spec)
+    if path.suffix in (".npz", ".nwb"):
+        if not path.exists():
+            raise CommandError(f"--data: no such file {spec}")
+        if path.suffix == ".npz":
+            return lj.io.load(path), None
+        if args.bin_size is None:
+            raise CommandError("--data: an .nwb file needs --bin-size (seconds)")
+        window = tuple(args.window) if args.window else None
+        trials = lj.io.load_nwb(
+            path,
+            bin_size=args.bin_size,
+            align=args.align,
+            window=window,
+            trial_length=args.trial_length,
+        )
+        return trials, None
+    name, _, sizes = spec.partition(":")
+    if name not in lj.datasets.available():
+        raise CommandError(
+            f"--data: {spec!r} is neither an .npz/.nwb file nor a built-in dataset "
+            f"({', '.join(lj.datasets.available())})"
+        )
+    from latentjax.configs import parse_assignments
+
+    options = parse_assignments(sizes.split(",") if sizes else ())
+    dataset = lj.datasets.generate(name, seed=args.data_seed, **options)
+    return dataset.trials, dataset.truth
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help=DATA_HELP)
+    parser.add_argument("--bin-size", type=float, help="NWB: bin width in seconds")
+    parser.add_argument("--align", help="NWB: trials-table column to align windows to")
+    parser.add_argument(
+        "--window", type=float, nargs=2, metavar=("BEFORE", "AFTER"), help="NWB: seconds"
+    )
+    parser.add_argument("--trial-length", type=float, help="NWB without trials: seconds")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of a built-in dataset")
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("family", help=f"model family: {', '.join(FAMILIES)}")
+    parser.add_argument("--config", help="TOML file of Config fields ([train] table etc.)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    parser.add_argument("--steps", type=int, help="training steps / EM iterations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--valid-fraction", type=float, default=0.2, help="trials held out for validation"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _split(trials, fraction: float, seed: int):
+    import latentjax as lj
+
+    if not 0 <= fraction < 1:
+        raise CommandError(f"--valid-fraction must be in [0, 1), got {fraction}")
+    if fraction == 0 or trials.num_trials < 2:
+        return trials, None
+    return lj.data.split(trials, (1 - fraction, fraction), seed=seed)
+
+
+def _write_json(path: Path, record) -> None:
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+
+
+def cmd_fit(args) -> None:
+    import latentjax as lj
+
+    config = build_config(args.family, args.config, args.set)
+    trials, truth = load_data(args.data, args)
+    train, valid = _split(trials, args.valid_fraction, args.seed)
+    result = lj.fit(
+        config,
+        train,
+        valid=valid,
+        seed=args.seed,
+        steps=args.steps,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    from latentjax.report import complete_run
+
+    outputs = complete_run(result, trials, truth=truth, seed=args.seed, report=not args.no_report)
+    print(outputs.evaluation)
+    print(f"wrote {result.run_dir}")
+
+
+def cmd_sweep(args) -> None:
+    import latentjax as lj
+    from latentjax.configs import parse_value
+
+    config = build_config(args.family, args.config, args.set)
+    trials, _ = load_data(args.data, args)
+    train, valid = _split(trials, args.valid_fraction, args.seed)
+    grid = {}
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        if not sep:
+            raise CommandError(f"--grid: expected key=v1,v2,..., got {item!r}")
+        grid[key] = [parse_value(v) for v in values.split(",")]
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    results = lj.sweep(
+        config,
+        train,
+        valid=valid,
+        seeds=seeds,
+        grid=grid or None,
+        steps=args.steps,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    for index, result in enumerate(results):
+        history = result.history
+        final = {k: float(v[-1]) for k, v in history.items() if len(v) and k != "step"}
+        print(f"member {index}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
+    print(f"wrote {args.out}")
+
+
+def cmd_infer(args) -> None:
+    import numpy as np
+
+    import latentjax as lj
+
+    result = lj.load_run(args.run)
+    trials, _ = load_data(args.data, args)
+    posterior = lj.infer(result, trials, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.run) / "posterior.npz"
+    np.savez(out, **posterior.to_numpy())
+    print(f"wrote {out} (latents {tuple(np.shape(posterior.latents))})")
+
+
+def cmd_evaluate(args) -> None:
+    import latentjax as lj
+
+    result = lj.load_run(args.run)
+    trials, truth = load_data(args.data, args)
+    table = lj.evaluate(result, trials, truth=truth)
+    out = Path(args.run) / "evaluation.json"
+    _write_json(out, dict(table))
+    print(table)
+    print(f"wrote {out}")
+
+
+def cmd_report(args) -> None:
+    from latentjax.report import write_report
+
+    path = write_report(args.run)
+    print(f"wrote {path}")
+
+
+def cmd_datasets(args) -> None:
+    import latentjax as lj
+
+    descriptions = lj.datasets.available()
+    width = max(map(len, descriptions))
+    for name, description in descriptions.items():
+        print(f"{name:<{width}}  {description}")
+
+
+def cmd_demo(args) -> None:
+    from latentjax.demo import run_demo
+
+    summary = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    print(summary)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentjax",
+        description="Latent dynamics of neural populations in JAX.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              latentjax demo --out demo_run
+              latentjax datasets
+              latentjax fit lds --data lorenz --out runs/lds --set latent_dim=3
+              latentjax fit lfads --data session.nwb --bin-size 0.005 --out runs/lfads
+              latentjax evaluate --run runs/lds --data lorenz
+            """
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, function, help_text, example):
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(function=function)
+        return sub
+
+    fit = add(
+        "fit",
+        cmd_fit,
+        "fit a model family and write a run folder",
+        "latentjax fit lds --data lorenz --out runs/lds --set latent_dim=3 --steps 50",
+    )
+    _add_config_arguments(fit)
+    _add_data_arguments(fit)
+    fit.add_argument("--out", required=True, help="run folder (an existing run resumes)")
+    fit.add_argument("--no-report", action="store_true", help="skip figures and report.html")
+
+    sweep = add(
+        "sweep",
+        cmd_sweep,
+        "train a population (seeds x grid) as one program",
+        "latentjax sweep lfads --data lorenz --out runs/pop --seeds 0,1 "
+        "--grid train.learning_rate=1e-3,3e-3",
+    )
+    _add_config_arguments(sweep)
+    _add_data_arguments(sweep)
+    sweep.add_argument("--out", required=True, help="run folder")
+    sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="knob values"
+    )
+
+    infer = add(
+        "infer",
+        cmd_infer,
+        "infer latents and rates with a fitted run",
+        "latentjax infer --run runs/lds --data lorenz",
+    )
+    infer.add_argument("--run", required=True, help="run folder written by fit")
+    infer.add_argument("--out", help="output .npz (default RUN/posterior.npz)")
+    infer.add_argument("--seed", type=int, default=0)
+    _add_data_arguments(infer)
+
+    evaluate = add(
+        "evaluate",
+        cmd_evaluate,
+        "print and save every metric that applies",
+        "latentjax evaluate --run runs/lds --data lorenz",
+    )
+    evaluate.add_argument("--run", required=True, help="run folder written by fit")
+    _add_data_arguments(evaluate)
+
+    report = add(
+        "report",
+        cmd_report,
+        "write figures and report.html of a run",
+        "latentjax report --run runs/lds",
+    )
+    report.add_argument("--run", required=True, help="run folder written by fit")
+
+    add("datasets", cmd_datasets, "list the built-in synthetic datasets", "latentjax datasets")
+
+    demo = add(
+        "demo",
+        cmd_demo,
+        "simulate Lorenz data, fit models, write figures and a report",
+        "latentjax demo --out demo_run",
+    )
+    demo.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
+    demo.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.function(args)
+    except (CommandError, ValueError, FileNotFoundError, NotImplementedError) as err:
+        if os.environ.get("LATENTJAX_DEBUG"):
+            raise
+        print(f"latentjax {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
