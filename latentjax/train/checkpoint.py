@@ -17,9 +17,16 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["Checkpoints"]
+
+
+def _nonempty_leaves(tree: Any) -> dict[str, Any]:
+    """The leaves of `tree` that hold data, keyed by their flat index: orbax cannot store
+    zero-size arrays (e.g. the input weights of a model fitted without inputs)."""
+    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.prod(np.shape(leaf))}
 
 
 class Checkpoints:
@@ -45,7 +52,8 @@ class Checkpoints:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+                state=ocp.args.StandardSave(_nonempty_leaves(state)),
+                record=ocp.args.JsonSave(record),
             ),
             force=True,
         )
@@ -57,10 +65,18 @@ class Checkpoints:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_nonempty_leaves(abstract)),
+                record=ocp.args.JsonRestore(),
             ),
         )
-        return restored.state, restored.record
+        leaves, treedef = jax.tree.flatten(abstract)
+        leaves = [
+            restored.state.get(str(i), None)
+            if np.prod(leaf.shape)
+            else np.zeros(leaf.shape, leaf.dtype)
+            for i, leaf in enumerate(leaves)
+        ]
+        return jax.tree.unflatten(treedef, leaves), restored.record
 
     def record(self, step: int) -> dict:
         """The JSON record saved at `step` (no arrays are read)."""

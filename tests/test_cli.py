@@ -1,0 +1,155 @@
+"""Every `latentjax` subcommand on tiny data: outputs written, errors one line."""
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+import latentjax as lj
+from latentjax.cli import main
+
+TINY = "lorenz:num_trials=12,num_bins=30,num_neurons=8"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def lds_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lds"
+    code = main(
+        ["fit", "lds", "--data", TINY, "--out", str(out), "--set", "latent_dim=2",
+         "--set", "transform=sqrt", "--steps", "3", "--valid-fraction", "0", "--no-progress"]
+    )
+    assert code == 0
+    return out
+
+
+def embedded_images(html_text):
+    return [
+        imread(io.BytesIO(base64.b64decode(data)), format="png")
+        for data in re.findall(r'src="data:image/png;base64,([^"]+)"', html_text)
+    ]
+
+
+def test_fit_writes_a_complete_run_folder(lds_run):
+    for name in ("config.json", "data.json", "metrics.jsonl", "posterior.npz",
+                 "evaluation.json", "report.html"):
+        assert (lds_run / name).exists(), name
+    posterior = np.load(lds_run / "posterior.npz")
+    assert posterior["latents"].shape == (12, 30, 2)
+    assert posterior["rates"].shape == (12, 30, 8)
+    evaluation = json.loads((lds_run / "evaluation.json").read_text())
+    assert {"latent_r2", "rate_r2"} <= set(evaluation)
+    images = embedded_images((lds_run / "report.html").read_text())
+    figures = sorted(p.stem for p in (lds_run / "figures").glob("*.png"))
+    assert {"true_vs_inferred", "raster", "training_curves"} <= set(figures)
+    assert len(images) == len(figures) and all(im.ndim == 3 and im.shape[0] > 100 for im in images)
+
+
+def test_infer_and_evaluate_read_the_run(lds_run, capsys, tmp_path):
+    target = tmp_path / "post.npz"
+    code, out, _ = run(capsys, "infer", "--run", str(lds_run), "--data", TINY,
+                       "--out", str(target))
+    assert code == 0 and "wrote" in out
+    stored = np.load(lds_run / "posterior.npz")
+    np.testing.assert_allclose(np.load(target)["latents"], stored["latents"], atol=1e-5)
+
+    code, out, _ = run(capsys, "evaluate", "--run", str(lds_run), "--data", TINY)
+    assert code == 0 and "latent_r2" in out
+    assert json.loads((lds_run / "evaluation.json").read_text())["latent_r2"] > -1
+
+
+def test_report_redraws_from_the_folder(lds_run, capsys):
+    (lds_run / "report.html").unlink()
+    code, out, _ = run(capsys, "report", "--run", str(lds_run))
+    assert code == 0 and (lds_run / "report.html").exists()
+    assert len(embedded_images((lds_run / "report.html").read_text())) >= 3
+
+
+def test_sweep_trains_every_member(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, printed, err = run(
+        capsys, "sweep", "lds", "--data", TINY, "--out", str(out), "--set", "latent_dim=2",
+        "--seeds", "0,1", "--grid", "init_jitter=0.01,0.1", "--steps", "2",
+        "--valid-fraction", "0", "--no-progress",
+    )
+    assert code == 0, err
+    assert printed.count("member ") == 4
+    assert len(lj.load_run(out)) == 4
+
+
+def test_config_file_and_overrides(tmp_path, capsys):
+    config = tmp_path / "lds.toml"
+    config.write_text("latent_dim = 2\ntransform = 'sqrt'\n[train]\nchunk_size = 2\n")
+    out = tmp_path / "from_toml"
+    code, _, err = run(capsys, "fit", "lds", "--data", TINY, "--out", str(out), "--config",
+                       str(config), "--set", "train.steps=2", "--valid-fraction", "0",
+                       "--no-progress", "--no-report")
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())["config"]["fields"]
+    assert saved["latent_dim"] == 2 and saved["transform"] == "sqrt"
+    assert saved["train"]["fields"]["chunk_size"] == 2
+
+
+def test_datasets_lists_every_builtin(capsys):
+    code, out, _ = run(capsys, "datasets")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == list(lj.datasets.available())
+
+
+def test_demo_quick_writes_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, printed, err = run(capsys, "demo", "--out", str(out), "--quick", "--no-progress")
+    assert code == 0, err
+    assert (out / "data.npz").exists() and (out / "summary.md").exists()
+    assert lj.io.load(out / "data.npz").shape == (20, 40, 12)
+    images = embedded_images((out / "report.html").read_text())
+    assert len(images) == 2  # true vs inferred, one per model
+    assert "| lds |" in printed and "| lfads |" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "nosuch", "--data", TINY, "--out", "x"], "unknown family 'nosuch'"),
+        (["fit", "lds", "--data", TINY, "--out", "x"], "needs `latent_dim`"),
+        (["fit", "lds", "--data", "missing.npz", "--out", "x", "--set", "latent_dim=2"],
+         "no such file"),
+        (["fit", "lds", "--data", "spikes", "--out", "x", "--set", "latent_dim=2"],
+         "neither an .npz/.nwb file nor a built-in dataset"),
+        (["fit", "lds", "--data", TINY, "--out", "x", "--set", "latent_dim=2",
+          "--set", "no_such_field=1"], "no field `no_such_field`"),
+        (["report", "--run", "no/such/run"], "is not a folder"),
+    ],
+)
+def test_errors_are_one_line_with_nonzero_exit(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LATENTJAX_DEBUG", raising=False)
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_console_script_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "latentjax.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for command in ("fit", "infer", "evaluate", "sweep", "report", "datasets", "demo"):
+        assert command in result.stdout
+    for command in ("fit", "sweep", "infer", "evaluate", "report", "datasets", "demo"):
+        sub = subprocess.run(
+            [sys.executable, "-m", "latentjax.cli", command, "--help"],
+            capture_output=True, text=True,
+        )
+        assert sub.returncode == 0 and "example" in sub.stdout
