@@ -27,8 +27,23 @@ def run(capsys, *argv):
 def lds_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "lds"
     code = main(
-        ["fit", "lds", "--data", TINY, "--out", str(out), "--set", "latent_dim=2",
-         "--set", "transform=sqrt", "--steps", "3", "--valid-fraction", "0", "--no-progress"]
+        [
+            "fit",
+            "lds",
+            "--data",
+            TINY,
+            "--out",
+            str(out),
+            "--set",
+            "latent_dim=2",
+            "--set",
+            "transform=sqrt",
+            "--steps",
+            "3",
+            "--valid-fraction",
+            "0",
+            "--no-progress",
+        ]
     )
     assert code == 0
     return out
@@ -42,8 +57,14 @@ def embedded_images(html_text):
 
 
 def test_fit_writes_a_complete_run_folder(lds_run):
-    for name in ("config.json", "data.json", "metrics.jsonl", "posterior.npz",
-                 "evaluation.json", "report.html"):
+    for name in (
+        "config.json",
+        "data.json",
+        "metrics.jsonl",
+        "posterior.npz",
+        "evaluation.json",
+        "report.html",
+    ):
         assert (lds_run / name).exists(), name
     posterior = np.load(lds_run / "posterior.npz")
     assert posterior["latents"].shape == (12, 30, 2)
@@ -58,8 +79,7 @@ def test_fit_writes_a_complete_run_folder(lds_run):
 
 def test_infer_and_evaluate_read_the_run(lds_run, capsys, tmp_path):
     target = tmp_path / "post.npz"
-    code, out, _ = run(capsys, "infer", "--run", str(lds_run), "--data", TINY,
-                       "--out", str(target))
+    code, out, _ = run(capsys, "infer", "--run", str(lds_run), "--data", TINY, "--out", str(target))
     assert code == 0 and "wrote" in out
     stored = np.load(lds_run / "posterior.npz")
     np.testing.assert_allclose(np.load(target)["latents"], stored["latents"], atol=1e-5)
@@ -79,9 +99,24 @@ def test_report_redraws_from_the_folder(lds_run, capsys):
 def test_sweep_trains_every_member(tmp_path, capsys):
     out = tmp_path / "sweep"
     code, printed, err = run(
-        capsys, "sweep", "lds", "--data", TINY, "--out", str(out), "--set", "latent_dim=2",
-        "--seeds", "0,1", "--grid", "init_jitter=0.01,0.1", "--steps", "2",
-        "--valid-fraction", "0", "--no-progress",
+        capsys,
+        "sweep",
+        "lds",
+        "--data",
+        TINY,
+        "--out",
+        str(out),
+        "--set",
+        "latent_dim=2",
+        "--seeds",
+        "0,1",
+        "--grid",
+        "init_jitter=0.01,0.1",
+        "--steps",
+        "2",
+        "--valid-fraction",
+        "0",
+        "--no-progress",
     )
     assert code == 0, err
     assert printed.count("member ") == 4
@@ -92,9 +127,23 @@ def test_config_file_and_overrides(tmp_path, capsys):
     config = tmp_path / "lds.toml"
     config.write_text("latent_dim = 2\ntransform = 'sqrt'\n[train]\nchunk_size = 2\n")
     out = tmp_path / "from_toml"
-    code, _, err = run(capsys, "fit", "lds", "--data", TINY, "--out", str(out), "--config",
-                       str(config), "--set", "train.steps=2", "--valid-fraction", "0",
-                       "--no-progress", "--no-report")
+    code, _, err = run(
+        capsys,
+        "fit",
+        "lds",
+        "--data",
+        TINY,
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--set",
+        "train.steps=2",
+        "--valid-fraction",
+        "0",
+        "--no-progress",
+        "--no-report",
+    )
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())["config"]["fields"]
     assert saved["latent_dim"] == 2 and saved["transform"] == "sqrt"
@@ -123,12 +172,29 @@ def test_demo_quick_writes_report(tmp_path, capsys):
     [
         (["fit", "nosuch", "--data", TINY, "--out", "x"], "unknown family 'nosuch'"),
         (["fit", "lds", "--data", TINY, "--out", "x"], "needs `latent_dim`"),
-        (["fit", "lds", "--data", "missing.npz", "--out", "x", "--set", "latent_dim=2"],
-         "no such file"),
-        (["fit", "lds", "--data", "spikes", "--out", "x", "--set", "latent_dim=2"],
-         "neither an .npz/.nwb file nor a built-in dataset"),
-        (["fit", "lds", "--data", TINY, "--out", "x", "--set", "latent_dim=2",
-          "--set", "no_such_field=1"], "no field `no_such_field`"),
+        (
+            ["fit", "lds", "--data", "missing.npz", "--out", "x", "--set", "latent_dim=2"],
+            "no such file",
+        ),
+        (
+            ["fit", "lds", "--data", "spikes", "--out", "x", "--set", "latent_dim=2"],
+            "neither an .npz/.nwb file nor a built-in dataset",
+        ),
+        (
+            [
+                "fit",
+                "lds",
+                "--data",
+                TINY,
+                "--out",
+                "x",
+                "--set",
+                "latent_dim=2",
+                "--set",
+                "no_such_field=1",
+            ],
+            "no field `no_such_field`",
+        ),
         (["report", "--run", "no/such/run"], "is not a folder"),
     ],
 )
@@ -150,6 +216,7 @@ def test_console_script_help():
     for command in ("fit", "sweep", "infer", "evaluate", "report", "datasets", "demo"):
         sub = subprocess.run(
             [sys.executable, "-m", "latentjax.cli", command, "--help"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert sub.returncode == 0 and "example" in sub.stdout
