@@ -130,8 +130,12 @@ def evaluate(
       `Evaluation` (a dict subclass whose `str` is a table).
 
     Example:
-      >>> import latentjax as lj
-      >>> print(lj.evaluate(posterior, trials, truth=dataset.truth))  # doctest: +SKIP
+      >>> import numpy as np, latentjax as lj
+      >>> spikes = np.random.default_rng(0).poisson(2.0, size=(4, 10, 3))
+      >>> trials = lj.Trials(spikes, dt=0.01)
+      >>> posterior = lj.Posterior(latents=np.zeros((4, 10, 1)), rates=np.full(spikes.shape, 2.0))
+      >>> list(lj.evaluate(posterior, trials))
+      ['bps']
     """
     if isinstance(posterior_or_result, FitResult):
         if infer is None:

@@ -54,6 +54,14 @@ def velocity_r2(
 
     Returns:
       R² on the test trials (float, at most 1).
+
+    Example:
+      >>> import numpy as np
+      >>> latents = np.random.default_rng(0).normal(size=(10, 50, 3))
+      >>> velocity = latents @ np.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]])
+      >>> r2 = velocity_r2(latents, velocity, train_idx=np.arange(8), test_idx=[8, 9])
+      >>> round(r2, 3)
+      1.0
     """
     function = "velocity_r2"
     features = as_array(function, "rates_or_latents", rates_or_latents, ndim=3)

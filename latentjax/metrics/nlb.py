@@ -58,7 +58,9 @@ def bits_per_spike(rates, spikes, *, mask=None) -> float:
     Example:
       >>> import numpy as np
       >>> spikes = np.random.default_rng(0).poisson(2.0, size=(10, 20, 3))
-      >>> bits_per_spike(np.full(spikes.shape, spikes.mean()), spikes)  # doctest: +SKIP
+      >>> neuron_means = np.broadcast_to(spikes.mean(axis=(0, 1)), spikes.shape)
+      >>> bits_per_spike(neuron_means, spikes)
+      0.0
     """
     function = "bits_per_spike"
     rates = as_array(function, "rates", rates)
@@ -158,6 +160,14 @@ def psth_r2(rates, spikes, conditions, *, dt=None, kernel_sd=PSTH_KERNEL_SD, mas
 
     Returns:
       Mean PSTH R² over neurons (float, at most 1).
+
+    Example:
+      >>> import numpy as np
+      >>> spikes = np.random.default_rng(0).poisson(1.0, size=(6, 20, 2)).astype(float)
+      >>> conditions = np.array([0, 1, 0, 1, 0, 1])
+      >>> psth = np.stack([spikes[conditions == c].mean(axis=0) for c in conditions])
+      >>> psth_r2(psth, spikes, conditions, kernel_sd=0)
+      1.0
     """
     function = "psth_r2"
     rates = as_array(function, "rates", rates, ndim=3)

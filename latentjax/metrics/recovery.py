@@ -116,6 +116,12 @@ def rate_r2(true_rates, est_rates, *, mask=None) -> float:
 
     Returns:
       Mean R² over neurons (float, at most 1).
+
+    Example:
+      >>> import numpy as np
+      >>> rates = np.random.default_rng(0).gamma(2.0, size=(4, 10, 3))
+      >>> rate_r2(rates, rates)
+      1.0
     """
     function = "rate_r2"
     true_rates = as_array(function, "true_rates", true_rates, ndim=3)
