@@ -98,7 +98,11 @@ class CCAResult(NamedTuple):
 def _inverse_square_root_factor(covariance: np.ndarray, regularization: float) -> np.ndarray:
     """`W` with `Wᵀ (C + r·mean(diag C)·I) W = I` (inverse transposed Cholesky factor)."""
     ridge = regularization * np.trace(covariance) / covariance.shape[0]
-    factor = np.linalg.cholesky(covariance + ridge * np.eye(covariance.shape[0]))
+    regularised = covariance + ridge * np.eye(covariance.shape[0])
+    eigenvalues = np.linalg.eigvalsh(regularised)
+    if eigenvalues[0] <= 1e-10 * eigenvalues[-1]:
+        raise np.linalg.LinAlgError("singular covariance")
+    factor = np.linalg.cholesky(regularised)
     return np.linalg.inv(factor).T
 
 
