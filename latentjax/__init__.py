@@ -4,7 +4,7 @@
     >>> data = lj.datasets.lorenz(seed=0)
 """
 
-from latentjax import data, datasets, geometry, metrics, plot, train
+from latentjax import data, datasets, geometry, metrics, models, plot, train
 from latentjax.api import fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate
@@ -25,6 +25,7 @@ __all__ = [
     "io",
     "load_run",
     "metrics",
+    "models",
     "plot",
     "sweep",
     "train",
