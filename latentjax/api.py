@@ -429,8 +429,10 @@ def load_run(run_dir) -> FitResult | list[FitResult]:
     members_padded = members + [members[-1]] * (padded - len(members))
 
     program = _program(family, config, valid is not None)
-    params = _stack([_params_like(family, m, train) for m in members_padded])
-    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
+    params = jax.tree.map(
+        lambda *likes: jax.ShapeDtypeStruct((padded, *likes[0].shape), likes[0].dtype),
+        *[_params_like(family, m, train) for m in members_padded],
+    )
     knobs = _stack([knob_values(m.config) for m in members_padded])
     knobs = {k: np.asarray(v, np.float32) for k, v in knobs.items()}
     keys = np.zeros((padded, 2), np.uint32)

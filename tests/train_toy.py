@@ -26,9 +26,11 @@ TRACES = {"loss": 0}
 @dataclasses.dataclass(frozen=True)
 class Config:
     l2: float = knob(0.0)
-    nan_from: int = -1
-    nan_until: int = -1
-    train: TrainConfig = TrainConfig(learning_rate=0.05, steps=40, chunk_size=10)
+    nan_from: float = knob(-1.0)  # knobs, so that poisoned fits share one compiled program
+    nan_until: float = knob(-1.0)
+    train: TrainConfig = TrainConfig(
+        learning_rate=0.05, steps=40, chunk_size=10, checkpoint_every=10, max_nonfinite=5
+    )
 
 
 @jax.custom_vjp
@@ -69,10 +71,9 @@ def posterior(params, trials, config, key):
 def optimum(trials, l2=0.0):
     """Closed-form minimiser of the toy loss over all trials: [neurons]."""
     spikes = np.asarray(trials.spikes, np.float64)
-    num_neurons = spikes.shape[-1]
-    per_entry = spikes.reshape(-1, num_neurons).mean(0)
-    # d/dm [ sum_n mean_bt (s - m_n)^2 / N + l2 m_n^2 ] = 0  ->  m = s_bar / (1 + l2 * N)
-    return per_entry / (1 + l2 * num_neurons)
+    per_neuron = spikes.reshape(-1, spikes.shape[-1]).mean(0)
+    # d/dm_n [ mean_bt (s_btn - m_n)^2 + l2 m_n^2 ] = 0  ->  m_n = s_bar_n / (1 + l2)
+    return per_neuron / (1 + l2)
 
 
 def make_trials(num_trials=16, num_bins=10, num_neurons=5, seed=0):

@@ -105,7 +105,7 @@ def _init_member(program: Program, params, knobs, key, train) -> LoopState:
             f"{type(fitter_state).__name__}"
         )
     zero = jnp.zeros((), jnp.int32)
-    return LoopState(
+    state = LoopState(
         fitter_state=fitter_state,
         key=key,
         step=zero,
@@ -115,6 +115,9 @@ def _init_member(program: Program, params, knobs, key, train) -> LoopState:
         best_valid=jnp.asarray(jnp.inf, jnp.float32),
         since_best=zero,
     )
+    # weakly typed leaves (Python scalars in a Fitter's init) would come back strongly typed
+    # from the first chunk and force a second compilation
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.result_type(leaf)), state)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -317,6 +320,8 @@ def train_population(
             failed = summary["consecutive_nonfinite"] >= program.max_nonfinite
             if failed.all():
                 log.append(line)
+                if checkpoints is not None:
+                    checkpoints.wait()
                 last = None if checkpoints is None else checkpoints.latest_step()
                 where = "" if last is None else f"; the last checkpoint (step {last}) is intact"
                 raise NonFiniteError(
