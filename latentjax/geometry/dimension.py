@@ -32,8 +32,8 @@ def participation_ratio(X: Any) -> float:
     """Participation ratio of `X` (`[trials, time, dims]` or `[points, dims]`).
 
     Example:
-      >>> participation_ratio(np.random.default_rng(0).normal(size=(5000, 3))).round(1)
-      np.float64(3.0)
+      >>> round(participation_ratio(np.random.default_rng(0).normal(size=(5000, 3))), 1)
+      3.0
     """
     points, _ = as_points("X", X)
     eigenvalues = _covariance_eigenvalues(points)
@@ -56,8 +56,8 @@ def twonn_dimension(X: Any, *, discard_fraction: float = 0.1) -> float:
     Duplicate points (zero nearest-neighbour distance) are dropped first.
 
     Example:
-      >>> twonn_dimension(np.random.default_rng(0).uniform(size=(2000, 2))).round(0)
-      np.float64(2.0)
+      >>> round(twonn_dimension(np.random.default_rng(0).uniform(size=(2000, 2))))
+      2
     """
     from sklearn.neighbors import NearestNeighbors
 

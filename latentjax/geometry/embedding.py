@@ -144,6 +144,10 @@ def umap(
     import umap as umap_learn
 
     estimator = umap_learn.UMAP(
-        n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed
+        n_components=n_components,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        random_state=seed,
+        n_jobs=1,
     )
     return _fit_estimator("umap", estimator, X, n_components, can_transform=True)
