@@ -301,16 +301,32 @@ def test_em_recovers_dynamics_and_emission_subspace():
     assert np.degrees(angles.max()) < 10
 
 
-def test_em_recovery_small():
-    """A quick version of the recovery check (fewer trials, looser tolerance)."""
-    data = lj.datasets.lds(seed=1, num_trials=40, num_bins=80, num_latents=2, num_neurons=15)
+def test_fit_recovers_small_system_and_compiles_once_per_shape(monkeypatch):
+    """Through `lj.fit`; a second fit on same-shaped data reuses the compiled EM step."""
+    traces = []
+    e_step = lds._e_step
+    monkeypatch.setattr(lds, "_e_step", lambda *args: traces.append(1) or e_step(*args))
     config = lds.Config(latent_dim=2)
-    params = lds.init(jax.random.PRNGKey(0), config, data.trials)
-    params, _ = run_em(config, data.trials, params, 100)
-    truth = data.truth["params"]
-    assert matched_eigenvalue_error(truth["A"], params.dynamics.weights) < 0.05
-    angles = scipy.linalg.subspace_angles(truth["C"], np.asarray(params.emissions.weights))
-    assert np.degrees(angles.max()) < 10
+    for seed in (1, 2):
+        data = lj.datasets.lds(seed=seed, num_trials=40, num_bins=80, num_latents=2, num_neurons=15)
+        result = lj.fit(config, data.trials, steps=100, progress=False)
+        truth = data.truth["params"]
+        assert matched_eigenvalue_error(truth["A"], result.params.dynamics.weights) < 0.05
+        angles = scipy.linalg.subspace_angles(
+            truth["C"], np.asarray(result.params.emissions.weights)
+        )
+        assert np.degrees(angles.max()) < 10
+    assert len(traces) == 1
+
+
+def test_select_latent_dim_by_heldout_likelihood():
+    data = lj.datasets.lds(seed=3, num_trials=40, num_bins=50, num_latents=2, num_neurons=12)
+    train, valid = data.trials[:30], data.trials[30:]
+    choice = lds.select_latent_dim(train, valid, dims=(1, 2, 3), seeds=(0, 1), num_iters=60)
+    assert choice.valid_log_likelihood.shape == (3, 2)
+    assert choice.best_dim == 2
+    assert choice.spread().shape == (3,)
+    assert choice.params[2].emissions.weights.shape == (12, 2)
 
 
 @pytest.mark.slow
