@@ -48,11 +48,15 @@ def test_gradient_fit_reaches_closed_form_optimum(trials):
     assert posterior.rates.shape == trials.shape
 
 
-def test_em_fitter_runs_through_the_same_loop(trials):
-    result = lj.fit(toy.EMConfig(damping=0.5), trials, progress=False, steps=30)
+def test_em_fitter_runs_through_the_same_loop_and_checkpoints(trials, tmp_path):
+    config = toy.EMConfig(damping=0.5)
+    result = lj.fit(config, trials, progress=False, steps=30, out=tmp_path / "em")
     # damped fixed-point iteration: error shrinks by (1 - damping) per step
     np.testing.assert_allclose(result.params["mean"], toy.optimum(trials), atol=1e-5)
     assert result.history["step"][-1] == 30
+    loaded = lj.load_run(tmp_path / "em")
+    assert loaded.config == result.config
+    np.testing.assert_array_equal(loaded.params["mean"], result.params["mean"])
 
 
 def test_compiled_once_per_shape(trials, caplog):
@@ -226,13 +230,13 @@ def test_invalid_arguments_name_what_is_wrong(trials):
         lj.api.register_family(toy.Config, object())
 
 
-def test_pbt_beats_the_same_population_without_it(trials):
+def test_pbt_beats_the_same_population_without_it(trials, tmp_path):
     # three of four learning rates are far too small to get anywhere in 200 steps
     config = toy_config(steps=200)
     grid = {"train.learning_rate": [1e-4, 2e-4, 5e-4, 5e-2]}
     fixed = lj.sweep(config, trials, grid=grid, progress=False)
     pbt = PBTConfig(fraction=0.5, seed=0)
-    exploited = lj.sweep(config, trials, grid=grid, pbt=pbt, progress=False)
+    exploited = lj.sweep(config, trials, grid=grid, pbt=pbt, progress=False, out=tmp_path / "pbt")
 
     def final_losses(population):
         return np.array([float(toy.loss(m.params, trials, None, config, 0)[0]) for m in population])
@@ -241,3 +245,8 @@ def test_pbt_beats_the_same_population_without_it(trials):
     learning_rates = np.array([m.config.train.learning_rate for m in exploited])
     assert np.median(learning_rates) > 1e-2  # the population moved to the good learning rate
     assert any((m.history["pbt_source"] != np.arange(4)[i]).any() for i, m in enumerate(exploited))
+    loaded = lj.load_run(tmp_path / "pbt")  # a sweep folder gives one result per member
+    for member, saved in zip(exploited, loaded, strict=True):
+        assert saved.config == member.config
+        np.testing.assert_array_equal(saved.params["mean"], member.params["mean"])
+        np.testing.assert_array_equal(saved.history["pbt_source"], member.history["pbt_source"])

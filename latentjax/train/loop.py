@@ -347,7 +347,9 @@ def train_population(
                 )
             log.append(line)
             bar.update(step - previous)
-            bar.set_postfix(loss=f"{np.nanmean(np.asarray(summary['loss'], float)):.4g}")
+            losses = np.asarray(summary["loss"], float)
+            if np.isfinite(losses).any():
+                bar.set_postfix(loss=f"{np.nanmin(losses):.4g}")
 
             if checkpoints is not None and (
                 finished or step // checkpoint_every > previous // checkpoint_every
