@@ -213,23 +213,6 @@ def test_schedules():
     np.testing.assert_allclose(factors, [0, 0.5, 1, 0.55, 0.1], atol=1e-6)
 
 
-def test_invalid_arguments_name_what_is_wrong(trials):
-    with pytest.raises(ValueError, match="'train.momentum' is not a knob"):
-        lj.sweep(toy.Config(), trials, grid={"train.momentum": [0.9]}, progress=False)
-    with pytest.raises(ValueError, match="'train.steps' is not a knob"):
-        lj.sweep(toy.Config(), trials, grid={"train.steps": [1, 2]}, progress=False)
-    with pytest.raises(ValueError, match="`batch_size` 64 exceeds the 16"):
-        lj.fit(toy_config(batch_size=64), trials, progress=False)
-    with pytest.raises(ValueError, match="`train` must be lj.Trials"):
-        lj.fit(toy.Config(), np.zeros((2, 3, 4)), progress=False)
-    with pytest.raises(ValueError, match="seeds must be"):
-        lj.sweep(toy.Config(), trials, seeds=(), progress=False)
-    with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
-        TrainConfig(chunk_size=0)
-    with pytest.raises(ValueError, match="lacks init, posterior, loss or fitter"):
-        lj.api.register_family(toy.Config, object())
-
-
 def test_pbt_beats_the_same_population_without_it(trials, tmp_path):
     # three of four learning rates are far too small to get anywhere in 200 steps
     config = toy_config(steps=200)
