@@ -1,0 +1,17 @@
+"""Communication between brain regions.
+
+- `coupled_lds`: Bayesian coupled linear dynamics with delays and sparse coupling (numpyro,
+  NUTS or SVI through `lj.fit`); its Posterior carries coupling samples `[S, R, R]`.
+- `rrr`: reduced-rank regression communication subspace with cross-validated rank.
+- `cca`: canonical correlations between two regions, with cross-validation.
+- `gnn`: region latents as graph nodes exchanging messages along learned edges (`lj.fit`).
+- `attention`: attention routing between region latents, weights per time step (`lj.fit`).
+
+Convention everywhere: `[..., s, r]` is the edge from source region `s` to target `r`.
+"""
+
+from latentjax.multiregion import coupled_lds
+from latentjax.multiregion.cca import CCAResult, cca
+from latentjax.multiregion.rrr import RRRResult, rrr
+
+__all__ = ["CCAResult", "RRRResult", "cca", "coupled_lds", "rrr"]
