@@ -5,6 +5,7 @@
 """
 
 from latentjax import data, datasets, geometry, metrics, models, plot, train
+from latentjax import multiregion
 from latentjax.api import fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate
@@ -26,6 +27,7 @@ __all__ = [
     "load_run",
     "metrics",
     "models",
+    "multiregion",
     "plot",
     "sweep",
     "train",
