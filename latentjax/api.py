@@ -1,16 +1,20 @@
 """`fit`, `infer`, `sweep`, `load_run`: one entry point for every model family.
 
-A *family* is the module that defines a Config class (or anything registered with
-`register_family`) and offers `Config`, `init(key, config, trials) -> params`,
+A *family* is the module that defines a Config class, or the nearest package above it
+(`latentjax.models.lfads` for `latentjax.models.lfads.config.Config`), or anything registered
+with `register_family`; it offers `Config`, `init(key, config, trials) -> params`,
 `posterior(params, trials, config, key, **options) -> Posterior`, and either
 `loss(params, batch, key, config, step) -> (scalar, aux)` (trained by gradient; optional
 `validation_loss` with the same signature) or `fitter(config) -> Fitter` (EM, SVI, MCMC).
 
     >>> import latentjax as lj
-    >>> result = lj.fit(lj.models.lds.Config(num_latents=3), train, valid=valid, out="runs/a")
-    >>> posterior = lj.infer(result, test)
+    >>> train, test = lj.data.split(lj.datasets.lds(seed=0).trials)  # doctest: +SKIP
+    >>> config = lj.models.lds.Config(latent_dim=3)                   # doctest: +SKIP
+    >>> result = lj.fit(config, train, out="runs/lds")                # doctest: +SKIP
+    >>> posterior = lj.infer(result, test)                            # doctest: +SKIP
+    >>> config = lj.models.lfads.Config()                             # doctest: +SKIP
     >>> grid = {"train.learning_rate": [1e-3, 1e-2]}
-    >>> population = lj.sweep(config, train, seeds=(0, 1), grid=grid)
+    >>> population = lj.sweep(config, train, seeds=(0, 1), grid=grid)  # doctest: +SKIP
 
 Populations on several devices and hosts: `sweep` shards the population axis over every
 device JAX sees (a `jax.sharding.Mesh` with axis "population"). To use several hosts, run the
