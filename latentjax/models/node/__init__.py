@@ -1,0 +1,21 @@
+"""Latent neural ODE for irregularly sampled trials (Rubanova et al. 2019), on diffrax.
+
+A backward GRU over (observation, time gap) pairs infers a Gaussian posterior over each
+trial's initial latent state; an MLP vector field, solved by diffrax on the trial's own time
+grid (`Trials.times`, masked bins ignored), carries it to every observation; a Poisson or
+Gaussian read-out scores the observed bins. `posterior(..., times=...)` evaluates latents and
+rates at any times, and `vector_field` returns the learned flow for `lj.geometry`.
+
+    >>> import latentjax as lj
+    >>> data = lj.datasets.lorenz(seed=0)
+    >>> sparse = lj.datasets.subsample(data.trials, 0.3)
+    >>> result = lj.fit(lj.models.node.Config(time_scale=10.0), sparse)   # doctest: +SKIP
+    >>> post = lj.infer(result, sparse, times=data.trials.times)          # doctest: +SKIP
+"""
+
+from latentjax.models.node.config import Config
+from latentjax.models.node.family import init, loss, posterior
+from latentjax.models.node.solve import SolverError
+from latentjax.models.node.vector_field import vector_field
+
+__all__ = ["Config", "SolverError", "init", "loss", "posterior", "vector_field"]

@@ -1,0 +1,100 @@
+"""Hyperparameters of the latent neural ODE: one frozen `Config`.
+
+Sizes and solver choices are static under jit; `kl_scale` and the training knobs may vary
+across a population (the engine passes them as traced scalars).
+
+Loss convention (as LFADS, so knob values compare across datasets): the negative ELBO per
+observed entry (bin x neuron), `(-log p(y | z) + kl_scale * r(step) * KL(q(z0) || N(0, I)))
+/ entries`, averaged over trials, `r` a linear ramp from 0 to 1 over `kl_ramp_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from latentjax.train.config import TrainConfig, knob
+
+__all__ = ["ADJOINTS", "Config", "READOUTS", "SOLVERS"]
+
+SOLVERS = ("tsit5", "dopri5", "kvaerno5", "euler", "heun")
+ADJOINTS = ("recursive", "backsolve")
+READOUTS = ("poisson", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Latent neural ODE (Rubanova et al. 2019; Chen et al. 2018) for irregular observations.
+
+    Architecture (static):
+      latent_dim: dimensions of the latent state z(t).
+      hidden_dim: units of each hidden layer of the MLP vector field.
+      depth: hidden layers of the vector field.
+      encoder_dim: units of the backward GRU over (observation, time gap) pairs.
+      readout: "poisson" (counts; rates = exp(C z + d)) or "gaussian" (continuous signals;
+        mean C z + d and a learned variance per neuron).
+      time_scale: ODE time units per second of `Trials.times`: the field is solved in
+        `s = time_scale * (t - t_first)`, so its output stays of order one.
+    Solver (static):
+      solver: "tsit5" (adaptive explicit, default), "dopri5", "kvaerno5" (implicit, for stiff
+        fields), "euler" or "heun" (fixed step: set `step_size`).
+      step_size: a fixed step (in ODE time) for any solver; None uses adaptive steps
+        (PID control with `rtol`, `atol`; not possible for "euler").
+      rtol, atol: tolerances of adaptive steps.
+      max_steps: solver steps allowed per trial.
+      adjoint: "recursive" (backpropagate through the solver with recursive checkpointing)
+        or "backsolve" (the continuous adjoint method: O(1) memory in the solve length).
+      throw: True raises `SolverError` (naming the trial, the time reached and `max_steps`)
+        when a solve fails; False masks the failing trials out of the loss and reports
+        `solver_failures` (the fraction of trials) in the training history.
+    Knobs:
+      kl_scale: weight of the KL term (1.0 is the ELBO).
+      train: optimiser and loop settings ("train.learning_rate" is a knob).
+      kl_ramp_steps: steps of the linear KL ramp (static).
+    """
+
+    latent_dim: int = 8
+    hidden_dim: int = 64
+    depth: int = 2
+    encoder_dim: int = 64
+    readout: str = "poisson"
+    time_scale: float = 1.0
+    solver: str = "tsit5"
+    step_size: float | None = None
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    max_steps: int = 4096
+    adjoint: str = "recursive"
+    throw: bool = True
+    kl_ramp_steps: int = 200
+    kl_scale: float = knob(1.0)
+    train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
+
+    def __post_init__(self):
+        for name in ("latent_dim", "hidden_dim", "encoder_dim", "max_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"node.Config: `{name}` must be a positive int, got {value!r}")
+        for name in ("depth", "kl_ramp_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"node.Config: `{name}` must be an int >= 0, got {value!r}")
+        for name, options in (
+            ("solver", SOLVERS),
+            ("adjoint", ADJOINTS),
+            ("readout", READOUTS),
+        ):
+            if getattr(self, name) not in options:
+                raise ValueError(
+                    f"node.Config: `{name}` must be one of {options}, got {getattr(self, name)!r}"
+                )
+        for name in ("time_scale", "rtol", "atol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"node.Config: `{name}` must be > 0, got {getattr(self, name)}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"node.Config: `step_size` must be > 0 or None, got {self.step_size}")
+        if self.solver == "euler" and self.step_size is None:
+            raise ValueError("node.Config: the 'euler' `solver` needs a fixed `step_size`")
+        if not isinstance(self.throw, bool):
+            raise ValueError(f"node.Config: `throw` must be a bool, got {self.throw!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError("node.Config: `train` must be a latentjax.train.TrainConfig")

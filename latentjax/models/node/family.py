@@ -1,0 +1,246 @@
+"""The latent-ODE family contract: `init`, `loss`, `posterior`.
+
+Generative model of one trial, observed at irregular times `t_1 < ... < t_M`:
+
+    z(t_1) ~ N(0, I),   dz/ds = f_theta(z)  (s = time_scale * (t - t_1)),
+    y(t_i) ~ Poisson(exp(C z(t_i) + d))   or   N(C z(t_i) + d, diag(exp(log_var)))
+
+with `f_theta` an MLP (`vector_field`) solved by diffrax (`solve`) and the posterior
+`q(z(t_1) | y)` from a backward GRU over (observation, time gap) pairs (`encoder`).
+
+Parameters: `{"encoder": ..., "field": {"layers": ...}, "readout": {"kernel" [K, N],
+"bias" [N] (, "log_var" [N] for the Gaussian read-out)}}`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latentjax.data import Trials
+from latentjax.models.lfads import readouts
+from latentjax.models.lfads.priors import gaussian_kl
+from latentjax.models.node.config import Config
+from latentjax.models.node.encoder import encode, init_encoder
+from latentjax.models.node.solve import fill_times, integrate, raise_on_failure
+from latentjax.models.node.vector_field import apply_field, init_field
+from latentjax.results import Posterior
+from latentjax.train.schedules import ramp
+
+__all__ = ["init", "loss", "posterior"]
+
+
+def _check_trials(config: Config, trials: Trials, where: str) -> None:
+    if not isinstance(trials, Trials):
+        raise ValueError(f"node.{where}: `trials` must be a Trials, got {type(trials).__name__}")
+    if trials.continuous and config.readout == "poisson":
+        raise ValueError(f"node.{where}: continuous signals need readout='gaussian', not 'poisson'")
+
+
+def init(key, config: Config, trials: Trials) -> dict:
+    """Parameters; the read-out bias starts at each neuron's marginal mean (and variance)."""
+    _check_trials(config, trials, "init")
+    encoder_key, field_key, readout_key = jax.random.split(key, 3)
+    observed = np.asarray(trials.spikes)[np.asarray(trials.mask)]  # [observed bins, N]
+    mean = observed.mean(0)
+    kernel = 0.3 * jax.random.normal(readout_key, (config.latent_dim, trials.num_neurons))
+    readout = {"kernel": kernel / np.sqrt(config.latent_dim)}
+    if config.readout == "poisson":
+        readout["bias"] = jnp.asarray(np.log(mean + 1e-3), jnp.float32)
+    else:
+        readout["bias"] = jnp.asarray(mean, jnp.float32)
+        readout["log_var"] = jnp.asarray(np.log(observed.var(0) + 1e-3), jnp.float32)
+    return {
+        "encoder": init_encoder(encoder_key, config, trials.num_neurons),
+        "field": init_field(field_key, config),
+        "readout": readout,
+    }
+
+
+def _log_params(readout: dict, config: Config, latents):
+    """Read-out log-parameters `[time, P, neurons]` (LFADS's read-out layout)."""
+    mean = latents @ readout["kernel"] + readout["bias"]
+    if config.readout == "poisson":
+        return mean[:, None, :]
+    return jnp.stack([mean, jnp.broadcast_to(readout["log_var"], mean.shape)], axis=1)
+
+
+def _encoder_inputs(config: Config, spikes):
+    return jnp.log1p(spikes) if config.readout == "poisson" else spikes
+
+
+def _trial_terms(params, spikes, times, mask, key, config: Config) -> dict:
+    """Loss terms of one trial `[time, neurons]`; a failed solve contributes nothing."""
+    filled, t_first = fill_times(times, mask)
+    mean, var = encode(params["encoder"], config, _encoder_inputs(config, spikes), filled, mask)
+    initial = mean + jnp.sqrt(var) * jax.random.normal(key, mean.shape)
+    solution = integrate(
+        apply_field, params["field"], initial, config.time_scale * (filled - t_first), config
+    )
+    log_params = _log_params(params["readout"], config, solution.states)
+    log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
+    kept = ~solution.failed
+    zeros = jnp.zeros_like(mean)
+    return {
+        "recon": jnp.where(kept, -jnp.sum(log_lik * mask[:, None]), 0.0),
+        "kl": jnp.where(kept, gaussian_kl(mean, var, zeros, zeros), 0.0),
+        "entries": jnp.where(kept, jnp.sum(mask) * spikes.shape[-1], 0.0),
+        "failed": solution.failed,
+        "max_steps_reached": solution.max_steps_reached,
+        "reached": t_first + solution.reached / config.time_scale,
+        "end": filled[-1],
+    }
+
+
+def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
+    """Negative ELBO per observed entry with a KL ramp (see `Config`).
+
+    Returns (scalar, aux) with aux `recon` and `kl` (per entry, unweighted) and
+    `solver_failures` (fraction of the minibatch whose solve failed; those trials are left
+    out). With `config.throw` a failed solve raises `SolverError` instead.
+    """
+    keys = jax.random.split(key, batch.spikes.shape[0])
+    terms = jax.vmap(_trial_terms, in_axes=(None, 0, 0, 0, 0, None))(
+        params,
+        jnp.asarray(batch.spikes, jnp.float32),
+        jnp.asarray(batch.times, jnp.float32),
+        jnp.asarray(batch.mask),
+        keys,
+        config,
+    )
+    if config.throw:
+        raise_failed = functools.partial(
+            raise_on_failure, max_steps=config.max_steps, solver=config.solver,
+            where="minibatch trial",
+        )  # fmt: skip
+        jax.debug.callback(
+            raise_failed,
+            terms["failed"],
+            terms["reached"],
+            terms["end"],
+            terms["max_steps_reached"],
+        )
+    entries = jnp.maximum(jnp.sum(terms["entries"]), 1.0)
+    recon = jnp.sum(terms["recon"]) / entries
+    kl = jnp.sum(terms["kl"]) / entries
+    kl_weight = ramp(step, start=0, length=config.kl_ramp_steps)
+    aux = {
+        "recon": recon,
+        "kl": kl,
+        "solver_failures": jnp.mean(terms["failed"].astype(jnp.float32)),
+    }
+    return recon + config.kl_scale * kl_weight * kl, aux
+
+
+def _trial_posterior(params, spikes, times, mask, query_times, config: Config) -> dict:
+    """Latents and read-out means at `query_times` `[Q]` (any increasing times, seconds) of
+    one trial, from the posterior mean of the initial state.
+
+    Times before the first observation are reached by a backward solve, times after it by a
+    forward one."""
+    filled, t_first = fill_times(times, mask)
+    mean, var = encode(params["encoder"], config, _encoder_inputs(config, spikes), filled, mask)
+    s = config.time_scale * (query_times - t_first)
+    forward = integrate(apply_field, params["field"], mean, jnp.maximum(s, 0.0), config)
+    backward = integrate(apply_field, params["field"], mean, jnp.minimum(s, 0.0)[::-1], config)
+    latents = jnp.where((s >= 0)[:, None], forward.states, backward.states[::-1])
+    failed = forward.failed | backward.failed
+    failed_forward = forward.failed
+    log_params = _log_params(params["readout"], config, latents)
+    rates = readouts.expected_value(config.readout, log_params)
+    return {
+        "latents": jnp.where(failed, jnp.nan, latents),
+        "rates": jnp.where(failed, jnp.nan, rates),
+        "initial_mean": mean,
+        "initial_var": var,
+        "failed": failed,
+        "max_steps_reached": jnp.where(
+            failed_forward, forward.max_steps_reached, backward.max_steps_reached
+        ),
+        "reached": t_first
+        + jnp.where(failed_forward, forward.reached, backward.reached) / config.time_scale,
+        "end": jnp.where(failed_forward, query_times[-1], query_times[0]),
+    }
+
+
+_batched_posterior = jax.jit(
+    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, 0, 0, None)), static_argnames="config"
+)
+
+
+def _query_times(trials: Trials, times) -> np.ndarray:
+    if times is None:
+        filled, _ = jax.vmap(fill_times)(jnp.asarray(trials.times), jnp.asarray(trials.mask))
+        return np.asarray(filled, np.float64)
+    times = np.asarray(times, np.float64)
+    if times.ndim == 1:
+        times = np.broadcast_to(times, (trials.num_trials, times.shape[0]))
+    if times.ndim != 2 or times.shape[0] != trials.num_trials or times.shape[1] == 0:
+        raise ValueError(
+            f"node.posterior: `times` must be [time] or [trials, time] = "
+            f"[{trials.num_trials}, time] seconds, got shape {times.shape}"
+        )
+    if not np.isfinite(times).all():
+        raise ValueError("node.posterior: `times` holds NaN or Inf")
+    if (np.diff(times, axis=1) <= 0).any():
+        trial = int(np.argwhere((np.diff(times, axis=1) <= 0).any(1))[0, 0])
+        raise ValueError(f"node.posterior: `times` must increase strictly; trial {trial} does not")
+    return times
+
+
+def posterior(params, trials: Trials, config: Config, key, *, times=None) -> Posterior:
+    """Latent trajectories and rates of `trials`, at their own bins or at any `times`.
+
+    The trajectory starts from the posterior mean of the initial state (deterministic; `key`
+    is unused) and is solved forward and backward from the first observation, so `times`
+    may interpolate between observations and extrapolate before and after them.
+
+    Args:
+      params, config: a fitted model (`FitResult.params`, `FitResult.config`).
+      trials: `Trials` `[trials, time, neurons]` (irregular `times` and `mask` allowed).
+      key: unused (the posterior mean needs no sampling).
+      times: None (each trial's own `Trials.times`; unobserved bins get the last observed
+        time before them), `[query]` seconds shared by all trials, or `[trials, query]`;
+        strictly increasing.
+
+    Returns:
+      `Posterior` with `latents` `[trials, query, latent_dim]`, `rates` `[trials, query,
+      neurons]` (expected counts per bin; the mean signal for the Gaussian read-out), extras
+      `times` `[trials, query]`, `initial_mean` and `initial_var` `[trials, latent_dim]`,
+      `failed` `[trials]` (with `throw=False`: failed trials hold NaN).
+
+    Raises:
+      SolverError: a solve failed and `config.throw` is True.
+    """
+    del key
+    _check_trials(config, trials, "posterior")
+    num_neurons = params["readout"]["bias"].shape[0]
+    if trials.num_neurons != num_neurons:
+        raise ValueError(
+            f"node.posterior: `trials` has {trials.num_neurons} neurons, the model {num_neurons}"
+        )
+    query = _query_times(trials, times)
+    out = _batched_posterior(
+        params,
+        jnp.asarray(trials.spikes, jnp.float32),
+        jnp.asarray(trials.times, jnp.float32),
+        jnp.asarray(trials.mask),
+        jnp.asarray(query, jnp.float32),
+        config,
+    )
+    out = jax.tree.map(np.asarray, out)
+    if config.throw:
+        raise_on_failure(
+            out["failed"], out["reached"], out["end"], out["max_steps_reached"],
+            max_steps=config.max_steps, solver=config.solver, where="trial",
+        )  # fmt: skip
+    extras = {
+        "times": query,
+        "initial_mean": out["initial_mean"],
+        "initial_var": out["initial_var"],
+        "failed": out["failed"],
+    }
+    return Posterior(latents=out["latents"], rates=out["rates"], extras=extras)

@@ -1,0 +1,141 @@
+"""Solving the latent ODE of one trial on its own (irregular) time grid with diffrax.
+
+Time: a trial's clock starts at its first observed time `t_first`; the field is solved in ODE
+time `s = time_scale * (t - t_first)`, from the initial state at `s = 0`.
+
+Padding and unobserved bins: `Trials` sets their times to 0, which would break the increasing
+grid a solver saves on. `fill_times` gives each such bin the time of the last observed bin
+before it (the first observed time for leading ones), so the grid is non-decreasing, the
+solve ends at the last observation, and unobserved bins cost no solver steps; the likelihood
+then ignores them through `mask`.
+
+Failures: every solve runs with diffrax's `throw=False`; `integrate` returns whether it failed
+and the ODE time it reached, and the family either raises `SolverError` (naming the trial, the
+time and `max_steps`) or masks the failing trials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latentjax.models.node.config import Config
+
+__all__ = ["Solution", "SolverError", "fill_times", "integrate", "raise_on_failure"]
+
+
+class SolverError(RuntimeError):
+    """An ODE solve failed (too many steps, or a step size that collapsed)."""
+
+
+class Solution(NamedTuple):
+    """states: `[time, latent_dim]` at the requested times (zeros if failed); failed: bool;
+    max_steps_reached: bool (the cause of a failure); reached: ODE time the solver reached."""
+
+    states: jax.Array
+    failed: jax.Array
+    max_steps_reached: jax.Array
+    reached: jax.Array
+
+
+def fill_times(times, mask):
+    """Grid of one trial: `times` `[time]` with unobserved bins given the last observed time.
+
+    Returns `(filled [time], t_first)`; `filled` is non-decreasing where `times` increases over
+    observed bins. A trial with no observed bin gets zeros.
+    """
+    first = jnp.argmax(mask)
+    t_first = jnp.where(mask.any(), times[first], 0.0)
+    filled = jax.lax.cummax(jnp.where(mask, times, -jnp.inf))
+    return jnp.where(jnp.isfinite(filled), filled, t_first), t_first
+
+
+def _solver(config: Config):
+    return {
+        "tsit5": diffrax.Tsit5,
+        "dopri5": diffrax.Dopri5,
+        "kvaerno5": diffrax.Kvaerno5,
+        "euler": diffrax.Euler,
+        "heun": diffrax.Heun,
+    }[config.solver]()
+
+
+def _controller(config: Config):
+    if config.step_size is not None:
+        return diffrax.ConstantStepSize()
+    return diffrax.PIDController(rtol=config.rtol, atol=config.atol)
+
+
+def _adjoint(config: Config):
+    if config.adjoint == "backsolve":
+        return diffrax.BacksolveAdjoint(
+            solver=_solver(config), stepsize_controller=_controller(config)
+        )
+    return diffrax.RecursiveCheckpointAdjoint()
+
+
+def integrate(field: Callable, field_params, initial_state, ts, config: Config) -> Solution:
+    """Solve `dz/ds = field(field_params, z)` from `z(0) = initial_state` and save at `ts`.
+
+    Args:
+      field: pure `(params, state [K]) -> [K]`; its parameters travel as diffrax `args`, so
+        both adjoints differentiate them.
+      field_params: the field's parameter pytree.
+      initial_state: `[K]` state at ODE time 0.
+      ts: `[time]` ODE times, monotone away from 0 (all >= 0 non-decreasing for a forward
+        solve, all <= 0 non-increasing for a backward one); the solve ends at `ts[-1]`.
+      config: solver, step size, tolerances, `max_steps`, adjoint.
+    """
+    t1 = ts[-1]
+    dt0 = None
+    if config.step_size is not None:
+        dt0 = jnp.where(t1 < 0, -config.step_size, config.step_size)
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda s, z, params: field(params, z)),
+        _solver(config),
+        t0=jnp.zeros_like(t1),
+        t1=t1,
+        dt0=dt0,
+        y0=initial_state,
+        args=field_params,
+        saveat=diffrax.SaveAt(ts=ts, t1=True),
+        stepsize_controller=_controller(config),
+        adjoint=_adjoint(config),
+        max_steps=config.max_steps,
+        throw=False,
+    )
+    failed = solution.result != diffrax.RESULTS.successful
+    states = jnp.where(failed, 0.0, solution.ys[:-1])
+    return Solution(
+        states=states,
+        failed=failed,
+        max_steps_reached=solution.result == diffrax.RESULTS.max_steps_reached,
+        reached=solution.ts[-1],
+    )
+
+
+def raise_on_failure(failed, reached, end, max_steps_reached, *, max_steps: int, solver: str,
+                     where: str) -> None:  # fmt: skip
+    """Raise `SolverError` for the first failed trial (host arrays `[..., trials]`; times in
+    seconds of `Trials.times`); `where` names the trials ("trial", "minibatch trial")."""
+    failed = np.asarray(failed)
+    if not failed.any():
+        return
+    index = tuple(np.argwhere(failed)[0])
+    cause = (
+        f"max_steps={max_steps} solver steps were not enough"
+        if np.asarray(max_steps_reached)[index]
+        else "the step size collapsed or the implicit solver did not converge"
+    )
+    raise SolverError(
+        f"node: the ODE solve of {where} {index[-1]} failed at t = "
+        f"{float(np.asarray(reached)[index]):.6g} s (its last time is "
+        f"{float(np.asarray(end)[index]):.6g} s): {cause} (solver={solver!r}). Raise "
+        "Config.max_steps, use solver='kvaerno5' for a stiff field, or pass throw=False to "
+        "mask failing trials."
+    )

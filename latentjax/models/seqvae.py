@@ -1,0 +1,244 @@
+"""RNN sequential VAE: a discrete-time deep latent model on the bin grid.
+
+For one trial with observations `y_t` `[time, neurons]` and `mask_t` (True where observed):
+
+    e_fwd, e_bwd = GRU_fwd([y_t * mask_t, mask_t]), GRU_bwd(...)      bidirectional encoder
+    q(z0) = N(W_0 [e_fwd(T), e_bwd(1)] + b_0)                          stochastic initial state
+    q(u_t) = N(W_u [e_fwd(t), e_bwd(t)] + b_u)     (input_dim > 0)     per-step stochastic latents
+    g_0 = W_g z0 + b_g,   g_t = GRU_gen(u_t, g_{t-1})                  generator
+    f_t = W_f g_t   (latents),   y_t ~ Poisson(exp(C f_t + d))  or  N(C f_t + d, exp(log_var))
+
+with priors z0 ~ N(0, I) and u_t ~ N(0, I). The loss is the negative ELBO per observed entry
+(masked bins are not scored), `(-log p(y | z0, u) + kl_scale * r(step) * (KL_z0 + KL_u)) /
+entries`, `r` a linear ramp over `kl_ramp_steps`. Encoder inputs are `log1p(counts)` for the
+Poisson read-out. GRUs, read-out likelihoods and Gaussian KL come from `lj.models.lfads`.
+
+    >>> import latentjax as lj
+    >>> result = lj.fit(lj.models.seqvae.Config(), train)    # doctest: +SKIP
+    >>> post = lj.infer(result, test)                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latentjax.data import Trials
+from latentjax.models.lfads import readouts
+from latentjax.models.lfads.network import GRU, gru_step, run_gru
+from latentjax.models.lfads.priors import gaussian_kl
+from latentjax.results import Posterior
+from latentjax.train.config import TrainConfig, knob
+from latentjax.train.schedules import ramp
+
+__all__ = ["Config", "init", "loss", "posterior"]
+
+READOUTS = ("poisson", "gaussian")
+VAR_MIN = 1e-4
+CELL_CLIP = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Sequential VAE sizes (static) and knobs.
+
+    Attributes:
+      encoder_dim: units of each direction of the bidirectional GRU encoder.
+      initial_dim: dimensions of the stochastic initial state z0.
+      input_dim: dimensions of the per-step stochastic latents u_t (0: none, the generator
+        runs autonomously from z0).
+      generator_dim: units of the GRU generator.
+      latent_dim: dimensions of the latents f_t (a linear map of the generator state).
+      readout: "poisson" (counts) or "gaussian" (continuous signals).
+      kl_ramp_steps: steps of the linear KL ramp.
+      kl_scale: weight of the KL terms (knob; 1.0 is the ELBO).
+      train: optimiser and loop settings ("train.learning_rate" is a knob).
+    """
+
+    encoder_dim: int = 64
+    initial_dim: int = 16
+    input_dim: int = 0
+    generator_dim: int = 64
+    latent_dim: int = 8
+    readout: str = "poisson"
+    kl_ramp_steps: int = 200
+    kl_scale: float = knob(1.0)
+    train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
+
+    def __post_init__(self):
+        sizes = ("encoder_dim", "initial_dim", "generator_dim", "latent_dim")
+        for name in sizes:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"seqvae.Config: `{name}` must be a positive int, got {value!r}")
+        for name in ("input_dim", "kl_ramp_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"seqvae.Config: `{name}` must be an int >= 0, got {value!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"seqvae.Config: `readout` must be one of {READOUTS}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError("seqvae.Config: `train` must be a latentjax.train.TrainConfig")
+
+
+def _dense(key, fan_in: int, fan_out: int, scale: float = 1.0) -> dict:
+    kernel = scale * jax.random.normal(key, (fan_in, fan_out)) / np.sqrt(fan_in)
+    return {"kernel": kernel, "bias": jnp.zeros(fan_out)}
+
+
+def _gru_params(key, hidden: int, input_dim: int, learned_initial_state: bool = True) -> dict:
+    return GRU(hidden, learned_initial_state).init(key, input_dim)["params"]
+
+
+def _gru(params: dict, hidden: int, input_dim: int, learned_initial_state: bool = True):
+    return GRU(hidden, learned_initial_state).apply({"params": params}, input_dim)
+
+
+def _check_trials(config: Config, trials, where: str) -> None:
+    if not isinstance(trials, Trials):
+        raise ValueError(f"seqvae.{where}: `trials` must be a Trials, got {type(trials).__name__}")
+    if trials.continuous and config.readout == "poisson":
+        raise ValueError(f"seqvae.{where}: continuous signals need readout='gaussian'")
+
+
+def init(key, config: Config, trials: Trials) -> dict:
+    """Parameters; the read-out bias starts at each neuron's marginal mean (and variance)."""
+    _check_trials(config, trials, "init")
+    keys = jax.random.split(key, 8)
+    num_neurons = trials.num_neurons
+    encoder_input = num_neurons + 1
+    observed = np.asarray(trials.spikes)[np.asarray(trials.mask)]
+    mean = observed.mean(0)
+    readout = _dense(keys[0], config.latent_dim, num_neurons, 0.3)
+    if config.readout == "poisson":
+        readout["bias"] = jnp.asarray(np.log(mean + 1e-3), jnp.float32)
+    else:
+        readout["bias"] = jnp.asarray(mean, jnp.float32)
+        readout["log_var"] = jnp.asarray(np.log(observed.var(0) + 1e-3), jnp.float32)
+    encoded = 2 * config.encoder_dim
+    return {
+        "encoder_fwd": _gru_params(keys[1], config.encoder_dim, encoder_input),
+        "encoder_bwd": _gru_params(keys[2], config.encoder_dim, encoder_input),
+        "initial": _dense(keys[3], encoded, 2 * config.initial_dim),
+        "inputs": _dense(keys[4], encoded, 2 * max(config.input_dim, 1)),
+        "to_generator": _dense(keys[5], config.initial_dim, config.generator_dim),
+        "generator": _gru_params(
+            keys[6], config.generator_dim, max(config.input_dim, 1), learned_initial_state=False
+        ),
+        "latents": _dense(keys[7], config.generator_dim, config.latent_dim),
+        "readout": readout,
+    }
+
+
+def _log_params(readout: dict, config: Config, latents):
+    mean = latents @ readout["kernel"] + readout["bias"]
+    if config.readout == "poisson":
+        return mean[:, None, :]
+    return jnp.stack([mean, jnp.broadcast_to(readout["log_var"], mean.shape)], axis=1)
+
+
+def _gaussian(layer: dict, x):
+    mean, log_var = jnp.split(x @ layer["kernel"] + layer["bias"], 2, axis=-1)
+    return mean, jnp.exp(log_var) + VAR_MIN
+
+
+def _trial(params, spikes, mask, key, config: Config, sample: bool) -> dict:
+    """Latents, read-out log-parameters and KL of one trial `[time, neurons]`."""
+    observed = mask[:, None]
+    features = jnp.log1p(spikes) if config.readout == "poisson" else spikes
+    x = jnp.concatenate([features * observed, observed.astype(features.dtype)], axis=-1)
+    width = x.shape[-1]
+    fwd = run_gru(_gru(params["encoder_fwd"], config.encoder_dim, width), x, CELL_CLIP)
+    bwd = run_gru(_gru(params["encoder_bwd"], config.encoder_dim, width), x, CELL_CLIP, True)
+    initial_key, inputs_key = jax.random.split(key)
+    z0_mean, z0_var = _gaussian(params["initial"], jnp.concatenate([fwd[-1], bwd[0]]))
+    noise = jax.random.normal(initial_key, z0_mean.shape) if sample else 0.0
+    z0 = z0_mean + jnp.sqrt(z0_var) * noise
+    kl = gaussian_kl(z0_mean, z0_var, 0.0, 0.0)
+
+    num_bins = spikes.shape[0]
+    if config.input_dim:
+        u_mean, u_var = _gaussian(params["inputs"], jnp.concatenate([fwd, bwd], axis=-1))
+        noise = jax.random.normal(inputs_key, u_mean.shape) if sample else 0.0
+        inputs = u_mean + jnp.sqrt(u_var) * noise
+        kl = kl + gaussian_kl(u_mean, u_var, 0.0, 0.0)
+    else:
+        inputs = jnp.zeros((num_bins, 1))
+    generator = _gru(
+        params["generator"], config.generator_dim, inputs.shape[-1], learned_initial_state=False
+    )
+    g0 = z0 @ params["to_generator"]["kernel"] + params["to_generator"]["bias"]
+    gates = inputs @ generator.input_kernel + generator.input_bias
+
+    def step(g, gates_t):
+        g = gru_step(generator, gates_t, g, CELL_CLIP)
+        return g, g
+
+    _, states = jax.lax.scan(step, g0, gates)
+    latents = states @ params["latents"]["kernel"] + params["latents"]["bias"]
+    return {
+        "latents": latents,
+        "log_params": _log_params(params["readout"], config, latents),
+        "kl": kl,
+        "initial_mean": z0_mean,
+        "inputs": inputs[:, : config.input_dim],
+    }
+
+
+def _trial_terms(params, spikes, mask, key, config: Config) -> dict:
+    out = _trial(params, spikes, mask, key, config, sample=True)
+    log_lik = readouts.log_likelihood(config.readout, out["log_params"], spikes)
+    return {
+        "recon": -jnp.sum(log_lik * mask[:, None]),
+        "kl": out["kl"],
+        "entries": jnp.sum(mask) * spikes.shape[-1],
+    }
+
+
+def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
+    """Negative ELBO per observed entry with a KL ramp; aux `recon`, `kl` (per entry)."""
+    keys = jax.random.split(key, batch.spikes.shape[0])
+    terms = jax.vmap(_trial_terms, in_axes=(None, 0, 0, 0, None))(
+        params, jnp.asarray(batch.spikes, jnp.float32), jnp.asarray(batch.mask), keys, config
+    )
+    entries = jnp.maximum(jnp.sum(terms["entries"]), 1.0)
+    recon = jnp.sum(terms["recon"]) / entries
+    kl = jnp.sum(terms["kl"]) / entries
+    kl_weight = ramp(step, start=0, length=config.kl_ramp_steps)
+    return recon + config.kl_scale * kl_weight * kl, {"recon": recon, "kl": kl}
+
+
+def _trial_posterior(params, spikes, mask, config: Config) -> dict:
+    out = _trial(params, spikes, mask, jax.random.PRNGKey(0), config, sample=False)
+    rates = readouts.expected_value(config.readout, out["log_params"])
+    return {**out, "rates": rates}
+
+
+_batched_posterior = jax.jit(
+    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, None)), static_argnames="config"
+)
+
+
+def posterior(params, trials: Trials, config: Config, key) -> Posterior:
+    """Posterior-mean latents and rates on the bin grid (masked bins are predicted too).
+
+    Returns `Posterior` with `latents` `[trials, time, latent_dim]`, `rates` `[trials, time,
+    neurons]` (expected counts per bin; the mean signal for the Gaussian read-out) and extras
+    `initial_mean` `[trials, initial_dim]`, `inputs` `[trials, time, input_dim]`.
+    """
+    del key
+    _check_trials(config, trials, "posterior")
+    num_neurons = params["readout"]["bias"].shape[0]
+    if trials.num_neurons != num_neurons:
+        raise ValueError(
+            f"seqvae.posterior: `trials` has {trials.num_neurons} neurons, the model {num_neurons}"
+        )
+    out = _batched_posterior(
+        params, jnp.asarray(trials.spikes, jnp.float32), jnp.asarray(trials.mask), config
+    )
+    out = jax.tree.map(np.asarray, out)
+    extras = {"initial_mean": out["initial_mean"], "inputs": out["inputs"]}
+    return Posterior(latents=out["latents"], rates=out["rates"], extras=extras)

@@ -1,0 +1,194 @@
+"""Latent neural ODE: solves against analytic truth, irregular grids, padding, failures, API."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import latentjax as lj
+import latentjax.models.node as node
+from latentjax.models.node import family
+from latentjax.models.node.solve import fill_times, integrate
+from latentjax.train import TrainConfig
+
+TINY = node.Config(
+    latent_dim=3,
+    hidden_dim=8,
+    depth=1,
+    encoder_dim=8,
+    time_scale=5.0,
+    train=TrainConfig(learning_rate=1e-2, batch_size=4, steps=4, chunk_size=2),
+)
+
+
+def _linear_field(matrix, state):
+    return matrix @ state
+
+
+@pytest.fixture(scope="module")
+def sparse_lorenz():
+    data = lj.datasets.lorenz(seed=1, num_trials=6, num_bins=30, num_neurons=5)
+    sparse, index = lj.datasets.subsample(data.trials, 0.4, seed=2, return_index=True)
+    return data, sparse, index
+
+
+@pytest.mark.parametrize("adjoint", ["recursive", "backsolve"])
+def test_linear_field_matches_matrix_exponential_on_irregular_grids(adjoint):
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(3, 3)) - 1.5 * np.eye(3)
+    initial = rng.normal(size=3)
+    config = node.Config(rtol=1e-11, atol=1e-12, adjoint=adjoint, max_steps=100_000)
+    forward = np.sort(rng.uniform(0.0, 2.0, 7))
+    backward = -np.sort(rng.uniform(0.0, 1.0, 4))  # decreasing: a backward solve
+    with jax.enable_x64(True):
+        for ts in (forward, backward):
+            solution = integrate(_linear_field, jnp.asarray(matrix), jnp.asarray(initial),
+                                 jnp.asarray(ts), config)  # fmt: skip
+            expected = np.stack([scipy.linalg.expm(matrix * s) @ initial for s in ts])
+            assert not bool(solution.failed)
+            np.testing.assert_allclose(np.asarray(solution.states), expected, atol=1e-6)
+            assert solution.states.dtype == jnp.float64
+
+
+def test_fill_times_gives_a_nondecreasing_grid_over_padding():
+    times = jnp.array([0.0, 0.3, 0.0, 0.7, 0.0, 0.0])
+    mask = jnp.array([False, True, False, True, False, False])
+    filled, t_first = fill_times(times, mask)
+    np.testing.assert_allclose(filled, [0.3, 0.3, 0.3, 0.7, 0.7, 0.7])
+    assert float(t_first) == pytest.approx(0.3)
+
+
+def test_padding_and_unobserved_bins_contribute_nothing(sparse_lorenz):
+    _, sparse, _ = sparse_lorenz
+    params = node.init(jax.random.PRNGKey(0), TINY, sparse)
+    trial = jax.tree.map(jnp.asarray, sparse[0])
+    kept = int(trial.mask.sum())
+    key = jax.random.PRNGKey(3)
+    # Pad by 3 bins at the end and garble one unobserved bin inside: same loss.
+    padded = trial.replace(
+        spikes=np.concatenate([np.asarray(trial.spikes), np.full((1, 3, 5), 0)], 1),
+        times=np.concatenate([np.asarray(trial.times), np.zeros((1, 3))], 1),
+        mask=np.concatenate([np.asarray(trial.mask), np.zeros((1, 3), bool)], 1),
+    )
+    truncated = trial.replace(
+        spikes=np.asarray(trial.spikes)[:, :kept],
+        times=np.asarray(trial.times)[:, :kept],
+        mask=np.asarray(trial.mask)[:, :kept],
+    )
+    loss_padded, _ = node.loss(params, padded, key, TINY, 0)
+    loss_truncated, _ = node.loss(params, truncated, key, TINY, 0)
+    np.testing.assert_allclose(loss_padded, loss_truncated, rtol=1e-5)
+
+
+def test_vmapped_trials_with_different_grids_equal_a_loop(sparse_lorenz):
+    _, sparse, _ = sparse_lorenz
+    assert len({tuple(t) for t in np.asarray(sparse.times).round(6)}) == sparse.num_trials
+    params = node.init(jax.random.PRNGKey(0), TINY, sparse)
+    key = jax.random.PRNGKey(0)
+    batched = node.posterior(params, sparse, TINY, key)
+    for b in range(sparse.num_trials):
+        single = node.posterior(params, sparse[b], TINY, key)
+        np.testing.assert_allclose(batched.latents[b], single.latents[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batched.rates[b], single.rates[0], rtol=1e-5, atol=1e-6)
+
+
+def test_posterior_interpolates_and_extrapolates_along_the_learned_flow(sparse_lorenz):
+    data, sparse, index = sparse_lorenz
+    params = node.init(jax.random.PRNGKey(1), TINY, sparse)
+    key = jax.random.PRNGKey(0)
+    own = node.posterior(params, sparse, TINY, key)
+    dense = node.posterior(params, sparse, TINY, key, times=data.trials.times[0])
+    assert dense.latents.shape == (6, 30, 3) and dense.rates.shape == (6, 30, 5)
+    # At the kept bins the dense query (forward and backward solves) equals the own grid.
+    for b in range(sparse.num_trials):
+        slots = index[b] >= 0
+        np.testing.assert_allclose(
+            dense.latents[b, index[b, slots]], own.latents[b, slots], rtol=1e-3, atol=1e-4
+        )
+    # Between and beyond the observations the trajectory follows dz/dt = vector_field(z).
+    flow = node.vector_field(params, TINY)
+    times = np.asarray(data.trials.times[0])
+    slope = np.gradient(dense.latents[0], times, axis=0)
+    field = np.asarray(jax.vmap(flow)(jnp.asarray(dense.latents[0])))
+    np.testing.assert_allclose(slope[2:-2], field[2:-2], rtol=0.05, atol=0.05)
+
+
+def _stiff(config, *, throw):
+    """A depth-0 (linear) field dz/ds = -1e4 z and two trials: one short enough to solve."""
+    config = dataclasses.replace(config, depth=0, max_steps=16, throw=throw, time_scale=1.0)
+    spikes = np.ones((2, 3, 5))
+    times = np.array([[0.0, 0.0005, 0.001], [0.0, 0.5, 1.0]])
+    trials = lj.Trials(spikes, dt=0.01, times=times)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    layer = {"kernel": -1e4 * jnp.eye(3), "bias": jnp.zeros(3)}
+    return config, trials, {**params, "field": {"layers": (layer,)}}
+
+
+def test_stiff_field_with_tiny_max_steps_raises_a_clear_error():
+    config, trials, params = _stiff(TINY, throw=True)
+    with pytest.raises(node.SolverError, match=r"trial 1 failed at t = .* max_steps=16"):
+        node.posterior(params, trials, config, jax.random.PRNGKey(0))
+    batch = jax.tree.map(jnp.asarray, trials)
+    with pytest.raises(Exception, match=r"minibatch trial 1 failed at t = .*max_steps=16"):
+        jax.block_until_ready(jax.jit(node.loss, static_argnums=3)(
+            params, batch, jax.random.PRNGKey(0), config, 0))  # fmt: skip
+
+
+def test_stiff_field_without_throw_masks_failures_and_keeps_parameters_finite():
+    config, trials, params = _stiff(TINY, throw=False)
+    batch = jax.tree.map(jnp.asarray, trials)
+    (value, aux), grads = jax.value_and_grad(node.loss, has_aux=True)(
+        params, batch, jax.random.PRNGKey(0), config, 0
+    )
+    assert float(aux["solver_failures"]) == 0.5
+    assert np.isfinite(value) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    post = node.posterior(params, trials, config, jax.random.PRNGKey(0))
+    assert post.failed.tolist() == [False, True]
+    assert np.isnan(post.rates[1]).all() and np.isfinite(post.rates[0]).all()
+
+    # The engine's gradient Fitter skips nothing: the masked loss has finite gradients.
+    fitter = lj.train.gradient_fitter(
+        lambda p, b, k, step: node.loss(p, b, k, config, step), config.train
+    )
+    state = fitter.init(params, batch)
+    state, info = jax.jit(fitter.step)(state, batch, jax.random.PRNGKey(1))
+    assert float(info["skipped"]) == 0.0 and float(info["solver_failures"]) == 0.5
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+
+
+def test_fit_trains_on_irregular_trials(sparse_lorenz):
+    _, sparse, _ = sparse_lorenz
+    result = lj.fit(TINY, sparse, progress=False)
+    assert result.history["loss"].shape == (2,)
+    assert np.isfinite(result.history["loss"]).all()
+    post = lj.infer(result, sparse, times=np.linspace(-0.05, 0.35, 9))
+    assert post.rates.shape == (6, 9, 5) and np.isfinite(post.rates).all()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(latent_dim=0), "latent_dim"),
+        (dict(solver="rk45"), "solver"),
+        (dict(solver="euler"), "step_size"),
+        (dict(adjoint="magic"), "adjoint"),
+        (dict(time_scale=0.0), "time_scale"),
+    ],
+)
+def test_config_rejects_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        node.Config(**changes)
+
+
+def test_posterior_rejects_bad_times(sparse_lorenz):
+    _, sparse, _ = sparse_lorenz
+    params = node.init(jax.random.PRNGKey(0), TINY, sparse)
+    with pytest.raises(ValueError, match="times"):
+        node.posterior(params, sparse, TINY, jax.random.PRNGKey(0), times=[0.2, 0.1])
+    with pytest.raises(ValueError, match="times"):
+        node.posterior(params, sparse, TINY, jax.random.PRNGKey(0), times=np.zeros((2, 3)))
