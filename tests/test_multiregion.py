@@ -142,3 +142,28 @@ def test_coupled_lds_nuts_recovers_edges_and_delays_from_latents():
     assert posterior.divergences.sum() == 0
     report = lj.evaluate(posterior, trials)
     assert report["divergences"] == 0 and report["r_hat_max"] < 1.05
+
+
+def test_communication_graph_draws_inferred_edges():
+    from matplotlib.figure import Figure
+
+    from latentjax.plot.communication import communication_graph
+
+    coupling = np.zeros((3, 3))
+    coupling[0, 1], coupling[1, 2] = 0.5, 0.3
+    posterior = lj.Posterior(
+        latents=np.zeros((1, 2, 6)),
+        extras=dict(
+            coupling_mean=coupling,
+            coupling_lower=coupling * 0.8,
+            coupling_upper=coupling * 1.2,
+            edges=coupling > 0,
+            delays=np.where(coupling > 0, 2, 0),
+        ),
+    )
+    figure = communication_graph(posterior, region_names=["V1", "V2", "MT"])
+    assert isinstance(figure, Figure)
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert sum("delay 2" in t for t in texts) == 2 and "MT" in texts
+    with pytest.raises(ValueError, match="region_names"):
+        communication_graph(posterior, region_names=["a"])

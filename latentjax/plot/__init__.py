@@ -4,11 +4,13 @@ Figures are built without pyplot, so nothing global changes; save with `figure.s
 """
 
 from latentjax.plot.activity import psths, raster
+from latentjax.plot.communication import communication_graph
 from latentjax.plot.latents import latent_trajectories, true_vs_inferred
 from latentjax.plot.topology import plot_barcode, plot_diagram
 from latentjax.plot.training import training_curves
 
 __all__ = [
+    "communication_graph",
     "latent_trajectories",
     "plot_barcode",
     "plot_diagram",
