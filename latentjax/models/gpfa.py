@@ -1,0 +1,451 @@
+"""Gaussian-process factor analysis (GPFA; Yu et al. 2009), fit by exact EM.
+
+Model, for one trial with bin times `t_1 .. t_T` (seconds, `Trials.times`):
+
+    x_k(.) ~ GP(0, kappa_k),   kappa_k(t, s) = (1 - s2) exp(-(t - s)^2 / (2 tau_k^2)) + s2 [t = s]
+    y_t = C x_t + d + e_t,     e_t ~ N(0, diag(R))
+
+for latents `k = 1 .. K`, with a learned timescale `tau_k` (seconds) per latent and a small fixed
+GP noise variance `s2` (`Config.gp_noise_variance`, 1e-3 as in the paper). `y` is
+`sqrt(counts)` (`Config.sqrt_transform`, the default) or the raw signal.
+
+E-step: the exact Gaussian posterior over each latent's whole trajectory, `K*T` dimensions per
+trial, in the numerically stable form of GP regression: with `L` the block-diagonal Cholesky
+factor of the prior covariance and `J = (C' R^-1 C) kron diag(mask)` the likelihood precision,
+`Sigma = L (I + L' J L)^-1 L'`; `O((K T)^3)` per trial, vmapped over trials. Bins with
+`mask == False` are missing observations: they drop out of `J` and of the data term, and their
+latents are inferred from the GP prior. M-step: closed form for `C`, `d` and `R` (floored at
+`min_variance_fraction` times each neuron's variance); damped Newton steps on the log
+timescales with a line search that never lowers the expected complete-data log-likelihood, so
+the marginal log-likelihood is non-decreasing over EM iterations (generalised EM).
+
+Example:
+  >>> import latentjax as lj
+  >>> from latentjax.models import gpfa
+  >>> config = gpfa.Config(latent_dim=3)
+  >>> result = lj.fit(config, trials)                       # doctest: +SKIP
+  >>> posterior = lj.infer(result, trials)                  # doctest: +SKIP
+  >>> posterior.latents.shape, posterior.timescales         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jax.scipy.stats import norm
+
+from latentjax.data import Trials
+from latentjax.results import Posterior
+from latentjax.train import Fitter
+
+__all__ = [
+    "Config",
+    "EMState",
+    "GPFAParams",
+    "TrialPosterior",
+    "fitter",
+    "init",
+    "posterior",
+    "trial_posterior",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """GPFA hyperparameters.
+
+    Attributes:
+      latent_dim: number of latents `K` (at most the number of neurons).
+      sqrt_transform: model `sqrt(counts)` rather than the counts (Yu et al.); requires counts.
+      steps: EM iterations.
+      initial_timescale: seconds; every latent starts near it (jittered by the init key).
+      timescale_newton_steps: damped Newton steps on the log timescales per M-step.
+      gp_noise_variance: `s2`, the small fixed GP noise variance (knob).
+      min_variance_fraction: floor of each neuron's noise variance `R`, as a fraction of that
+        neuron's variance of `y` (knob).
+    """
+
+    latent_dim: int = 3
+    sqrt_transform: bool = True
+    steps: int = 200
+    initial_timescale: float = 0.1
+    timescale_newton_steps: int = 3
+    gp_noise_variance: float = dataclasses.field(default=1e-3, metadata={"knob": True})
+    min_variance_fraction: float = dataclasses.field(default=0.01, metadata={"knob": True})
+
+    def __post_init__(self):
+        for name in ("latent_dim", "steps", "timescale_newton_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"gpfa.Config: `{name}` must be an integer >= 1, got {value!r}")
+        if not isinstance(self.initial_timescale, numbers.Real) or not self.initial_timescale > 0:
+            raise ValueError(
+                f"gpfa.Config: `initial_timescale` must be a positive number of seconds, "
+                f"got {self.initial_timescale!r}"
+            )
+        # Knobs may be traced scalars inside a population; check only concrete numbers.
+        if isinstance(self.gp_noise_variance, numbers.Real) and not (
+            0 < self.gp_noise_variance < 1
+        ):
+            raise ValueError(
+                f"gpfa.Config: `gp_noise_variance` must lie in (0, 1), "
+                f"got {self.gp_noise_variance!r}"
+            )
+        if isinstance(self.min_variance_fraction, numbers.Real) and not (
+            0 <= self.min_variance_fraction < 1
+        ):
+            raise ValueError(
+                f"gpfa.Config: `min_variance_fraction` must lie in [0, 1), "
+                f"got {self.min_variance_fraction!r}"
+            )
+
+
+class GPFAParams(NamedTuple):
+    """GPFA parameters.
+
+    Attributes:
+      loadings: `C` `[neurons, latents]`.
+      offset: `d` `[neurons]`.
+      noise_variance: diagonal of `R` `[neurons]`.
+      log_timescales: `log(tau)` `[latents]`, `tau` in seconds.
+    """
+
+    loadings: jax.Array
+    offset: jax.Array
+    noise_variance: jax.Array
+    log_timescales: jax.Array
+
+
+class EMState(NamedTuple):
+    """State of the EM `Fitter`: just the parameters."""
+
+    params: GPFAParams
+
+
+class TrialPosterior(NamedTuple):
+    """Exact posterior of one trial's latent trajectories.
+
+    Attributes:
+      mean: `[time, latents]` posterior mean.
+      covariance: `[latents * time, latents * time]` joint posterior covariance, ordered
+        latent-major (index `k * time + t`).
+      log_likelihood: scalar `log p(y_observed)` under the model (on the transformed scale).
+    """
+
+    mean: jax.Array
+    covariance: jax.Array
+    log_likelihood: jax.Array
+
+
+def _observations(spikes: jax.Array, sqrt_transform: bool) -> jax.Array:
+    spikes = jnp.asarray(spikes, dtype=jnp.result_type(float))
+    return jnp.sqrt(spikes) if sqrt_transform else spikes
+
+
+def _kernels(log_timescales: jax.Array, times: jax.Array, gp_noise_variance) -> jax.Array:
+    """`[latents, time, time]` prior covariance of each latent at `times` `[time]`."""
+    lag2 = (times[:, None] - times[None, :]) ** 2
+    scale2 = jnp.exp(2.0 * log_timescales)[:, None, None]
+    eye = jnp.eye(times.shape[0], dtype=lag2.dtype)
+    return (1.0 - gp_noise_variance) * jnp.exp(-0.5 * lag2 / scale2) + gp_noise_variance * eye
+
+
+def trial_posterior(
+    params: GPFAParams, y: jax.Array, times: jax.Array, mask: jax.Array, gp_noise_variance
+) -> TrialPosterior:
+    """Exact E-step for one trial.
+
+    Args:
+      params: `GPFAParams`.
+      y: `[time, neurons]` observations (already square-rooted where the model says so).
+      times: `[time]` seconds.
+      mask: `[time]` bool, True where observed; other bins are missing observations.
+      gp_noise_variance: the GP noise variance `s2`.
+    """
+    num_latents = params.loadings.shape[1]
+    num_bins = times.shape[0]
+    observed = mask.astype(y.dtype)
+    precision = 1.0 / params.noise_variance
+    chol_prior = jnp.linalg.cholesky(_kernels(params.log_timescales, times, gp_noise_variance))
+
+    residual = (y - params.offset) * observed[:, None]  # [T, N]
+    projected = (residual * precision) @ params.loadings  # [T, K]: C' R^-1 (y_t - d)
+    gain = (params.loadings.T * precision) @ params.loadings  # [K, K]: C' R^-1 C
+    # I + L' J L, blocks (k, j): gain[k, j] * L_k' diag(mask) L_j
+    blocks = jnp.einsum("kts,t,jtu->ksju", chol_prior, observed, chol_prior)
+    size = num_latents * num_bins
+    inner = jnp.eye(size, dtype=y.dtype) + (gain[:, None, :, None] * blocks).reshape(size, size)
+    chol_inner = jnp.linalg.cholesky(inner)
+
+    chol_prior_full = jsl.block_diag(*chol_prior)  # [KT, KT], latent-major
+    whitened = jsl.solve_triangular(chol_inner, chol_prior_full.T, lower=True)
+    covariance = whitened.T @ whitened
+    data_term = projected.T.reshape(size)
+    mean = covariance @ data_term
+
+    # log N(y_obs; d, A K A' + R) by the matrix determinant lemma and Woodbury identity.
+    quad_reduced = jsl.solve_triangular(chol_inner, chol_prior_full.T @ data_term, lower=True)
+    num_observed = observed.sum()
+    log_likelihood = -0.5 * (
+        num_observed * y.shape[1] * jnp.log(2.0 * jnp.pi)
+        + num_observed * jnp.sum(jnp.log(params.noise_variance))
+        + jnp.sum(residual**2 * precision)
+        + 2.0 * jnp.sum(jnp.log(jnp.diag(chol_inner)))
+        - jnp.sum(quad_reduced**2)
+    )
+    return TrialPosterior(mean.reshape(num_latents, num_bins).T, covariance, log_likelihood)
+
+
+class _Moments(NamedTuple):
+    """Per-trial expected sufficient statistics of the E-step."""
+
+    num_observed: jax.Array  # scalar: observed bins
+    sum_y: jax.Array  # [N]
+    sum_y2: jax.Array  # [N]
+    sum_yx: jax.Array  # [N, K+1]: sum_t y_t E[x_t; 1]'
+    sum_xx: jax.Array  # [K+1, K+1]: sum_t E[(x_t; 1)(x_t; 1)']
+    latent_second_moment: jax.Array  # [K, T, T]: E[x_k x_k'] over the whole trajectory
+    log_likelihood: jax.Array  # scalar
+
+
+def _time_covariances(covariance: jax.Array, num_latents: int) -> jax.Array:
+    """`[time, K, K]` posterior covariance of `x_t` from the `[KT, KT]` joint covariance."""
+    num_bins = covariance.shape[0] // num_latents
+    blocks = covariance.reshape(num_latents, num_bins, num_latents, num_bins)
+    bins = jnp.arange(num_bins)
+    return blocks.transpose(1, 3, 0, 2)[bins, bins]
+
+
+def _trial_moments(params, y, times, mask, gp_noise_variance) -> _Moments:
+    post = trial_posterior(params, y, times, mask, gp_noise_variance)
+    num_latents = params.loadings.shape[1]
+    num_bins = times.shape[0]
+    observed = mask.astype(y.dtype)
+    augmented = jnp.concatenate([post.mean, jnp.ones((num_bins, 1), y.dtype)], axis=1)
+    time_cov = jnp.pad(_time_covariances(post.covariance, num_latents), ((0, 0), (0, 1), (0, 1)))
+    sum_xx = jnp.einsum("t,tk,tj->kj", observed, augmented, augmented) + jnp.einsum(
+        "t,tkj->kj", observed, time_cov
+    )
+    blocks = post.covariance.reshape(num_latents, num_bins, num_latents, num_bins)
+    latents = jnp.arange(num_latents)
+    second_moment = blocks[latents, :, latents, :] + jnp.einsum("tk,sk->kts", post.mean, post.mean)
+    return _Moments(
+        num_observed=observed.sum(),
+        sum_y=observed @ y,
+        sum_y2=observed @ y**2,
+        sum_yx=jnp.einsum("t,tn,tk->nk", observed, y, augmented),
+        sum_xx=sum_xx,
+        latent_second_moment=second_moment,
+        log_likelihood=post.log_likelihood,
+    )
+
+
+def _timescale_objective(log_timescales, times, second_moments, gp_noise_variance):
+    """`[K]` expected complete-data GP log-prior of each latent, summed over trials.
+
+    `times` `[trials, time]`, `second_moments` `[trials, K, time, time]`.
+    """
+
+    def per_trial(trial_times, moment):
+        chol = jnp.linalg.cholesky(_kernels(log_timescales, trial_times, gp_noise_variance))
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=1)
+        trace = jnp.trace(
+            jax.vmap(lambda c, m: jsl.cho_solve((c, True), m))(chol, moment), axis1=1, axis2=2
+        )
+        return -0.5 * (log_det + trace)
+
+    return jax.vmap(per_trial)(times, second_moments).sum(0)
+
+
+_LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0)
+_MAX_LOG_STEP = 1.0
+
+
+def _update_timescales(log_timescales, times, second_moments, gp_noise_variance, newton_steps):
+    """Damped Newton ascent on each latent's log timescale (the objective is separable)."""
+
+    def objective(theta):
+        return _timescale_objective(theta, times, second_moments, gp_noise_variance)
+
+    gradient = jax.grad(lambda theta: objective(theta).sum())
+    factors = jnp.asarray(_LINE_SEARCH, log_timescales.dtype)
+
+    def newton_step(theta, _):
+        grad, curvature = jax.jvp(gradient, (theta,), (jnp.ones_like(theta),))
+        ascent = jnp.where(curvature < 0, -grad / curvature, jnp.sign(grad) * _MAX_LOG_STEP)
+        ascent = jnp.clip(ascent, -_MAX_LOG_STEP, _MAX_LOG_STEP)
+        candidates = theta + factors[:, None] * ascent  # [candidates, K]
+        values = jax.vmap(objective)(candidates)
+        values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+        best = jnp.argmax(values, axis=0)  # ties go to the longest step
+        return candidates[best, jnp.arange(theta.shape[0])], None
+
+    return jax.lax.scan(newton_step, log_timescales, None, length=newton_steps)[0]
+
+
+def _m_step(params, moments: _Moments, times, config: Config) -> GPFAParams:
+    total = jax.tree.map(lambda m: m.sum(0), moments)
+    loadings_offset = jnp.linalg.solve(total.sum_xx, total.sum_yx.T).T  # [N, K+1]
+    residual_variance = (
+        total.sum_y2 - jnp.sum(loadings_offset * total.sum_yx, axis=1)
+    ) / total.num_observed
+    mean_y = total.sum_y / total.num_observed
+    floor = config.min_variance_fraction * (total.sum_y2 / total.num_observed - mean_y**2)
+    floor = jnp.maximum(floor, jnp.finfo(floor.dtype).tiny)
+    log_timescales = _update_timescales(
+        params.log_timescales,
+        times,
+        moments.latent_second_moment,
+        config.gp_noise_variance,
+        config.timescale_newton_steps,
+    )
+    return GPFAParams(
+        loadings=loadings_offset[:, :-1],
+        offset=loadings_offset[:, -1],
+        noise_variance=jnp.maximum(residual_variance, floor),
+        log_timescales=log_timescales,
+    )
+
+
+def _check_trials(function: str, config: Config, trials: Any) -> None:
+    if not isinstance(trials, Trials):
+        raise ValueError(f"gpfa.{function}: `trials` must be lj.Trials, got {type(trials)}")
+    if config.sqrt_transform and trials.continuous:
+        raise ValueError(
+            f"gpfa.{function}: `config.sqrt_transform=True` needs spike counts, but `trials` "
+            "holds continuous signals; use Config(sqrt_transform=False)"
+        )
+
+
+def init(key: jax.Array, config: Config, trials: Trials) -> GPFAParams:
+    """Probabilistic-PCA initialisation from the observed bins of `trials`.
+
+    `C`, `d`, `R` from the top `latent_dim` principal components of `y` pooled over observed
+    bins; every log timescale `log(initial_timescale)` plus `0.1 * N(0, 1)` from `key`.
+    """
+    _check_trials("init", config, trials)
+    if config.latent_dim > trials.num_neurons:
+        raise ValueError(
+            f"gpfa.init: `config.latent_dim` ({config.latent_dim}) exceeds the number of "
+            f"neurons ({trials.num_neurons})"
+        )
+    y = _observations(trials.spikes, config.sqrt_transform).reshape(-1, trials.num_neurons)
+    weights = jnp.asarray(trials.mask, y.dtype).reshape(-1)
+    mean = weights @ y / weights.sum()
+    centred = (y - mean) * jnp.sqrt(weights)[:, None]
+    covariance = centred.T @ centred / weights.sum()
+    eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)  # ascending
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    k = config.latent_dim
+    residual = jnp.sum(eigenvalues[k:]) / max(trials.num_neurons - k, 1)
+    loadings = eigenvectors[:, :k] * jnp.sqrt(jnp.maximum(eigenvalues[:k] - residual, 1e-6))
+    floor = jnp.maximum(config.min_variance_fraction * jnp.diag(covariance), 1e-6)
+    noise_variance = jnp.maximum(jnp.diag(covariance) - jnp.sum(loadings**2, axis=1), floor)
+    jitter = 0.1 * jax.random.normal(key, (k,), y.dtype)
+    return GPFAParams(
+        loadings=loadings,
+        offset=mean,
+        noise_variance=noise_variance,
+        log_timescales=jnp.log(config.initial_timescale) + jitter,
+    )
+
+
+def fitter(config: Config) -> Fitter:
+    """The EM `Fitter`: each step is one E-step (all trials, vmapped) and one M-step.
+
+    `info` holds `log_likelihood` (of the parameters entering the step, summed over trials,
+    on the transformed scale) and `loss`, its negative.
+    """
+
+    def init_state(params: GPFAParams, data: Trials) -> EMState:
+        del data
+        return EMState(params)
+
+    def step(state: EMState, data: Trials, key: jax.Array) -> tuple[EMState, dict]:
+        del key  # EM is deterministic
+        y = _observations(data.spikes, config.sqrt_transform)
+        times = jnp.asarray(data.times, y.dtype)
+        moments = jax.vmap(_trial_moments, in_axes=(None, 0, 0, 0, None))(
+            state.params, y, times, jnp.asarray(data.mask), config.gp_noise_variance
+        )
+        params = _m_step(state.params, moments, times, config)
+        log_likelihood = moments.log_likelihood.sum()
+        return EMState(params), {"loss": -log_likelihood, "log_likelihood": log_likelihood}
+
+    return Fitter(init_state, step)
+
+
+def _expected_clipped(mean, variance, sqrt_transform: bool):
+    """`E[max(y, 0)^2]` (sqrt scale) or `E[max(y, 0)]` for `y ~ N(mean, variance)`."""
+    std = jnp.sqrt(variance)
+    z = mean / std
+    if sqrt_transform:
+        return (mean**2 + variance) * norm.cdf(z) + mean * std * norm.pdf(z)
+    return mean * norm.cdf(z) + std * norm.pdf(z)
+
+
+def posterior(
+    params: GPFAParams, trials: Trials, config: Config, key: jax.Array | None = None
+) -> Posterior:
+    """Posterior latents and rates of `trials`.
+
+    Returns a `Posterior` with
+      latents: `[trials, time, K]` orthonormalised latents (Yu et al.): with `C = U S V'`,
+        `S V' E[x_t]`, ordered by the variance of `y` they explain (largest first).
+      rates: `[trials, time, neurons]` expected counts per bin. The observation `y_t` has
+        posterior predictive `N(C E[x_t] + d, diag(C Cov[x_t] C') + R)`; counts are `y^2`
+        under `sqrt_transform` (`y` otherwise), clipped at zero, so rates are
+        `E[max(y_t, 0)^2]` (or `E[max(y_t, 0)]`), in closed form. The variance term matters:
+        `sqrt(counts)` of a low-rate Poisson neuron is mostly 0 with variance near the rate.
+      extras: `covariances` `[trials, time, K, K]` of the orthonormalised latents;
+        `gp_latents` `[trials, time, K]` the latents in the GP basis, whose timescales are
+        `timescales` `[K]` (seconds); `loadings` `[neurons, K]` (`U`, orthonormal columns);
+        `log_likelihood` `[trials]`.
+    """
+    del key  # exact inference
+    _check_trials("posterior", config, trials)
+    if trials.num_neurons != params.loadings.shape[0]:
+        raise ValueError(
+            f"gpfa.posterior: `trials` has {trials.num_neurons} neurons, the model "
+            f"{params.loadings.shape[0]}"
+        )
+    return _posterior(params, trials.spikes, trials.times, trials.mask, config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _posterior(params, spikes, times, mask, config):
+    y = _observations(spikes, config.sqrt_transform)
+    times = jnp.asarray(times, y.dtype)
+    num_latents = config.latent_dim
+
+    def per_trial(y, times, mask):
+        post = trial_posterior(params, y, times, mask, config.gp_noise_variance)
+        return post.mean, _time_covariances(post.covariance, num_latents), post.log_likelihood
+
+    means, covariances, log_likelihood = jax.vmap(per_trial)(y, times, jnp.asarray(mask))
+    left, singular, right = jnp.linalg.svd(params.loadings, full_matrices=False)
+    to_orthonormal = singular[:, None] * right  # [K, K]: x_orth = S V' x
+    predicted = means @ params.loadings.T + params.offset
+    predicted_variance = (
+        jnp.einsum("nk,btkj,nj->btn", params.loadings, covariances, params.loadings)
+        + params.noise_variance
+    )
+    return Posterior(
+        latents=means @ to_orthonormal.T,
+        rates=_expected_clipped(predicted, predicted_variance, config.sqrt_transform),
+        extras={
+            "covariances": jnp.einsum(
+                "ik,btkj,lj->btil", to_orthonormal, covariances, to_orthonormal
+            ),
+            "gp_latents": means,
+            "timescales": jnp.exp(params.log_timescales),
+            "loadings": left,
+            "log_likelihood": log_likelihood,
+        },
+    )
