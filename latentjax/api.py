@@ -131,8 +131,13 @@ def _program(family: Any, config: Any, with_validation: bool) -> Program:
     train = _train_config(config)
     if callable(getattr(family, "fitter", None)):
         make_fitter = family.fitter
-    else:
+    elif isinstance(getattr(config, "train", None), TrainConfig):
         make_fitter = FamilyGradientFitter(family.loss)
+    else:
+        raise ValueError(
+            f"config: {type(config).__name__} is trained by gradient (its family has `loss`) "
+            "and needs a field `train: latentjax.train.TrainConfig`"
+        )
     validation_loss = None
     if with_validation:
         validation_loss = getattr(family, "validation_loss", None) or getattr(family, "loss", None)
@@ -232,11 +237,6 @@ def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devi
             config, train=dataclasses.replace(config.train, steps=int(steps))
         )
     steps = int(steps or loop_settings.steps)
-    batch_size = loop_settings.batch_size
-    if batch_size is not None and batch_size > train.num_trials:
-        raise ValueError(
-            f"TrainConfig: `batch_size` {batch_size} exceeds the {train.num_trials} training trials"
-        )
 
     members = _members(config, seeds, grid)
     params, keys = [], []

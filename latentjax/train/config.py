@@ -32,7 +32,8 @@ class TrainConfig:
       learning_rate: peak learning rate of AdamW (knob).
       weight_decay: decoupled weight decay of AdamW (knob).
       batch_size: trials per minibatch, drawn without replacement from a per-epoch
-        permutation; None uses every trial at every step.
+        permutation; None (or a size above the number of trials) uses every trial at every
+        step.
       steps: optimisation steps (EM iterations for Fitter families).
       grad_clip: clip gradients to this global norm; None leaves them alone.
       schedule: learning-rate decay after warm-up: "constant", "cosine" or "linear" (to

@@ -77,11 +77,7 @@ def gradient_fitter(loss: Callable, train: TrainConfig) -> Fitter:
 
     def step(state, data, key):
         num_trials = jax.tree.leaves(data)[0].shape[0]
-        batch_size = num_trials if train.batch_size is None else train.batch_size
-        if batch_size > num_trials:
-            raise ValueError(
-                f"TrainConfig: `batch_size` {batch_size} exceeds the {num_trials} training trials"
-            )
+        batch_size = min(train.batch_size or num_trials, num_trials)
         steps_per_epoch = num_trials // batch_size
         order_key, loss_key = jax.random.split(key)
         position = state.step % steps_per_epoch
