@@ -232,6 +232,23 @@ def _json_number(value):
     return value
 
 
+def _restore(checkpoints: Checkpoints, step: int, state, knobs, padded_size: int, run_hash: str):
+    record = checkpoints.record(step)
+    if record["members"] != padded_size:
+        raise ValueError(
+            f"out: the checkpoint holds {record['members']} members (the population padded "
+            f"to the device count when it was written); here it pads to {padded_size}; "
+            "resume with the same number of devices"
+        )
+    if record["run_hash"] != run_hash:
+        raise ValueError(
+            f"out: the checkpoint in {checkpoints.directory} belongs to another config "
+            "(hash mismatch); use another folder to start a new run"
+        )
+    restored, record = checkpoints.restore(step, {"loop": state, "knobs": knobs})
+    return restored["loop"], restored["knobs"], record
+
+
 def train_population(
     program: Program,
     params: Any,
@@ -284,20 +301,13 @@ def train_population(
     log = MetricsLog(None if run is None else run.metrics_path)
     checkpoints = None if run is None else Checkpoints(run.checkpoint_dir)
     if checkpoints is not None and (latest := checkpoints.latest_step()) is not None:
-        record = checkpoints.record(latest)
-        if record["members"] != population.padded_size:
-            raise ValueError(
-                f"out: the checkpoint holds {record['members']} members (the population padded "
-                f"to the device count when it was written); here it pads to "
-                f"{population.padded_size}; resume with the same number of devices"
+        try:
+            state, knobs_device, record = _restore(
+                checkpoints, latest, state, knobs_device, population.padded_size, run_hash
             )
-        restored, record = checkpoints.restore(latest, {"loop": state, "knobs": knobs_device})
-        if record["run_hash"] != run_hash:
-            raise ValueError(
-                f"out: the checkpoint in {checkpoints.directory} belongs to another config "
-                "(hash mismatch); use another folder to start a new run"
-            )
-        state, knobs_device = restored["loop"], restored["knobs"]
+        except BaseException:
+            checkpoints.close()
+            raise
         step, finished = latest, record["finished"] and steps <= record["steps"]
         log = MetricsLog.resume(run.metrics_path, latest)
 
