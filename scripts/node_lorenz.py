@@ -15,13 +15,12 @@ import argparse
 import time
 
 import numpy as np
+from _node_report import machine, write_section
 
 import latentjax as lj
 import latentjax.models.node as node
 import latentjax.models.seqvae as seqvae
 from latentjax.train import TrainConfig
-
-from _node_report import machine, write_section
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ import scipy.linalg
 
 import latentjax as lj
 import latentjax.models.node as node
-from latentjax.models.node import family
 from latentjax.models.node.solve import fill_times, integrate
 from latentjax.train import TrainConfig
 

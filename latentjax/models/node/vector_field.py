@@ -24,7 +24,7 @@ def init_field(key, config: Config) -> dict:
     sizes = [config.latent_dim] + [config.hidden_dim] * config.depth + [config.latent_dim]
     keys = jax.random.split(key, len(sizes) - 1)
     layers = []
-    for index, (key_l, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    for index, (key_l, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
         scale = (0.1 if index == len(sizes) - 2 else 1.0) / jnp.sqrt(fan_in)
         kernel = scale * jax.random.normal(key_l, (fan_in, fan_out))
         layers.append({"kernel": kernel, "bias": jnp.zeros(fan_out)})

@@ -1,0 +1,101 @@
+"""RNN sequential VAE: masking, stochastic latents, training through lj.fit and lj.sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+import latentjax as lj
+import latentjax.models.seqvae as seqvae
+from latentjax.train import TrainConfig
+
+TINY = seqvae.Config(
+    encoder_dim=8,
+    initial_dim=4,
+    generator_dim=8,
+    latent_dim=3,
+    kl_ramp_steps=0,
+    train=TrainConfig(learning_rate=2e-2, batch_size=8, steps=60, chunk_size=20),
+)
+
+
+@pytest.fixture(scope="module")
+def lorenz():
+    data = lj.datasets.lorenz(seed=0, num_trials=8, num_bins=20, num_neurons=6)
+    mask = np.random.default_rng(0).random((8, 20)) < 0.5
+    return data, data.trials.replace(mask=mask)
+
+
+def test_masked_bins_do_not_change_the_loss(lorenz):
+    _, trials = lorenz
+    config = dataclasses.replace(TINY, input_dim=2)
+    params = seqvae.init(jax.random.PRNGKey(0), config, trials)
+    garbled = np.asarray(trials.spikes).copy()
+    garbled[~np.asarray(trials.mask)] = 7
+    batch = jax.tree.map(jnp.asarray, trials)
+    other = batch.replace(spikes=garbled)
+    key = jax.random.PRNGKey(1)
+    loss = jax.jit(seqvae.loss, static_argnums=3)
+    np.testing.assert_allclose(loss(params, batch, key, config, 0)[0],
+                               loss(params, other, key, config, 0)[0], rtol=1e-6)  # fmt: skip
+
+
+def test_reconstruction_term_is_the_poisson_log_likelihood(lorenz):
+    _, trials = lorenz
+    config = dataclasses.replace(TINY, kl_scale=0.0)
+    params = seqvae.init(jax.random.PRNGKey(0), config, trials)
+    # A near-zero posterior variance of z0 (no step latents): the sampled loss is the
+    # reconstruction of the posterior mean.
+    initial = params["initial"]
+    initial["bias"] = initial["bias"].at[4:].set(-30.0)
+    initial["kernel"] = initial["kernel"].at[:, 4:].set(0.0)
+    _, aux = seqvae.loss(params, jax.tree.map(jnp.asarray, trials), jax.random.PRNGKey(3),
+                         config, 0)  # fmt: skip
+    rates = seqvae.posterior(params, trials, config, jax.random.PRNGKey(0)).rates
+    spikes, mask = np.asarray(trials.spikes), np.asarray(trials.mask)
+    expected = -scipy.stats.poisson.logpmf(spikes, rates)[mask].sum() / (mask.sum() * 6)
+    np.testing.assert_allclose(float(aux["recon"]), expected, rtol=1e-3)
+
+
+def test_fit_learns_and_posterior_predicts_masked_bins(lorenz):
+    data, trials = lorenz
+    result = lj.fit(TINY, trials, progress=False)
+    loss = result.history["loss"]
+    assert loss[-1] < loss[0]
+    post = lj.infer(result, trials)
+    assert post.latents.shape == (8, 20, 3) and post.rates.shape == (8, 20, 6)
+    assert np.isfinite(post.rates).all()
+
+
+@pytest.mark.slow
+def test_sweep_trains_a_population_over_the_kl_knob(lorenz):
+    _, trials = lorenz
+    results = lj.sweep(TINY, trials, seeds=(0,), grid={"kl_scale": [0.5, 1.0]}, steps=20,
+                       progress=False)  # fmt: skip
+    assert [r.config.kl_scale for r in results] == [0.5, 1.0]
+    assert all(np.isfinite(r.history["loss"]).all() for r in results)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [(dict(encoder_dim=0), "encoder_dim"), (dict(input_dim=-1), "input_dim"),
+     (dict(readout="gamma"), "readout")],
+)  # fmt: skip
+def test_config_rejects_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        seqvae.Config(**changes)
+
+
+def test_continuous_signals_need_the_gaussian_readout():
+    trials = lj.Trials(np.random.default_rng(0).normal(size=(2, 5, 3)), dt=0.1, continuous=True)
+    with pytest.raises(ValueError, match="gaussian"):
+        seqvae.init(jax.random.PRNGKey(0), TINY, trials)
+    config = dataclasses.replace(TINY, readout="gaussian")
+    params = seqvae.init(jax.random.PRNGKey(0), config, trials)
+    post = seqvae.posterior(params, trials, config, jax.random.PRNGKey(0))
+    assert post.rates.shape == (2, 5, 3)
