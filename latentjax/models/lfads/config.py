@@ -132,26 +132,54 @@ class Config:
         4
         """
         if name not in PRESETS:
-            raise ValueError(f"lfads.Config.preset: unknown `name` {name!r}; one of {list(PRESETS)}")
+            raise ValueError(
+                f"lfads.Config.preset: unknown `name` {name!r}; one of {list(PRESETS)}"
+            )
         return cls(**{**PRESETS[name], **overrides})
 
 
 PRESETS = {
     # lfads-torch's Lorenz tutorial sizes (autonomous Lorenz system: a small controller).
     "lorenz": dict(
-        ic_enc_dim=64, ci_enc_dim=64, con_dim=64, co_dim=4, ic_dim=64, gen_dim=200, fac_dim=10,
-        dropout=0.05, co_prior="ar1", kl_ramp_steps=500, l2_ramp_steps=500,
+        ic_enc_dim=64,
+        ci_enc_dim=64,
+        con_dim=64,
+        co_dim=4,
+        ic_dim=64,
+        gen_dim=200,
+        fac_dim=10,
+        dropout=0.05,
+        co_prior="ar1",
+        kl_ramp_steps=500,
+        l2_ramp_steps=500,
     ),
     # AutoLFADS on NLB MC_Maze (shared/TARGETS.md): coordinated dropout 0.3, AR(1) prior.
     "nlb_mc_maze": dict(
-        ic_enc_dim=100, ci_enc_dim=80, con_dim=80, co_dim=4, ic_dim=100, gen_dim=100,
-        fac_dim=40, cd_rate=0.3, dropout=0.3, co_prior="ar1", kl_ramp_steps=1000,
+        ic_enc_dim=100,
+        ci_enc_dim=80,
+        con_dim=80,
+        co_dim=4,
+        ic_dim=100,
+        gen_dim=100,
+        fac_dim=40,
+        cd_rate=0.3,
+        dropout=0.3,
+        co_prior="ar1",
+        kl_ramp_steps=1000,
         l2_ramp_steps=1000,
     ),
     # A few units everywhere: for tests and examples.
     "tiny": dict(
-        ic_enc_dim=8, ci_enc_dim=8, con_dim=8, co_dim=2, ic_dim=8, gen_dim=16, fac_dim=4,
-        dropout=0.0, kl_ramp_steps=50, l2_ramp_steps=50,
+        ic_enc_dim=8,
+        ci_enc_dim=8,
+        con_dim=8,
+        co_dim=2,
+        ic_dim=8,
+        gen_dim=16,
+        fac_dim=4,
+        dropout=0.0,
+        kl_ramp_steps=50,
+        l2_ramp_steps=50,
         train=TrainConfig(learning_rate=1e-2, batch_size=16, steps=200, grad_clip=200.0),
     ),
 }

@@ -14,8 +14,6 @@ columns or with the held-in columns only, and returns rates for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +23,7 @@ from latentjax.models.lfads import augment, priors, readouts
 from latentjax.models.lfads.config import Config
 from latentjax.models.lfads.network import Architecture, Core, Noise
 from latentjax.results import Posterior
+from latentjax.train.schedules import ramp
 
 __all__ = ["init", "loss", "posterior", "validation_loss"]
 
@@ -145,6 +144,15 @@ def _pca_regression_readins(config: Config, sessions) -> list[np.ndarray]:
     return kernels
 
 
+def _init_core(key, arch: Architecture):
+    """Flax parameters of the core, created without running the network (`lazy_init`)."""
+    bins = arch.ci_lag + 2
+    shape = jax.ShapeDtypeStruct
+    noise = jax.eval_shape(lambda: _draw_noise(key, arch, bins, bins, 0.0))
+    x, ext = shape((bins, arch.input_dim), jnp.float32), shape((bins, arch.ext_dim), jnp.float32)
+    return Core(arch).lazy_init(key, x, ext, noise)["params"]
+
+
 def init(key, config: Config, trials) -> dict:
     """Parameters for `trials` (a `Trials`, or a sequence of `Trials`, one per session).
 
@@ -158,13 +166,8 @@ def init(key, config: Config, trials) -> dict:
     sessions = _as_sessions(trials, "init")
     _check_sessions(config, sessions)
     num_heldin = sessions[0].num_neurons - config.n_heldout
-    arch = _architecture(config, num_heldin)
-    enc_bins = sessions[0].num_bins - config.forward_bins
-    noise = _draw_noise(key, arch, enc_bins, sessions[0].num_bins, 0.0)
     core_key, *session_keys = jax.random.split(key, len(sessions) + 1)
-    x = jnp.zeros((enc_bins, arch.input_dim))
-    ext = jnp.zeros((sessions[0].num_bins, arch.ext_dim))
-    core = Core(arch).init(core_key, x, ext, noise)["params"]
+    core = _init_core(core_key, _architecture(config, num_heldin))
 
     readins = _pca_regression_readins(config, sessions) if config.readin_dim else None
     session_params = []
@@ -238,9 +241,7 @@ def _trial_terms(params, session_params, spikes, mask, ext, key, config: Config,
 
     held_for_validation = jnp.zeros(heldin.shape, bool)
     if config.sv_rate > 0:
-        held_for_validation = augment.sample_validation_mask(
-            heldin, config.sv_rate, config.sv_seed
-        )
+        held_for_validation = augment.sample_validation_mask(heldin, config.sv_rate, config.sv_seed)
     input_multiplier = (~held_for_validation) / (1.0 - config.sv_rate)
     if training:
         cd_multiplier, cd_weight = augment.coordinated_dropout(cd_key, config.cd_rate, heldin.shape)
@@ -255,7 +256,9 @@ def _trial_terms(params, session_params, spikes, mask, ext, key, config: Config,
         outside_weight = 0.0 if config.sv_rate > 0 else 1.0
         noise = _draw_noise(noise_key, arch, enc_bins, bins, 0.0)
 
-    out, log_params = _forward(params, session_params, heldin * input_multiplier, ext, noise, config)
+    out, log_params = _forward(
+        params, session_params, heldin * input_multiplier, ext, noise, config
+    )
     log_lik = readouts.log_likelihood(config.readout, log_params, spikes, config.zig_threshold)
 
     def over_entries(input_part):  # [enc_bins, heldin] -> [bins, neurons], the rest outside
@@ -276,13 +279,6 @@ def _trial_terms(params, session_params, spikes, mask, ext, key, config: Config,
 # ----------------------------------------------------------------------------- losses
 
 
-def ramp(step, start: int, length: int):
-    """Linear ramp from 0 (at `start`) to 1 (at `start + length`); 1 when `length` is 0."""
-    if length == 0:
-        return jnp.ones(())
-    return jnp.clip((step - start) / length, 0.0, 1.0)
-
-
 def _session_terms(params, s: int, batch: Trials, key, config: Config, training: bool):
     keys = jax.random.split(key, batch.spikes.shape[0])
     ext = _external_inputs(batch, config)
@@ -299,9 +295,7 @@ def _l2_penalty(params, config: Config):
 
     penalty = config.l2_gen_scale * mean_square(params["core"]["generator"]["hidden_kernel"])
     if config.co_dim:
-        penalty += config.l2_con_scale * mean_square(
-            params["core"]["controller"]["hidden_kernel"]
-        )
+        penalty += config.l2_con_scale * mean_square(params["core"]["controller"]["hidden_kernel"])
     return penalty
 
 
@@ -322,7 +316,7 @@ def loss(params, batch, key, config: Config, step) -> tuple[jax.Array, dict]:
     """
     sessions = _as_sessions(batch, "loss")
     _check_batch(params, sessions)
-    kl_weight = ramp(step, config.kl_ramp_start, config.kl_ramp_steps)
+    kl_weight = ramp(step, start=config.kl_ramp_start, length=config.kl_ramp_steps)
     totals, aux = [], {"recon": 0.0, "kl_ic": 0.0, "kl_co": 0.0}
     for s, (key_s, trials) in enumerate(zip(jax.random.split(key, len(sessions)), sessions)):
         terms = _session_terms(params, s, trials, key_s, config, True)
@@ -330,7 +324,8 @@ def loss(params, batch, key, config: Config, step) -> tuple[jax.Array, dict]:
         kl = config.kl_ic_scale * per_entry["kl_ic"] + config.kl_co_scale * per_entry["kl_co"]
         totals.append(jnp.mean(per_entry["recon"] + kl_weight * kl))
         aux = {k: aux[k] + jnp.mean(per_entry[k]) / len(sessions) for k in aux}
-    l2 = ramp(step, config.l2_ramp_start, config.l2_ramp_steps) * _l2_penalty(params, config)
+    l2_weight = ramp(step, start=config.l2_ramp_start, length=config.l2_ramp_steps)
+    l2 = l2_weight * _l2_penalty(params, config)
     return jnp.mean(jnp.stack(totals)) + l2, {**aux, "l2": l2}
 
 

@@ -99,8 +99,9 @@ class GRU(nn.Module):
         initial_state = None
         if self.learned_initial_state:
             initial_state = self.param("initial_state", nn.initializers.zeros, (h,))
+        input_init = nn.initializers.lecun_normal() if input_dim else nn.initializers.zeros
         return GRUWeights(
-            self.param("input_kernel", nn.initializers.lecun_normal(), (input_dim, 3 * h)),
+            self.param("input_kernel", input_init, (input_dim, 3 * h)),
             self.param("input_bias", _update_gate_bias, (3 * h,)),
             self.param("hidden_kernel", nn.initializers.orthogonal(), (h, 3 * h)),
             self.param("hidden_bias", nn.initializers.zeros, (3 * h,)),
