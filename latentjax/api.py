@@ -146,9 +146,17 @@ def _program(family: Any, config: Any, with_validation: bool) -> Program:
                 f"valid: the family {family.__name__} has no `validation_loss` (or `loss`) to "
                 "evaluate validation trials with; pass valid=None"
             )
+    static = static_config(config)
+    try:
+        hash(static)
+    except TypeError as error:
+        raise ValueError(
+            f"config: {type(config).__name__} must be hashable (a frozen dataclass whose fields "
+            f"are numbers, strings, tuples or frozen dataclasses): {error}"
+        ) from error
     return Program(
         make_fitter=make_fitter,
-        config=static_config(config),
+        config=static,
         validation_loss=validation_loss,
         chunk_size=train.chunk_size,
         max_nonfinite=train.max_nonfinite,

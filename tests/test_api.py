@@ -12,6 +12,14 @@ from latentjax.api import family_of
 from latentjax.train import TrainConfig
 
 
+@dataclasses.dataclass(frozen=True)
+class Unhashable(toy.Config):
+    sizes: list = dataclasses.field(default_factory=lambda: [1, 2])
+
+
+lj.api.register_family(Unhashable, toy)
+
+
 @pytest.fixture(scope="module")
 def trials():
     return toy.make_trials()
@@ -59,6 +67,8 @@ def test_invalid_arguments_name_what_is_wrong(trials):
     with pytest.raises(ValueError, match="lacks init, posterior, loss or fitter"):
         lj.api.register_family(toy.Config, object())
 
+    with pytest.raises(ValueError, match="must be hashable"):
+        lj.fit(Unhashable(), trials, progress=False)
     with pytest.raises(ValueError, match="result must be a FitResult"):
         lj.infer({"mean": 0}, trials)
     with pytest.raises(ValueError, match="holds no config.json"):
