@@ -154,6 +154,8 @@ def cmd_fit(args) -> None:
 
 
 def cmd_sweep(args) -> None:
+    import numpy as np
+
     import latentjax as lj
     from latentjax.configs import parse_value
 
@@ -178,9 +180,9 @@ def cmd_sweep(args) -> None:
         progress=not args.no_progress,
     )
     for index, result in enumerate(results):
-        history = result.history
-        final = {k: float(v[-1]) for k, v in history.items() if len(v) and k != "step"}
-        print(f"member {index}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
+        shown = [k for k in ("loss", "valid_loss", *grid) if np.ndim(result.history.get(k)) == 1]
+        final = {k: float(result.history[k][-1]) for k in shown if len(result.history[k])}
+        print(f"member {index}: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
     print(f"wrote {args.out}")
 
 
