@@ -119,7 +119,9 @@ def test_posterior_interpolates_and_extrapolates_along_the_learned_flow(sparse_l
 
 def _stiff(config, *, throw):
     """A depth-0 (linear) field dz/ds = -1e4 z and two trials: one short enough to solve."""
-    config = dataclasses.replace(config, depth=0, max_steps=16, throw=throw, time_scale=1.0)
+    config = dataclasses.replace(
+        config, depth=0, max_steps=16, throw=throw, time_scale=1.0, train=TrainConfig(steps=2)
+    )
     spikes = np.ones((2, 3, 5))
     times = np.array([[0.0, 0.0005, 0.001], [0.0, 0.5, 1.0]])
     trials = lj.Trials(spikes, dt=0.01, times=times)
@@ -141,16 +143,11 @@ def test_stiff_field_with_tiny_max_steps_raises_a_clear_error():
 def test_stiff_field_without_throw_masks_failures_and_keeps_parameters_finite():
     config, trials, params = _stiff(TINY, throw=False)
     batch = jax.tree.map(jnp.asarray, trials)
-    (value, aux), grads = jax.value_and_grad(node.loss, has_aux=True)(
-        params, batch, jax.random.PRNGKey(0), config, 0
-    )
-    assert float(aux["solver_failures"]) == 0.5
-    assert np.isfinite(value) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     post = node.posterior(params, trials, config, jax.random.PRNGKey(0))
     assert post.failed.tolist() == [False, True]
     assert np.isnan(post.rates[1]).all() and np.isfinite(post.rates[0]).all()
 
-    # The engine's gradient Fitter skips nothing: the masked loss has finite gradients.
+    # The engine's gradient Fitter skips nothing: the masked loss and its gradient are finite.
     fitter = lj.train.gradient_fitter(
         lambda p, b, k, step: node.loss(p, b, k, config, step), config.train
     )
