@@ -10,8 +10,8 @@
 Convention everywhere: `[..., s, r]` is the edge from source region `s` to target `r`.
 """
 
-from latentjax.multiregion import coupled_lds
+from latentjax.multiregion import attention, coupled_lds, gnn
 from latentjax.multiregion.cca import CCAResult, cca
 from latentjax.multiregion.rrr import RRRResult, rrr
 
-__all__ = ["CCAResult", "RRRResult", "cca", "coupled_lds", "rrr"]
+__all__ = ["CCAResult", "RRRResult", "attention", "cca", "coupled_lds", "gnn", "rrr"]

@@ -179,18 +179,14 @@ def check_posterior_trials(caller: str, params: dict, trials) -> None:
         )
 
 
-def posterior(params: dict, trials: Trials, route: Route, edge_strengths, **extras) -> Posterior:
+def posterior(params: dict, trials: Trials, route: Route, summarise: Callable) -> Posterior:
     """Posterior: latents = predicted states `[B, T, R * K]`, rates `[B, T, N]` (expected
-    counts per bin, one step ahead), extras `filtered_latents` `[B, T, R * K]`,
-    `edge_strengths` `[R, R]` and `extras`."""
-    log_rates, predictions, states, _, _ = predict(params, trials, route)
+    counts per bin, one step ahead), extras `filtered_latents` `[B, T, R * K]` and
+    `summarise(records)` (a dict holding `edge_strengths` `[R, R]`; records as `predict`)."""
+    log_rates, predictions, states, _, records = predict(params, trials, route)
     flat = predictions.shape[:2] + (-1,)
     return Posterior(
         latents=predictions.reshape(flat),
         rates=jnp.exp(jnp.clip(log_rates, -30.0, 30.0)),
-        extras={
-            "filtered_latents": states.reshape(flat),
-            "edge_strengths": edge_strengths,
-            **extras,
-        },
+        extras={"filtered_latents": states.reshape(flat), **summarise(records)},
     )

@@ -67,4 +67,5 @@ def posterior(params: dict, trials, config: Config, key=None) -> Posterior:
     """latents `[B, T, R * latent_dim]` (predicted states), rates `[B, T, N]`, extras
     `edge_strengths` `[R, R]` (source -> target) and `filtered_latents`."""
     _routing.check_posterior_trials("gnn.posterior", params, trials)
-    return _routing.posterior(params, trials, _route, edge_strengths(params))
+    strengths = edge_strengths(params)
+    return _routing.posterior(params, trials, _route, lambda _: {"edge_strengths": strengths})
