@@ -57,7 +57,9 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("field,bad", BAD_CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CASES)])
+@pytest.mark.parametrize(
+    "field,bad", BAD_CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CASES)]
+)
 def test_validation_names_the_field(field, bad):
     with pytest.raises(ValueError, match=f"`{field}`"):
         make(**bad)

@@ -42,7 +42,7 @@ from jax.scipy.stats import norm
 
 from latentjax.data import Trials
 from latentjax.results import Posterior
-from latentjax.train import Fitter
+from latentjax.train import Fitter, TrainConfig
 
 __all__ = [
     "Config",
@@ -63,7 +63,8 @@ class Config:
     Attributes:
       latent_dim: number of latents `K` (at most the number of neurons).
       sqrt_transform: model `sqrt(counts)` rather than the counts (Yu et al.); requires counts.
-      steps: EM iterations.
+      train: loop settings; `train.steps` is the number of EM iterations when `lj.fit` is
+        given no `steps`, `train.chunk_size` the iterations per compiled chunk.
       initial_timescale: seconds; every latent starts near it (jittered by the init key).
       timescale_newton_steps: damped Newton steps on the log timescales per M-step.
       gp_noise_variance: `s2`, the small fixed GP noise variance (knob).
@@ -73,14 +74,14 @@ class Config:
 
     latent_dim: int = 3
     sqrt_transform: bool = True
-    steps: int = 200
+    train: TrainConfig = TrainConfig(steps=200, chunk_size=50)
     initial_timescale: float = 0.1
     timescale_newton_steps: int = 3
     gp_noise_variance: float = dataclasses.field(default=1e-3, metadata={"knob": True})
     min_variance_fraction: float = dataclasses.field(default=0.01, metadata={"knob": True})
 
     def __post_init__(self):
-        for name in ("latent_dim", "steps", "timescale_newton_steps"):
+        for name in ("latent_dim", "timescale_newton_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"gpfa.Config: `{name}` must be an integer >= 1, got {value!r}")
@@ -415,17 +416,24 @@ def posterior(
             f"gpfa.posterior: `trials` has {trials.num_neurons} neurons, the model "
             f"{params.loadings.shape[0]}"
         )
-    return _posterior(params, trials.spikes, trials.times, trials.mask, config)
+    return _posterior(
+        params,
+        trials.spikes,
+        trials.times,
+        trials.mask,
+        config.gp_noise_variance,
+        sqrt_transform=config.sqrt_transform,
+    )
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _posterior(params, spikes, times, mask, config):
-    y = _observations(spikes, config.sqrt_transform)
+@functools.partial(jax.jit, static_argnames="sqrt_transform")
+def _posterior(params, spikes, times, mask, gp_noise_variance, *, sqrt_transform):
+    y = _observations(spikes, sqrt_transform)
     times = jnp.asarray(times, y.dtype)
-    num_latents = config.latent_dim
+    num_latents = params.loadings.shape[1]
 
     def per_trial(y, times, mask):
-        post = trial_posterior(params, y, times, mask, config.gp_noise_variance)
+        post = trial_posterior(params, y, times, mask, gp_noise_variance)
         return post.mean, _time_covariances(post.covariance, num_latents), post.log_likelihood
 
     means, covariances, log_likelihood = jax.vmap(per_trial)(y, times, jnp.asarray(mask))
@@ -438,7 +446,7 @@ def _posterior(params, spikes, times, mask, config):
     )
     return Posterior(
         latents=means @ to_orthonormal.T,
-        rates=_expected_clipped(predicted, predicted_variance, config.sqrt_transform),
+        rates=_expected_clipped(predicted, predicted_variance, sqrt_transform),
         extras={
             "covariances": jnp.einsum(
                 "ik,btkj,lj->btil", to_orthonormal, covariances, to_orthonormal

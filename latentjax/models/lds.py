@@ -271,12 +271,15 @@ def _infer_one(params, signals, bin_mask, inputs, entry_mask, *, parallel, smoot
     return run(prior, potentials, parallel=parallel)
 
 
-def _check_trial(params: Params, y, mask, inputs, caller: str):
+def _check_trial(params: Params, y, mask, inputs, missing_entries, caller: str):
     """Validate one trial's arrays; return (signals, bin mask, inputs, entry mask or None)."""
     num_neurons, _ = params.emissions.weights.shape
-    if isinstance(y, jax.core.Tracer):
+    if missing_entries is not None and not isinstance(missing_entries, bool):
+        raise ValueError(f"{caller}: `missing_entries` must be None, True or False")
+    if isinstance(y, jax.core.Tracer) or missing_entries is not None:
         signals = y
-        entry_mask = (~jnp.isnan(signals)).astype(signals.dtype)
+        use_mask = True if missing_entries is None else missing_entries
+        entry_mask = (~jnp.isnan(signals)).astype(signals.dtype) if use_mask else None
     else:
         signals = np.asarray(y, dtype=float)
         missing = np.isnan(signals)
@@ -304,7 +307,9 @@ def _check_trial(params: Params, y, mask, inputs, caller: str):
     return signals, jnp.asarray(mask), jnp.asarray(inputs, signals.dtype), entry_mask
 
 
-def filter(params: Params, y, *, mask=None, inputs=None, parallel: bool = False) -> FilterResult:  # noqa: A001
+def filter(  # noqa: A001
+    params: Params, y, *, mask=None, inputs=None, parallel: bool = False, missing_entries=None
+) -> FilterResult:
     """Kalman filter of one trial.
 
     Args:
@@ -313,17 +318,21 @@ def filter(params: Params, y, *, mask=None, inputs=None, parallel: bool = False)
       mask: `[time]` bool, False for a missing bin (prediction only), e.g. padding.
       inputs: `[time, inputs]` when the params take inputs.
       parallel: associative-scan filter (O(log T) depth) instead of the sequential scan.
+      missing_entries: whether `y` may hold NaN entries (then each bin's C^T diag(m_t / r) C
+        is formed, O(N K^2)); None detects it on concrete arrays and assumes True under jit.
 
     Returns:
       `FilterResult` with `means` `[T, K]`, `covariances` `[T, K, K]`, predictions and the
       `log_likelihood` of the observed entries.
     """
-    signals, mask, inputs, entry_mask = _check_trial(params, y, mask, inputs, "lds.filter")
+    signals, mask, inputs, entry_mask = _check_trial(
+        params, y, mask, inputs, missing_entries, "lds.filter"
+    )
     return _infer_one(params, signals, mask, inputs, entry_mask, parallel=parallel, smooth=False)
 
 
 def smoother(
-    params: Params, y, *, mask=None, inputs=None, parallel: bool = False
+    params: Params, y, *, mask=None, inputs=None, parallel: bool = False, missing_entries=None
 ) -> SmootherResult:
     """RTS smoother of one trial (arguments as `filter`).
 
@@ -331,7 +340,9 @@ def smoother(
       `SmootherResult` with `means` `[T, K]`, `covariances` `[T, K, K]`, `cross_covariances`
       `[T-1, K, K]` (Cov(z_t, z_{t+1})), `log_likelihood` and the `filtered` result.
     """
-    signals, mask, inputs, entry_mask = _check_trial(params, y, mask, inputs, "lds.smoother")
+    signals, mask, inputs, entry_mask = _check_trial(
+        params, y, mask, inputs, missing_entries, "lds.smoother"
+    )
     return _infer_one(params, signals, mask, inputs, entry_mask, parallel=parallel, smooth=True)
 
 
@@ -630,6 +641,16 @@ def log_likelihood(params: Params, trials, config: Config):
     _check_trials(config, trials, "lds.log_likelihood")
     signals, bin_mask, inputs = _signals(trials, config)
     return _e_step_filter_ll(params, signals, bin_mask, inputs, config.parallel)
+
+
+def validation_loss(params: Params, trials, key, config: Config, step):
+    """Negative log-likelihood per observed entry of held-out trials (the EM `loss` of
+    `fitter`, on other data): what `lj.fit(..., valid=...)` logs and early-stops on."""
+    del key, step
+    signals, bin_mask, inputs = _signals(trials, config)
+    total = jnp.sum(_e_step_filter_ll(params, signals, bin_mask, inputs, config.parallel))
+    num_entries = jnp.sum(bin_mask) * signals.shape[-1]
+    return -total / num_entries, {"log_likelihood": total}
 
 
 @functools.partial(jax.jit, static_argnames=("parallel",))

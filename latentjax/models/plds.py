@@ -198,10 +198,10 @@ def _expected_log_likelihood(link, emission, bias, counts, weight, means, covs):
     return jnp.sum(weight * value)
 
 
-def _emission_m_step(params: Params, smoothed: SmootherResult, counts, bin_mask, config):
-    """Damped Newton ascent of each neuron's expected log-likelihood in (c_n, d_n)."""
+def _emission_m_step(params: Params, means, covs, counts, bin_mask, config):
+    """Damped Newton ascent of each neuron's expected log-likelihood in (c_n, d_n), under
+    latent marginals `means` `[B, T, K]`, `covs` `[B, T, K, K]`."""
     weight = bin_mask.astype(counts.dtype)
-    means, covs = smoothed.means, smoothed.covariances
 
     def neuron(emission, bias, neuron_counts):
         def value(theta):
@@ -258,10 +258,8 @@ def init(key, config: Config, trials) -> Params:
         emissions=jnp.zeros((trials.num_neurons, config.latent_dim), counts.dtype),
         emissions_bias=jnp.log(mean_rate + 1e-3),
     )
-    point_mass = SmootherResult(
-        latents, jnp.zeros(latents.shape + latents.shape[-1:]), None, None, None
-    )
-    emissions, bias = _emission_m_step(params, point_mass, counts, bin_mask, config)
+    point_masses = jnp.zeros(latents.shape + latents.shape[-1:], latents.dtype)
+    emissions, bias = _emission_m_step(params, latents, point_masses, counts, bin_mask, config)
     return params._replace(emissions=emissions, emissions_bias=bias)
 
 
@@ -297,7 +295,9 @@ def fitter(config: Config) -> Fitter:
             dynamics_bias=bias,
             dynamics_cov=dynamics_cov,
         )
-        emissions, emissions_bias = _emission_m_step(params, smoothed, counts, bin_mask, config)
+        emissions, emissions_bias = _emission_m_step(
+            params, smoothed.means, smoothed.covariances, counts, bin_mask, config
+        )
         params = params._replace(emissions=emissions, emissions_bias=emissions_bias)
         total = jnp.sum(smoothed.log_likelihood)
         num_entries = jnp.sum(bin_mask) * counts.shape[-1]

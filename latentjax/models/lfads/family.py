@@ -318,7 +318,8 @@ def loss(params, batch, key, config: Config, step) -> tuple[jax.Array, dict]:
     _check_batch(params, sessions)
     kl_weight = ramp(step, start=config.kl_ramp_start, length=config.kl_ramp_steps)
     totals, aux = [], {"recon": 0.0, "kl_ic": 0.0, "kl_co": 0.0}
-    for s, (key_s, trials) in enumerate(zip(jax.random.split(key, len(sessions)), sessions)):
+    keys = jax.random.split(key, len(sessions))
+    for s, (key_s, trials) in enumerate(zip(keys, sessions, strict=True)):
         terms = _session_terms(params, s, trials, key_s, config, True)
         per_entry = {k: terms[k] / terms["entries"] for k in aux}
         kl = config.kl_ic_scale * per_entry["kl_ic"] + config.kl_co_scale * per_entry["kl_co"]
@@ -338,7 +339,8 @@ def validation_loss(params, trials, key, config: Config, step) -> tuple[jax.Arra
     sessions = _as_sessions(trials, "validation_loss")
     _check_batch(params, sessions)
     aux = {"recon": 0.0, "kl_ic": 0.0, "kl_co": 0.0}
-    for s, (key_s, trials_s) in enumerate(zip(jax.random.split(key, len(sessions)), sessions)):
+    keys = jax.random.split(key, len(sessions))
+    for s, (key_s, trials_s) in enumerate(zip(keys, sessions, strict=True)):
         terms = _session_terms(params, s, trials_s, key_s, config, False)
         aux = {k: aux[k] + jnp.mean(terms[k] / terms["entries"]) / len(sessions) for k in aux}
     return aux["recon"], aux
