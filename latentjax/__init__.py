@@ -4,8 +4,7 @@
     >>> data = lj.datasets.lorenz(seed=0)
 """
 
-from latentjax import data, datasets, geometry, metrics, models, plot, train
-from latentjax import multiregion
+from latentjax import data, datasets, geometry, metrics, models, multiregion, plot, train
 from latentjax.api import fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate

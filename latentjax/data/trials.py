@@ -230,7 +230,9 @@ class Trials:
 
     @classmethod
     def tree_unflatten(cls, static, leaves):
-        return cls._unchecked(**dict(zip(_LEAVES, leaves)), **dict(zip(_STATIC, static)))
+        return cls._unchecked(
+            **dict(zip(_LEAVES, leaves, strict=True)), **dict(zip(_STATIC, static, strict=True))
+        )
 
     # shapes
     @property
