@@ -149,14 +149,6 @@ def _observations(spikes: jax.Array, sqrt_transform: bool) -> jax.Array:
     return jnp.sqrt(spikes) if sqrt_transform else spikes
 
 
-def _kernels(log_timescales: jax.Array, times: jax.Array, gp_noise_variance) -> jax.Array:
-    """`[latents, time, time]` prior covariance of each latent at `times` `[time]`."""
-    lag2 = (times[:, None] - times[None, :]) ** 2
-    scale2 = jnp.exp(2.0 * log_timescales)[:, None, None]
-    eye = jnp.eye(times.shape[0], dtype=lag2.dtype)
-    return (1.0 - gp_noise_variance) * jnp.exp(-0.5 * lag2 / scale2) + gp_noise_variance * eye
-
-
 def trial_posterior(
     params: GPFAParams, y: jax.Array, times: jax.Array, mask: jax.Array, gp_noise_variance
 ) -> TrialPosterior:
@@ -173,7 +165,7 @@ def trial_posterior(
     num_bins = times.shape[0]
     observed = mask.astype(y.dtype)
     precision = 1.0 / params.noise_variance
-    chol_prior = jnp.linalg.cholesky(_kernels(params.log_timescales, times, gp_noise_variance))
+    chol_prior = _kernel_factors(params.log_timescales, times, gp_noise_variance)[2]
 
     residual = (y - params.offset) * observed[:, None]  # [T, N]
     projected = (residual * precision) @ params.loadings  # [T, K]: C' R^-1 (y_t - d)
@@ -197,7 +189,7 @@ def trial_posterior(
         num_observed * y.shape[1] * jnp.log(2.0 * jnp.pi)
         + num_observed * jnp.sum(jnp.log(params.noise_variance))
         + jnp.sum(residual**2 * precision)
-        + 2.0 * jnp.sum(jnp.log(jnp.diag(chol_inner)))
+        + _log_det(chol_inner)
         - jnp.sum(quad_reduced**2)
     )
     return TrialPosterior(mean.reshape(num_latents, num_bins).T, covariance, log_likelihood)
@@ -247,21 +239,67 @@ def _trial_moments(params, y, times, mask, gp_noise_variance) -> _Moments:
     )
 
 
-def _timescale_objective(log_timescales, times, second_moments, gp_noise_variance):
-    """`[K]` expected complete-data GP log-prior of each latent, summed over trials.
+def _kernel_factors(log_timescales, times, gp_noise_variance):
+    """`(lag^2 / tau^2, smooth part of the kernels, Cholesky factors)`, each `[K, T, T]`."""
+    scaled = (times[:, None] - times[None, :]) ** 2 * jnp.exp(-2.0 * log_timescales)[:, None, None]
+    smooth = (1.0 - gp_noise_variance) * jnp.exp(-0.5 * scaled)
+    eye = jnp.eye(times.shape[0], dtype=smooth.dtype)
+    return scaled, smooth, jnp.linalg.cholesky(smooth + gp_noise_variance * eye)
 
-    `times` `[trials, time]`, `second_moments` `[trials, K, time, time]`.
+
+def _log_det(chol):
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+def _timescale_value(log_timescales, times, second_moments, gp_noise_variance):
+    """`[K]` expected GP log-prior of each latent, summed over trials (see `_timescale_terms`)."""
+
+    def per_trial(trial_times, moment):
+        chol = _kernel_factors(log_timescales, trial_times, gp_noise_variance)[2]
+        solved = jax.vmap(lambda c, m: jsl.cho_solve((c, True), m))(chol, moment)
+        return -0.5 * (_log_det(chol) + jnp.trace(solved, axis1=1, axis2=2))
+
+    return jax.vmap(per_trial)(times, second_moments).sum(0)
+
+
+def _timescale_terms(log_timescales, times, second_moments, gp_noise_variance):
+    """Each latent's expected GP log-prior, summed over trials, and its first two derivatives.
+
+    With `A = K^-1` and `S = E[x_k x_k']` of one trial, `f = -(log|K| + tr(A S)) / 2`,
+    `f' = -tr((A - A S A) K') / 2` and
+    `f'' = -(2 tr(A K' A S A K') - tr(A K' A K') + tr((A - A S A) K'')) / 2`, derivatives in
+    `log(tau)`. Written out rather than by autodiff: XLA:CPU can deadlock on the gradient of a
+    Cholesky factorisation inside the engine's compiled loop.
+
+    Args:
+      log_timescales: `[K]`.
+      times: `[trials, time]` seconds.
+      second_moments: `[trials, K, time, time]`.
+      gp_noise_variance: `s2`.
+
+    Returns:
+      `(value, first, second)`, each `[K]`.
     """
 
     def per_trial(trial_times, moment):
-        chol = jnp.linalg.cholesky(_kernels(log_timescales, trial_times, gp_noise_variance))
-        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=1)
-        trace = jnp.trace(
-            jax.vmap(lambda c, m: jsl.cho_solve((c, True), m))(chol, moment), axis1=1, axis2=2
+        scaled, smooth, chol = _kernel_factors(log_timescales, trial_times, gp_noise_variance)
+        eye = jnp.eye(trial_times.shape[0], dtype=smooth.dtype)
+        inverse = jax.vmap(lambda c: jsl.cho_solve((c, True), eye))(chol)
+        projected = inverse @ moment @ inverse  # A S A
+        first_kernel = smooth * scaled  # K'
+        second_kernel = smooth * (scaled**2 - 2.0 * scaled)  # K''
+        residual = inverse - projected
+        inverse_first = inverse @ first_kernel  # A K'
+        value = -0.5 * (_log_det(chol) + jnp.sum(inverse * moment, axis=(1, 2)))
+        first = -0.5 * jnp.sum(residual * first_kernel, axis=(1, 2))
+        second = -0.5 * (
+            2.0 * jnp.sum(inverse_first * jnp.swapaxes(projected @ first_kernel, 1, 2), (1, 2))
+            - jnp.sum(inverse_first * jnp.swapaxes(inverse_first, 1, 2), axis=(1, 2))
+            + jnp.sum(residual * second_kernel, axis=(1, 2))
         )
-        return -0.5 * (log_det + trace)
+        return value, first, second
 
-    return jax.vmap(per_trial)(times, second_moments).sum(0)
+    return jax.tree.map(lambda x: x.sum(0), jax.vmap(per_trial)(times, second_moments))
 
 
 _LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0)
@@ -271,18 +309,17 @@ _MAX_LOG_STEP = 1.0
 def _update_timescales(log_timescales, times, second_moments, gp_noise_variance, newton_steps):
     """Damped Newton ascent on each latent's log timescale (the objective is separable)."""
 
-    def objective(theta):
-        return _timescale_objective(theta, times, second_moments, gp_noise_variance)
+    def value(theta):
+        return _timescale_value(theta, times, second_moments, gp_noise_variance)
 
-    gradient = jax.grad(lambda theta: objective(theta).sum())
     factors = jnp.asarray(_LINE_SEARCH, log_timescales.dtype)
 
     def newton_step(theta, _):
-        grad, curvature = jax.jvp(gradient, (theta,), (jnp.ones_like(theta),))
+        _, grad, curvature = _timescale_terms(theta, times, second_moments, gp_noise_variance)
         ascent = jnp.where(curvature < 0, -grad / curvature, jnp.sign(grad) * _MAX_LOG_STEP)
         ascent = jnp.clip(ascent, -_MAX_LOG_STEP, _MAX_LOG_STEP)
         candidates = theta + factors[:, None] * ascent  # [candidates, K]
-        values = jax.vmap(objective)(candidates)
+        values = jax.vmap(value)(candidates)
         values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
         best = jnp.argmax(values, axis=0)  # ties go to the longest step
         return candidates[best, jnp.arange(theta.shape[0])], None
