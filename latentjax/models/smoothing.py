@@ -40,7 +40,15 @@ from latentjax.data import Trials
 from latentjax.results import Posterior
 from latentjax.train import Fitter, TrainConfig
 
-__all__ = ["Config", "ReadoutParams", "ReadoutState", "fitter", "init", "posterior", "smooth_spikes"]
+__all__ = [
+    "Config",
+    "ReadoutParams",
+    "ReadoutState",
+    "fitter",
+    "init",
+    "posterior",
+    "smooth_spikes",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +79,7 @@ class Config:
                 raise ValueError(f"smoothing.Config: `{name}` must be > 0, got {value!r}")
         neurons = self.heldout_neurons
         if not isinstance(neurons, tuple) or not all(
-            isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0
-            for i in neurons
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in neurons
         ):
             raise ValueError(
                 "smoothing.Config: `heldout_neurons` must be a tuple of neuron indices >= 0, "
@@ -236,9 +243,10 @@ def _check_trials(function: str, config: Config, trials: Any) -> None:
             f"smoothing.{function}: `config.heldout_neurons` is empty; name the held-out "
             "neurons whose rates the GLM predicts"
         )
-    if max(config.heldout_neurons) >= trials.num_neurons or len(
-        config.heldout_neurons
-    ) >= trials.num_neurons:
+    if (
+        max(config.heldout_neurons) >= trials.num_neurons
+        or len(config.heldout_neurons) >= trials.num_neurons
+    ):
         raise ValueError(
             f"smoothing.{function}: `config.heldout_neurons` {config.heldout_neurons} must be "
             f"indices of at most {trials.num_neurons - 1} of the {trials.num_neurons} neurons"
