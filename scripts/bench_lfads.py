@@ -4,14 +4,15 @@ Sizes (shared/TARGETS.md): 137 held-in and 182 total neurons, 140 encoded bins a
 reconstructed bins (40 forward bins), `Config.preset("nlb_mc_maze")` (ic_enc 100, ci_enc 80,
 con 80, co 4, ic 100, gen 100, fac 40, coordinated dropout 0.3, AR(1) input prior), Poisson
 counts. One training step is the engine's compiled gradient step (loss, gradient, clipping,
-AdamW). Reported: seconds per step at batch 32 and 128, the model's matmul FLOP/s (counted
-from the sizes: 3x the forward matmuls) as a fraction of the machine's f32 matmul ceiling (a big `jnp.dot`, measured here), and the
-throughput of vmapped populations of 1, 4 and 16 members (batch 32). The reference PyTorch
-LFADS figures (0.78 s/step at batch 32, 1.61 s/step at batch 128 on a 2-core CPU) are quoted
-from TARGETS.md, not rerun. Prints a markdown table and writes its section of benchmarks/lfads.md.
+AdamW). Reported: seconds per step at batch 32 and 128, the model's matmul FLOP/s (counted from
+the sizes: 3x the forward matmuls) as a fraction of the machine's f32 matmul ceiling (a big
+`jnp.dot`, measured here), and the throughput of vmapped populations of 1, 4 and 16 members
+(batch 32). The reference PyTorch LFADS figures (0.78 s/step at batch 32, 1.61 s/step at batch
+128 on a 2-core CPU) are quoted from TARGETS.md, not rerun. Prints a markdown table and writes
+its section of benchmarks/lfads.md.
 
-    python scripts/bench_lfads.py           # full benchmark
-    python scripts/bench_lfads.py --quick   # tiny sizes, to check the script runs
+python scripts/bench_lfads.py # full benchmark python scripts/bench_lfads.py --quick # tiny
+sizes, to check the script runs
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _lfads_report import machine, write_section
 
 import latentjax as lj
-from _lfads_report import machine, write_section
 from latentjax.models import lfads
 from latentjax.train.gradient import FamilyGradientFitter
 

@@ -17,10 +17,10 @@ import argparse
 import dataclasses
 
 import numpy as np
-
-import latentjax as lj
 from _lfads_eval import baselines, fit_lfads, split
 from _lfads_report import machine, write_section
+
+import latentjax as lj
 from latentjax.models import lfads
 from latentjax.train import TrainConfig
 
