@@ -179,16 +179,17 @@ def _filter_elements(prior: LatentPrior, potentials: Potentials):
     dynamics, noise = prior.dynamics, prior.dynamics_cov
 
     def element(information, shift, offset):
-        system = identity + noise @ information  # M = I + Q J
-        transition = jnp.linalg.solve(system, dynamics)
-        mean = jnp.linalg.solve(system, offset + noise @ shift)
-        cov = _symmetrize(jnp.linalg.solve(system, noise))
-        back = jnp.linalg.solve(
-            system.T,
-            jnp.concatenate([information, (shift - information @ offset)[:, None]], axis=1),
+        # one solve with M = I + Q J; M^-T = I - J M^-1 Q (push-through) gives the rest
+        solved = jnp.linalg.solve(
+            identity + noise @ information,
+            jnp.concatenate([dynamics, noise, (offset + noise @ shift)[:, None]], axis=1),
         )
-        eta = dynamics.T @ back[:, -1]
-        info = _symmetrize(dynamics.T @ back[:, :-1] @ dynamics)
+        transition = solved[:, :num_latents]
+        cov = _symmetrize(solved[:, num_latents:-1])
+        mean = solved[:, -1]
+        residual = shift - information @ offset
+        eta = dynamics.T @ (residual - information @ (cov @ residual))
+        info = _symmetrize(dynamics.T @ information @ transition)
         return transition, mean, cov, eta, info
 
     elements = jax.vmap(element)(informations[1:], potentials.shift[1:], prior.offsets[1:])
@@ -215,13 +216,22 @@ def _combine_filter_elements(earlier, later):
     identity = jnp.eye(mean_i.shape[-1])
     transition_j_t = jnp.swapaxes(transition_j, -1, -2)
     transition_i_t = jnp.swapaxes(transition_i, -1, -2)
-    # A_j (I + C_i J_j)^-1, through the transpose (I + J_j C_i)^-1 A_j^T
-    forward = jnp.swapaxes(jnp.linalg.solve(identity + info_j @ cov_i, transition_j_t), -1, -2)
-    # (I + J_j C_i)^-1 [J_j A_i, eta_j - J_j b_i]
-    backward = jnp.linalg.solve(
+    # one solve with (I + J_j C_i) for A_j (I + C_i J_j)^-1 (through its transpose),
+    # (I + J_j C_i)^-1 J_j A_i and (I + J_j C_i)^-1 (eta_j - J_j b_i)
+    num_latents = mean_i.shape[-1]
+    solved = jnp.linalg.solve(
         identity + info_j @ cov_i,
-        jnp.concatenate([info_j @ transition_i, (eta_j - _matvec(info_j, mean_i))[..., None]], -1),
+        jnp.concatenate(
+            [
+                transition_j_t,
+                info_j @ transition_i,
+                (eta_j - _matvec(info_j, mean_i))[..., None],
+            ],
+            -1,
+        ),
     )
+    forward = jnp.swapaxes(solved[..., :num_latents], -1, -2)
+    backward = solved[..., num_latents:]
     transition = forward @ transition_i
     mean = _matvec(forward, mean_i + _matvec(cov_i, eta_j)) + mean_j
     cov = _symmetrize(forward @ cov_i @ transition_j_t + cov_j)
