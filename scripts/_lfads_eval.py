@@ -60,9 +60,9 @@ def glm_co_bps(train_features, train_heldout, test_features, test_heldout) -> fl
     counts = train_heldout.reshape(-1, train_heldout.shape[-1])
     rates = np.stack(
         [
-            PoissonRegressor(alpha=1e-2, max_iter=500).fit(x_train, counts[:, n]).predict(
-                x_test.reshape(-1, x_test.shape[-1])
-            )
+            PoissonRegressor(alpha=1e-2, max_iter=500)
+            .fit(x_train, counts[:, n])
+            .predict(x_test.reshape(-1, x_test.shape[-1]))
             for n in range(counts.shape[1])
         ],
         axis=-1,
@@ -70,22 +70,29 @@ def glm_co_bps(train_features, train_heldout, test_features, test_heldout) -> fl
     return lj.metrics.co_bps(rates, test_heldout)
 
 
-def baselines(s: Split, *, latent_dim: int, kernel_sd_bins: float, seed: int) -> list[dict]:
-    """Rows {model, co_bps, seconds} for smoothing, GPFA, LDS and PLDS."""
+BASELINES = ("smoothing", "gpfa", "lds", "plds")
+
+
+def baselines(
+    s: Split, *, latent_dim: int, kernel_sd_bins: float, seed: int, names=BASELINES
+) -> list[dict]:
+    """Rows {model, co_bps, seconds} for the named baselines (smoothing, GPFA, LDS, PLDS)."""
     heldin = s.train.select_neurons(slice(0, s.train.num_neurons - s.n_heldout))
     train_heldout = np.asarray(s.train.spikes)[..., -s.n_heldout :]
     test_heldout = np.asarray(s.test_heldout.spikes)
     rows = []
-    start = time.perf_counter()
-    smooth = [smooth_spikes(t.spikes, t.mask, kernel_sd_bins) for t in (heldin, s.test_heldin)]
-    co = glm_co_bps(smooth[0], train_heldout, smooth[1], test_heldout)
-    rows.append(dict(model="spike smoothing", co_bps=co, seconds=time.perf_counter() - start))
+    if "smoothing" in names:
+        start = time.perf_counter()
+        smooth = [smooth_spikes(t.spikes, t.mask, kernel_sd_bins) for t in (heldin, s.test_heldin)]
+        co = glm_co_bps(smooth[0], train_heldout, smooth[1], test_heldout)
+        rows.append(dict(model="spike smoothing", co_bps=co, seconds=time.perf_counter() - start))
     families = {
-        "GPFA": lj.models.gpfa.Config(latent_dim=latent_dim),
-        "LDS (sqrt counts)": lj.models.lds.Config(latent_dim=latent_dim, transform="sqrt"),
-        "PLDS": lj.models.plds.Config(latent_dim=latent_dim),
+        "gpfa": ("GPFA", lj.models.gpfa.Config(latent_dim=latent_dim)),
+        "lds": ("LDS (sqrt counts)", lj.models.lds.Config(latent_dim=latent_dim, transform="sqrt")),
+        "plds": ("PLDS", lj.models.plds.Config(latent_dim=latent_dim)),
     }
-    for name, config in families.items():
+    for name, config in (families[n] for n in names if n in families):
+        print(f"fitting {name}", flush=True)
         start = time.perf_counter()
         try:
             result = lj.fit(config, heldin, seed=seed, progress=False)

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 
 import numpy as np
-from _lfads_eval import baselines, fit_lfads, split
+from _lfads_eval import BASELINES, baselines, fit_lfads, split
 from _lfads_report import machine, write_section
 
 import latentjax as lj
@@ -32,6 +32,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--out", default="benchmarks/lfads.md")
     parser.add_argument("--note", default="")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
     args = parser.parse_args()
 
     sizes, config = {}, lfads.Config.preset("lorenz")
@@ -57,7 +58,7 @@ def main():
         rows.append({**row, "latent_r2": latent_r2, "rate_r2": rate_r2})
         print(rows[-1], flush=True)
         for baseline in baselines(s, latent_dim=3 if args.quick else 8, kernel_sd_bins=2.0,
-                                  seed=seed):  # fmt: skip
+                                  seed=seed, names=args.baselines):  # fmt: skip
             rows.append({"seed": seed, **baseline})
             print(rows[-1], flush=True)
 

@@ -1,0 +1,92 @@
+"""LFADS accuracy on synthetic ground truth, AutoLFADS augmentations and PBT (slow).
+
+    pytest -m slow tests/test_lfads_accuracy.py
+
+Each Lorenz seed trains the "lorenz" preset through `lj.fit` (minutes on a 2-core CPU).
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import latentjax as lj
+from latentjax.models import lfads
+from latentjax.models.lfads import augment, readouts
+from latentjax.train import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def with_train(config, steps, learning_rate=5e-3, batch_size=32):
+    train = TrainConfig(
+        learning_rate=learning_rate, batch_size=batch_size, steps=steps, grad_clip=200.0,
+        chunk_size=100,
+    )  # fmt: skip
+    return dataclasses.replace(config, train=train)
+
+
+def held_out_trials(data, seed):
+    train, test = lj.data.split(
+        data.trials.replace(conditions=np.arange(data.trials.num_trials)), seed=seed
+    )
+    return train, test, np.asarray(test.conditions)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lorenz_latents_and_rates_on_held_out_trials(seed):
+    data = lj.datasets.lorenz(seed=seed)
+    train, test, test_index = held_out_trials(data, seed)
+    result = lj.fit(with_train(lfads.Config.preset("lorenz"), 3000), train, seed=seed,
+                    progress=False)  # fmt: skip
+    post = lj.infer(result, test, seed=seed, n_samples=20)
+    latent_r2 = lj.metrics.latent_r2(data.truth["latents"][test_index], post.latents).mean
+    rate_r2 = lj.metrics.rate_r2(data.truth["rates"][test_index], post.rates)
+    assert latent_r2 >= 0.9, latent_r2
+    assert rate_r2 >= 0.8, rate_r2
+
+
+def test_chaotic_rnn_rates_on_held_out_trials():
+    data = lj.datasets.chaotic_rnn(seed=0)
+    train, test, test_index = held_out_trials(data, 0)
+    config = with_train(lfads.Config.preset("lorenz", fac_dim=20), 3000)
+    post = lj.infer(lj.fit(config, train, progress=False), test, n_samples=20)
+    rate_r2 = lj.metrics.rate_r2(data.truth["rates"][test_index], post.rates)
+    assert rate_r2 >= 0.8, rate_r2
+
+
+def heldout_entry_nll(config, trials, steps):
+    """Poisson NLL per entry on sample-validation entries after training on the rest."""
+    result = lj.fit(with_train(config, steps, 1e-2, 16), trials, progress=False)
+    post = lj.infer(result, trials, n_samples=10)
+    held = jax.vmap(lambda y: augment.sample_validation_mask(y, config.sv_rate, 0))(trials.spikes)
+    log_rates = np.log(np.asarray(post.rates))[:, :, None]
+    log_lik = readouts.log_likelihood("poisson", log_rates, trials.spikes)
+    return -float(np.sum(np.where(held, log_lik, 0.0)) / held.sum())
+
+
+def test_coordinated_dropout_beats_the_identity_on_held_out_entries():
+    """A wide network on few trials overfits by copying its inputs to its rates (the
+    identity); coordinated dropout stops that, so held-out entries are predicted better."""
+    data = lj.datasets.lorenz(seed=0, num_trials=24, num_bins=40)
+    wide = lfads.Config(
+        ic_enc_dim=64, ci_enc_dim=64, con_dim=64, co_dim=8, ic_dim=32, gen_dim=64, fac_dim=16,
+        sv_rate=0.2, dropout=0.0, kl_ic_scale=0.1, kl_co_scale=0.1, kl_ramp_steps=100,
+    )  # fmt: skip
+    identity = heldout_entry_nll(wide, data.trials, 1500)
+    coordinated = heldout_entry_nll(dataclasses.replace(wide, cd_rate=0.3), data.trials, 1500)
+    assert coordinated < identity, (coordinated, identity)
+
+
+def test_pbt_sweep_over_lfads_knobs():
+    data = lj.datasets.lorenz(seed=0, num_trials=40, num_bins=40)
+    train, valid = lj.data.split(data.trials, seed=0)
+    config = with_train(lfads.Config.preset("tiny", sv_rate=0.2), 400, 1e-2, 16)
+    grid = {"train.learning_rate": [3e-3, 1e-2], "cd_rate": [0.0, 0.3], "kl_co_scale": [0.3]}
+    pbt = lj.train.PBTConfig(bounds={"cd_rate": (0.0, 0.6), "train.learning_rate": (1e-4, 3e-2)})
+    results = lj.sweep(config, train, valid=valid, seeds=(0,), grid=grid, pbt=pbt, progress=False)
+    assert len(results) == 4
+    finals = [r.history["valid_loss"][-1] for r in results]
+    assert all(np.isfinite(finals))
+    assert min(finals) < results[0].history["valid_loss"][0]
