@@ -104,6 +104,7 @@ def poisson_readout_bits_per_spike(train_latents, train_counts, test_latents, te
     return lj.metrics.bits_per_spike(rates, test_counts)
 
 
+@pytest.mark.slow
 def test_plds_recovers_latents_and_beats_gaussian_lds_on_heldout_neurons():
     data = lj.datasets.plds(
         seed=0, num_trials=60, num_bins=50, num_latents=2, num_neurons=50, dt=0.02
