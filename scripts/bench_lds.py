@@ -294,7 +294,7 @@ def main():
         (
             "EM against pykalman",
             bench_em_vs_pykalman,
-            (4, 100, 10, 2, 2) if quick else (20, 1000, 50, 5, 2),
+            (4, 100, 10, 2, 2) if quick else (20, 1000, 50, 5, 1),
         ),
         ("EM at scale", bench_em_large, (10, 50, 40, 4, 10) if quick else (100, 140, 182, 16, 50)),
         (

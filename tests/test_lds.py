@@ -319,6 +319,7 @@ def test_fit_recovers_small_system_and_compiles_once_per_shape(monkeypatch):
     assert len(traces) == 1
 
 
+@pytest.mark.slow
 def test_select_latent_dim_by_heldout_likelihood():
     data = lj.datasets.lds(seed=3, num_trials=40, num_bins=50, num_latents=2, num_neurons=12)
     train, valid = data.trials[:30], data.trials[30:]

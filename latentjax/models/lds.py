@@ -475,7 +475,15 @@ def _e_step(params: Params, signals, bin_mask, inputs, parallel: bool) -> Smooth
         prior = _latent_prior(params, inp)
         return smooth_potentials(prior, _potentials(params, signal, mask, inp), parallel=parallel)
 
-    return jax.vmap(one)(signals, bin_mask, inputs)
+    # the covariance recursion depends on the params and the bin mask only: when every trial
+    # has the same mask it is computed once (vmap leaves it unbatched) instead of per trial
+    def shared_mask(_):
+        return jax.vmap(one, in_axes=(0, None, 0))(signals, bin_mask[0], inputs)
+
+    def own_masks(_):
+        return jax.vmap(one)(signals, bin_mask, inputs)
+
+    return jax.lax.cond(jnp.all(bin_mask == bin_mask[:1]), shared_mask, own_masks, None)
 
 
 def _transition_mask(bin_mask):
