@@ -35,7 +35,12 @@ def _models(quick: bool) -> dict:
     else:
         lfads_config = lfads.Config.preset(
             "lorenz",
+            ic_enc_dim=32,
+            ci_enc_dim=32,
+            con_dim=32,
+            ic_dim=32,
             gen_dim=64,
+            co_dim=0,  # the Lorenz system is autonomous: no inferred inputs
             train=TrainConfig(
                 learning_rate=1e-2,
                 batch_size=32,
