@@ -2,11 +2,14 @@
 
 Both models see the same 30% of bins: the neural ODE as irregular observations (the kept bins
 compacted with their `times`), the sequential VAE on the original bin grid with the dropped
-bins masked. Each then predicts rates at every original bin; the score is the rate R² against
-the true rates at the dropped bins only.
+bins masked. A random `--valid` fraction of the trials is held out for early stopping (the
+validation loss after every chunk, `TrainConfig(patience=...)`, best parameters kept). Each
+model then predicts rates at every original bin of every trial; the score is the rate R²
+against the true rates at the dropped bins only (never seen by either model).
 
     python scripts/node_lorenz.py            # full sizes
     python scripts/node_lorenz.py --quick    # a smoke run at tiny sizes
+    python scripts/node_lorenz.py --models node --latent-dim 4 --no-write   # one tuning run
 """
 
 from __future__ import annotations
@@ -22,87 +25,135 @@ import latentjax.models.node as node
 import latentjax.models.seqvae as seqvae
 from latentjax.train import TrainConfig
 
+MODELS = ("node", "seqvae")
+NAMES = {"node": "neural ODE (node)", "seqvae": "sequential VAE (seqvae)"}
 
-def main() -> None:
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--trials", type=int, default=128)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--trials", type=int, default=160)
     parser.add_argument("--keep", type=float, default=0.3)
+    parser.add_argument("--valid", type=float, default=0.2, help="fraction of trials held out")
+    parser.add_argument("--patience", type=int, default=10, help="validations (chunks)")
+    parser.add_argument("--chunk", type=int, default=100, help="steps between validations")
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--latent-dim", type=int, default=8)
+    parser.add_argument("--time-scale", type=float, default=10.0)
+    parser.add_argument("--kl-scale", type=float, default=1.0)
+    parser.add_argument("--samples", type=int, default=1, help="node posterior samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    steps, trials, width = (20, 16, 16) if args.quick else (args.steps, args.trials, 64)
+    if args.quick:
+        args.steps, args.trials, args.width, args.chunk = 20, 16, 16, 10
+    return args
 
-    data = lj.datasets.lorenz(seed=args.seed, num_trials=trials, num_bins=100, num_neurons=30)
+
+def _configs(args: argparse.Namespace, train: TrainConfig) -> dict:
+    return {
+        "node": node.Config(
+            latent_dim=args.latent_dim,
+            hidden_dim=args.width,
+            encoder_dim=args.width,
+            time_scale=args.time_scale,
+            kl_scale=args.kl_scale,
+            kl_ramp_steps=args.steps // 4,
+            train=train,
+        ),
+        "seqvae": seqvae.Config(
+            encoder_dim=args.width,
+            generator_dim=args.width,
+            initial_dim=16,
+            latent_dim=8,
+            kl_ramp_steps=args.steps // 4,
+            train=train,
+        ),
+    }
+
+
+def main() -> None:
+    args = _arguments()
+    data = lj.datasets.lorenz(seed=args.seed, num_trials=args.trials, num_bins=100,
+                              num_neurons=30)  # fmt: skip
     sparse, index = lj.datasets.subsample(data.trials, args.keep, seed=args.seed,
                                           return_index=True)  # fmt: skip
     kept = np.zeros(data.trials.mask.shape, bool)
-    rows = np.repeat(np.arange(trials)[:, None], index.shape[1], 1)
+    rows = np.repeat(np.arange(args.trials)[:, None], index.shape[1], 1)
     kept[rows[index >= 0], index[index >= 0]] = True
-    on_grid = data.trials.replace(mask=kept)
     dropped = ~kept
-    train = TrainConfig(learning_rate=5e-3, batch_size=min(32, trials), steps=steps,
-                        grad_clip=10.0, chunk_size=min(100, steps), schedule="cosine",
-                        final_lr_fraction=0.1)  # fmt: skip
+    observed = {"node": sparse, "seqvae": data.trials.replace(mask=kept)}
+    infer_options = {"node": {"times": data.trials.times, "num_samples": args.samples},
+                     "seqvae": {}}  # fmt: skip
 
-    models = {
-        "neural ODE (node)": (
-            node.Config(
-                latent_dim=8,
-                hidden_dim=width,
-                encoder_dim=width,
-                time_scale=10.0,
-                kl_ramp_steps=steps // 4,
-                train=train,
-            ),  # fmt: skip
-            sparse,
-            {"times": data.trials.times},
-        ),
-        "sequential VAE (seqvae)": (
-            seqvae.Config(
-                encoder_dim=width,
-                generator_dim=width,
-                initial_dim=16,
-                latent_dim=8,
-                kl_ramp_steps=steps // 4,
-                train=train,
-            ),  # fmt: skip
-            on_grid,
-            {},
-        ),
-    }
-    rows_out = []
-    for name, (config, observed, options) in models.items():
+    order = np.random.default_rng(args.seed).permutation(args.trials)
+    num_valid = max(1, int(round(args.valid * args.trials)))
+    valid_idx, train_idx = np.sort(order[:num_valid]), np.sort(order[num_valid:])
+    train = TrainConfig(learning_rate=args.lr, batch_size=min(32, len(train_idx)),
+                        steps=args.steps, grad_clip=10.0, chunk_size=min(args.chunk, args.steps),
+                        schedule="cosine", final_lr_fraction=0.1,
+                        patience=args.patience)  # fmt: skip
+    configs = _configs(args, train)
+
+    results = []
+    for model in args.models:
         started = time.perf_counter()
-        result = lj.fit(config, observed, seed=args.seed, progress=False)
+        fitted = lj.fit(configs[model], observed[model][train_idx],
+                        valid=observed[model][valid_idx], seed=args.seed,
+                        progress=False)  # fmt: skip
         seconds = time.perf_counter() - started
-        post = lj.infer(result, observed, **options)
-        r2_dropped = lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=dropped)
-        r2_kept = lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=kept)
+        post = lj.infer(fitted, observed[model], **infer_options[model])
+        if model == "node" and args.samples > 1:
+            mean_path = lj.infer(fitted, observed[model], times=data.trials.times)
+            print(f"{NAMES[model]}, posterior mean only: rate R² dropped "
+                  f"{lj.metrics.rate_r2(data.truth['rates'], mean_path.rates, mask=dropped):.3f}",
+                  flush=True)  # fmt: skip
+        history = fitted.history
+        best = int(np.nanargmin(history["valid_loss"]))
+        r2 = {
+            part: lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=mask)
+            for part, mask in (("dropped", dropped), ("kept", kept))
+        }
+        r2_valid = lj.metrics.rate_r2(
+            data.truth["rates"][valid_idx], post.rates[valid_idx], mask=dropped[valid_idx]
+        )
         latent = lj.metrics.latent_r2(data.truth["latents"], post.latents).mean
-        rows_out.append((name, r2_dropped, r2_kept, latent, float(result.history["loss"][-1]),
-                         seconds))  # fmt: skip
-        print(f"{name}: rate R² dropped {r2_dropped:.3f}, kept {r2_kept:.3f}", flush=True)
+        results.append((NAMES[model], r2["dropped"], r2_valid, r2["kept"], latent,
+                        int(history["step"][best]), int(history["step"][-1]),
+                        float(history["valid_loss"][best]), seconds))  # fmt: skip
+        print(f"{NAMES[model]}: rate R² dropped {r2['dropped']:.3f} (validation trials "
+              f"{r2_valid:.3f}), kept {r2['kept']:.3f}, latent {latent:.3f}, best step "
+              f"{history['step'][best]}, {seconds:.0f} s", flush=True)  # fmt: skip
 
     table = [
-        "| model | rate R² at dropped bins | rate R² at kept bins | latent R² (all bins) "
-        "| final loss | fit seconds |",
-        "|---|---|---|---|---|---|",
+        "| model | rate R² at dropped bins | ... of validation trials | rate R² at kept bins "
+        "| latent R² (all bins) | best step | last step | best valid loss | fit seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    table += [f"| {n} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.4f} | {e:.0f} |"
-              for n, a, b, c, d, e in rows_out]  # fmt: skip
+    table += [f"| {n} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e} | {f} | {g:.4f} | {h:.0f} |"
+              for n, a, b, c, d, e, f, g, h in results]  # fmt: skip
+    node_config = configs["node"]
     body = "\n".join(
         [
             "## Lorenz with 70% of bins dropped: neural ODE vs sequential VAE",
             "",
             f"`python scripts/node_lorenz.py{' --quick' if args.quick else ''}`: "
-            f"`lj.datasets.lorenz` ({trials} trials x 100 bins x 30 neurons), "
-            f"`lj.datasets.subsample(keep={args.keep})`; {steps} AdamW steps each, batch "
-            f"{train.batch_size}, both read out by `lj.infer` at every original bin. The "
-            "neural ODE sees the kept bins as irregular observations, the sequential VAE the "
-            "same bins on the original grid with the dropped bins masked. Rate R² against the "
-            "true rates (`lj.metrics.rate_r2`), per neuron, averaged; training trials (the "
-            "dropped bins were never seen).",
+            f"`lj.datasets.lorenz` ({args.trials} trials x 100 bins x 30 neurons), "
+            f"`lj.datasets.subsample(keep={args.keep})`; {len(valid_idx)} random trials held "
+            f"out for early stopping (validation loss every {train.chunk_size} steps, patience "
+            f"{args.patience}, best parameters kept), the rest trained for at most "
+            f"{args.steps} AdamW steps (lr {args.lr}, cosine decay to 10%, batch "
+            f"{train.batch_size}). Neural ODE: latent_dim {node_config.latent_dim}, width "
+            f"{node_config.hidden_dim}, time_scale {node_config.time_scale}, kl_scale "
+            f"{node_config.kl_scale}, {args.samples} posterior sample(s) at inference. Both "
+            "read out by `lj.infer` at every original bin of every trial. The neural ODE sees "
+            "the kept bins as irregular observations, the sequential VAE the same bins on the "
+            "original grid with the dropped bins masked. Rate R² against the true rates "
+            "(`lj.metrics.rate_r2`), per neuron, averaged, at the dropped bins (never seen) of "
+            "all trials, and of the validation trials alone.",
             "",
             *table,
             "",
@@ -110,7 +161,8 @@ def main() -> None:
         ]
     )
     print(body)
-    write_section("lorenz" + ("_quick" if args.quick else ""), body)
+    if not args.no_write:
+        write_section("lorenz" + ("_quick" if args.quick else ""), body)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,20 @@ def test_padding_and_unobserved_bins_contribute_nothing(sparse_lorenz):
     np.testing.assert_allclose(loss_padded, loss_truncated, rtol=1e-5)
 
 
+def test_validation_loss_weighs_the_kl_fully_at_every_step(sparse_lorenz):
+    _, sparse, _ = sparse_lorenz
+    config = dataclasses.replace(TINY, kl_ramp_steps=100, kl_scale=0.5)
+    params = node.init(jax.random.PRNGKey(0), config, sparse)
+    batch, key = jax.tree.map(jnp.asarray, sparse), jax.random.PRNGKey(2)
+    loss = jax.jit(node.loss, static_argnums=3)
+    validation_loss = jax.jit(node.validation_loss, static_argnums=3)
+    ramped, aux = loss(params, batch, key, config, 0)
+    np.testing.assert_allclose(ramped, aux["recon"], rtol=1e-6)  # KL weight 0 at step 0
+    for step in (0, 50, 1000):
+        value, _ = validation_loss(params, batch, key, config, step)
+        np.testing.assert_allclose(value, aux["recon"] + 0.5 * aux["kl"], rtol=1e-5)
+
+
 def test_vmapped_trials_with_different_grids_equal_a_loop(sparse_lorenz):
     _, sparse, _ = sparse_lorenz
     assert len({tuple(t) for t in np.asarray(sparse.times).round(6)}) == sparse.num_trials
@@ -115,6 +129,35 @@ def test_posterior_interpolates_and_extrapolates_along_the_learned_flow(sparse_l
     slope = np.gradient(dense.latents[0], times, axis=0)
     field = np.asarray(jax.vmap(flow)(jnp.asarray(dense.latents[0])))
     np.testing.assert_allclose(slope[2:-2], field[2:-2], rtol=0.05, atol=0.05)
+
+
+def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_states():
+    """A depth-0 field dz/ds = A^T z solves to expm(A^T s) z0: the sampled posterior is the
+    average of exp(C^T z(s) + d) over initial states mean + sqrt(var) * noise."""
+    config = dataclasses.replace(TINY, depth=0, time_scale=2.0, rtol=1e-8, atol=1e-8)
+    rng = np.random.default_rng(4)
+    spikes = rng.poisson(1.0, size=(2, 4, 5))
+    times = np.array([[0.1, 0.2, 0.25, 0.4], [0.0, 0.1, 0.3, 0.35]])
+    trials = lj.Trials(spikes, dt=0.05, times=times)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    matrix = rng.normal(size=(3, 3)) - np.eye(3)
+    params = {**params, "field": {"layers": ({"kernel": jnp.asarray(matrix, jnp.float32),
+                                               "bias": jnp.zeros(3)},)}}  # fmt: skip
+    key = jax.random.PRNGKey(7)
+    post = node.posterior(params, trials, config, key, num_samples=16)
+    noise = np.asarray(jax.random.normal(key, (2, 16, 3)))
+    kernel, bias = (np.asarray(params["readout"][k], np.float64) for k in ("kernel", "bias"))
+    for b in range(2):
+        starts = post.initial_mean[b] + np.sqrt(post.initial_var[b]) * noise[b]  # [S, K]
+        s = config.time_scale * (times[b] - times[b, 0])
+        paths = np.stack([[scipy.linalg.expm(matrix.T * t) @ z0 for t in s] for z0 in starts])
+        np.testing.assert_allclose(post.latents[b], paths.mean(0), rtol=1e-4, atol=1e-5)
+        rates = np.exp(paths @ kernel + bias).mean(0)
+        np.testing.assert_allclose(post.rates[b], rates, rtol=1e-4, atol=1e-6)
+    mean_only = node.posterior(params, trials, config, key)
+    assert not np.allclose(mean_only.rates, post.rates, rtol=1e-3)
+    with pytest.raises(ValueError, match="num_samples"):
+        node.posterior(params, trials, config, key, num_samples=0)
 
 
 def _stiff(config, *, throw):

@@ -62,6 +62,20 @@ def test_reconstruction_term_is_the_poisson_log_likelihood(lorenz):
     np.testing.assert_allclose(float(aux["recon"]), expected, rtol=1e-3)
 
 
+def test_validation_loss_weighs_the_kl_fully_at_every_step(lorenz):
+    _, trials = lorenz
+    config = dataclasses.replace(TINY, kl_ramp_steps=100, kl_scale=0.5)
+    params = seqvae.init(jax.random.PRNGKey(0), config, trials)
+    batch, key = jax.tree.map(jnp.asarray, trials), jax.random.PRNGKey(2)
+    loss = jax.jit(seqvae.loss, static_argnums=3)
+    validation_loss = jax.jit(seqvae.validation_loss, static_argnums=3)
+    ramped, aux = loss(params, batch, key, config, 0)
+    np.testing.assert_allclose(ramped, aux["recon"], rtol=1e-6)  # KL weight 0 at step 0
+    for step in (0, 50, 1000):
+        value, _ = validation_loss(params, batch, key, config, step)
+        np.testing.assert_allclose(value, aux["recon"] + 0.5 * aux["kl"], rtol=1e-5)
+
+
 def test_fit_learns_and_posterior_predicts_masked_bins(lorenz):
     data, trials = lorenz
     result = lj.fit(TINY, trials, progress=False)

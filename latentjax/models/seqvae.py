@@ -34,7 +34,7 @@ from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.schedules import ramp
 
-__all__ = ["Config", "init", "loss", "posterior"]
+__all__ = ["Config", "init", "loss", "posterior", "validation_loss"]
 
 READOUTS = ("poisson", "gaussian")
 VAR_MIN = 1e-4
@@ -209,6 +209,13 @@ def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, d
     kl = jnp.sum(terms["kl"]) / entries
     kl_weight = ramp(step, start=0, length=config.kl_ramp_steps)
     return recon + config.kl_scale * kl_weight * kl, {"recon": recon, "kl": kl}
+
+
+def validation_loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
+    """`loss` with the KL at its full weight, whatever the step: validation values stay
+    comparable across the KL ramp, so early stopping does not pick a step inside it."""
+    del step
+    return loss(params, batch, key, config, config.kl_ramp_steps)
 
 
 def _trial_posterior(params, spikes, mask, config: Config) -> dict:

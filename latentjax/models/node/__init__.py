@@ -14,8 +14,16 @@ rates at any times, and `vector_field` returns the learned flow for `lj.geometry
 """
 
 from latentjax.models.node.config import Config
-from latentjax.models.node.family import init, loss, posterior
+from latentjax.models.node.family import init, loss, posterior, validation_loss
 from latentjax.models.node.solve import SolverError
 from latentjax.models.node.vector_field import vector_field
 
-__all__ = ["Config", "SolverError", "init", "loss", "posterior", "vector_field"]
+__all__ = [
+    "Config",
+    "SolverError",
+    "init",
+    "loss",
+    "posterior",
+    "validation_loss",
+    "vector_field",
+]

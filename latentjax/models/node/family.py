@@ -30,7 +30,7 @@ from latentjax.models.node.vector_field import apply_field, init_field
 from latentjax.results import Posterior
 from latentjax.train.schedules import ramp
 
-__all__ = ["init", "loss", "posterior"]
+__all__ = ["init", "loss", "posterior", "validation_loss"]
 
 
 def _check_trials(config: Config, trials: Trials, where: str) -> None:
@@ -135,22 +135,47 @@ def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, d
     return recon + config.kl_scale * kl_weight * kl, aux
 
 
-def _trial_posterior(params, spikes, times, mask, query_times, config: Config) -> dict:
+def validation_loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
+    """`loss` with the KL at its full weight, whatever the step: validation values stay
+    comparable across the KL ramp, so early stopping does not pick a step inside it."""
+    del step
+    return loss(params, batch, key, config, config.kl_ramp_steps)
+
+
+def _sample_paths(params, initial, query_s, config: Config) -> dict:
+    """Latents and read-out means at ODE times `query_s` `[Q]` from one initial state `[K]`:
+    a forward solve for `s >= 0`, a backward one for `s < 0`."""
+    forward = integrate(apply_field, params["field"], initial, jnp.maximum(query_s, 0.0), config)
+    backward = integrate(
+        apply_field, params["field"], initial, jnp.minimum(query_s, 0.0)[::-1], config
+    )
+    latents = jnp.where((query_s >= 0)[:, None], forward.states, backward.states[::-1])
+    log_params = _log_params(params["readout"], config, latents)
+    return {
+        "latents": latents,
+        "rates": readouts.expected_value(config.readout, log_params),
+        "forward": forward,
+        "backward": backward,
+    }
+
+
+def _trial_posterior(params, spikes, times, mask, query_times, noise, config: Config) -> dict:
     """Latents and read-out means at `query_times` `[Q]` (any increasing times, seconds) of
-    one trial, from the posterior mean of the initial state.
+    one trial, averaged over initial states `mean + sqrt(var) * noise` (`noise` `[S, K]`;
+    zeros: the posterior mean).
 
     Times before the first observation are reached by a backward solve, times after it by a
     forward one."""
     filled, t_first = fill_times(times, mask)
     mean, var = encode(params["encoder"], config, _encoder_inputs(config, spikes), filled, mask)
     s = config.time_scale * (query_times - t_first)
-    forward = integrate(apply_field, params["field"], mean, jnp.maximum(s, 0.0), config)
-    backward = integrate(apply_field, params["field"], mean, jnp.minimum(s, 0.0)[::-1], config)
-    latents = jnp.where((s >= 0)[:, None], forward.states, backward.states[::-1])
-    failed = forward.failed | backward.failed
-    failed_forward = forward.failed
-    log_params = _log_params(params["readout"], config, latents)
-    rates = readouts.expected_value(config.readout, log_params)
+    paths = jax.vmap(_sample_paths, in_axes=(None, 0, None, None))(
+        params, mean + jnp.sqrt(var) * noise, s, config
+    )
+    forward, backward = paths["forward"], paths["backward"]
+    failed = jnp.any(forward.failed | backward.failed)
+    failed_forward = jnp.any(forward.failed)
+    latents, rates = paths["latents"].mean(0), paths["rates"].mean(0)
     return {
         "latents": jnp.where(failed, jnp.nan, latents),
         "rates": jnp.where(failed, jnp.nan, rates),
@@ -158,16 +183,17 @@ def _trial_posterior(params, spikes, times, mask, query_times, config: Config) -
         "initial_var": var,
         "failed": failed,
         "max_steps_reached": jnp.where(
-            failed_forward, forward.max_steps_reached, backward.max_steps_reached
+            failed_forward, forward.max_steps_reached.max(), backward.max_steps_reached.max()
         ),
         "reached": t_first
-        + jnp.where(failed_forward, forward.reached, backward.reached) / config.time_scale,
+        + jnp.where(failed_forward, forward.reached.min(), backward.reached.max())
+        / config.time_scale,
         "end": jnp.where(failed_forward, query_times[-1], query_times[0]),
     }
 
 
 _batched_posterior = jax.jit(
-    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, 0, 0, None)), static_argnames="config"
+    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, 0, 0, 0, None)), static_argnames="config"
 )
 
 
@@ -191,20 +217,25 @@ def _query_times(trials: Trials, times) -> np.ndarray:
     return times
 
 
-def posterior(params, trials: Trials, config: Config, key, *, times=None) -> Posterior:
+def posterior(
+    params, trials: Trials, config: Config, key, *, times=None, num_samples: int = 1
+) -> Posterior:
     """Latent trajectories and rates of `trials`, at their own bins or at any `times`.
 
     The trajectory starts from the posterior mean of the initial state (deterministic; `key`
-    is unused) and is solved forward and backward from the first observation, so `times`
-    may interpolate between observations and extrapolate before and after them.
+    is unused), or, with `num_samples > 1`, latents and rates are averaged over that many
+    trajectories from initial states drawn from `q(z(t_1) | y)` (the posterior predictive
+    mean). Each is solved forward and backward from the first observation, so `times` may
+    interpolate between observations and extrapolate before and after them.
 
     Args:
       params, config: a fitted model (`FitResult.params`, `FitResult.config`).
       trials: `Trials` `[trials, time, neurons]` (irregular `times` and `mask` allowed).
-      key: unused (the posterior mean needs no sampling).
+      key: draws the initial states when `num_samples > 1` (unused otherwise).
       times: None (each trial's own `Trials.times`; unobserved bins get the last observed
         time before them), `[query]` seconds shared by all trials, or `[trials, query]`;
         strictly increasing.
+      num_samples: initial states to average over; 1 uses the posterior mean.
 
     Returns:
       `Posterior` with `latents` `[trials, query, latent_dim]`, `rates` `[trials, query,
@@ -215,20 +246,27 @@ def posterior(params, trials: Trials, config: Config, key, *, times=None) -> Pos
     Raises:
       SolverError: a solve failed and `config.throw` is True.
     """
-    del key
     _check_trials(config, trials, "posterior")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"node.posterior: `num_samples` must be an int >= 1, got {num_samples!r}")
     num_neurons = params["readout"]["bias"].shape[0]
     if trials.num_neurons != num_neurons:
         raise ValueError(
             f"node.posterior: `trials` has {trials.num_neurons} neurons, the model {num_neurons}"
         )
     query = _query_times(trials, times)
+    noise_shape = (trials.num_trials, num_samples, config.latent_dim)
+    if num_samples == 1:
+        noise = jnp.zeros(noise_shape)
+    else:
+        noise = jax.random.normal(key, noise_shape)
     out = _batched_posterior(
         params,
         jnp.asarray(trials.spikes, jnp.float32),
         jnp.asarray(trials.times, jnp.float32),
         jnp.asarray(trials.mask),
         jnp.asarray(query, jnp.float32),
+        noise,
         config,
     )
     out = jax.tree.map(np.asarray, out)
