@@ -29,7 +29,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--out", default="benchmarks/lfads.md")
     parser.add_argument("--note", default="")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
@@ -39,17 +39,15 @@ def main():
     if args.quick:
         sizes = dict(num_trials=48, num_bins=40)
         config = lfads.Config.preset("tiny", kl_ramp_steps=100, l2_ramp_steps=100)
-    config = dataclasses.replace(
-        config,
-        train=TrainConfig(
-            learning_rate=5e-3, batch_size=32, steps=args.steps, grad_clip=200.0, chunk_size=100
-        ),
-    )
+        config = dataclasses.replace(
+            config, train=TrainConfig(learning_rate=5e-3, batch_size=32, grad_clip=200.0)
+        )
+    steps = args.steps or config.train.steps
     rows = []
     for seed in args.seeds:
         data = lj.datasets.lorenz(seed=seed, **sizes)
         s = split(data.trials, seed=seed)
-        post, seconds, co = fit_lfads(config, s, seed=seed, steps=args.steps)
+        post, seconds, co = fit_lfads(config, s, seed=seed, steps=steps)
         true_latents = np.asarray(data.truth["latents"])[s.test_index]
         true_rates = np.asarray(data.truth["rates"])[s.test_index][..., s.neuron_order]
         latent_r2 = lj.metrics.latent_r2(true_latents, np.asarray(post.latents)).mean
@@ -80,9 +78,11 @@ def main():
             f"## Lorenz (scripts/lfads_lorenz.py{' --quick' if args.quick else ''})",
             "",
             f"Data: {data_line} per seed; 80/20 trials and 20% held-out neurons, seeded by the "
-            f"seed. LFADS: {'tiny' if args.quick else 'lorenz'} preset, {args.steps} steps, "
-            "batch 32, lr 5e-3; posterior means over 20 samples. Baselines: latents (or "
-            "smoothed spikes, 2-bin s.d.) to held-out neurons by a Poisson GLM.",
+            f"seed. LFADS: {'tiny' if args.quick else 'lorenz'} preset (dropout "
+            f"{config.dropout}, coordinated dropout {config.cd_rate}), {steps} steps, batch "
+            f"{config.train.batch_size}, lr {config.train.learning_rate}; posterior means over "
+            "20 samples. Baselines: latents (or smoothed spikes, 2-bin s.d.) to held-out "
+            "neurons by a Poisson GLM.",
             f"Machine: {machine()}.",
             *([f"Note: {args.note}"] if args.note else []),
             "",
