@@ -7,6 +7,7 @@ from sklearn.cross_decomposition import CCA as SklearnCCA
 import latentjax as lj
 from latentjax.multiregion import cca, coupled_lds, rrr
 from latentjax.multiregion.rrr import fit_rrr
+from latentjax.train.config import TrainConfig
 
 
 def _low_rank_data(rank, seed=0, samples=2000, source_neurons=12, target_neurons=10):
@@ -98,7 +99,7 @@ def test_coupled_lds_likelihood_matches_direct_regression():
     rng = np.random.default_rng(0)
     latents = rng.standard_normal((3, 20, 6))
     mask = np.ones((3, 20), bool)
-    config = coupled_lds.Config(delays=(1, 2))
+    config = coupled_lds.Config(delays=(1, 2), own_lags=1)
     stats = coupled_lds.statistics(jnp.asarray(latents), jnp.asarray(mask), 2)
     sites = {
         "own_dynamics": jnp.asarray(rng.standard_normal((3, 2, 2))),
@@ -106,12 +107,12 @@ def test_coupled_lds_likelihood_matches_direct_regression():
         "noise_scale": jnp.asarray(rng.uniform(0.5, 2.0, (3, 2))),
     }
     log_lik = np.asarray(coupled_lds.combination_log_likelihoods(sites, stats, config))
-    lags, _, _ = coupled_lds._combinations(3, 2, (1, 2))
+    lags, _, _ = coupled_lds._combinations(3, 2, (1, 2), 1)
     for target in range(3):
         for combo in range(lags.shape[1]):
             predicted = np.zeros((3, 18, 2))
             for source in range(3):
-                lag = lags[target, combo, source]
+                lag = 1 if source == target else lags[target, combo, source]
                 block = np.asarray(
                     sites["own_dynamics"][target]
                     if source == target
@@ -142,6 +143,48 @@ def test_coupled_lds_nuts_recovers_edges_and_delays_from_latents():
     assert posterior.divergences.sum() == 0
     report = lj.evaluate(posterior, trials)
     assert report["divergences"] == 0 and report["r_hat_max"] < 1.05
+
+
+def test_coupled_lds_nuts_short_run_on_latents():
+    """A short NUTS run on few trials of the true latents: right graph, no divergence."""
+    trials, truth = _latent_trials(1, num_trials=10)
+    config = coupled_lds.Config(
+        projection="none", own_lags=1, num_warmup=100, train=TrainConfig(steps=200)
+    )
+    posterior = lj.infer(lj.fit(config, trials, progress=False), trials)
+    _check_recovery(posterior, truth)
+    assert posterior.divergences.sum() == 0
+
+
+def _pca_fit(seed):
+    data = lj.datasets.multiregion(seed=seed)
+    posterior = lj.infer(lj.fit(coupled_lds.Config(), data.trials, progress=False), data.trials)
+    return posterior, data.truth
+
+
+@pytest.mark.slow
+def test_coupled_lds_finds_edges_from_spikes_in_most_seeds():
+    """Default configuration on spike counts (PCA latents): exactly the true edges in >= 4 of 5
+    seeds, and no divergent transition."""
+    found = 0
+    for seed in range(5):
+        posterior, truth = _pca_fit(seed)
+        found += np.array_equal(posterior.edges, truth["coupling"] > 0)
+        assert posterior.divergences.sum() == 0
+    assert found >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="delays from noisy PCA latents are biased to longer lags (no Kalman)"
+)
+def test_coupled_lds_finds_delays_from_spikes_in_most_seeds():
+    found = 0
+    for seed in range(5):
+        posterior, truth = _pca_fit(seed)
+        edges = truth["coupling"] > 0
+        found += np.array_equal(posterior.delays[edges], truth["delays"][edges])
+    assert found >= 4
 
 
 def test_communication_graph_draws_inferred_edges():
