@@ -131,7 +131,7 @@ class Config:
     inference: str = "nuts"
     num_warmup: int = 300
     num_chains: int = 2
-    target_accept: float = 0.9
+    target_accept: float = 0.95
     max_tree_depth: int = 8
     svi_draws: int = 500
     coupling_scale: float = 0.5
