@@ -2,8 +2,8 @@
 
     pytest -m slow tests/test_lfads_accuracy.py
 
-Each Lorenz seed trains the "lorenz" preset (its own training budget: 2000 steps, dropout and
-coordinated dropout 0.3) through `lj.fit`: about 3-4 minutes per seed on a 2-core CPU.
+Each Lorenz seed trains the "lorenz" preset (its own training budget: 1000 steps, dropout and
+coordinated dropout 0.3) through `lj.fit`: about 2-5 minutes per seed on a busy 2-core CPU.
 """
 
 import dataclasses

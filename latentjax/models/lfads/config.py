@@ -143,7 +143,7 @@ PRESETS = {
     # controller). Dropout 0.3 and coordinated dropout 0.3 matter: with dropout 0.05 and no
     # coordinated dropout, 160 Lorenz trials are overfit after ~1000 steps (the controller
     # passes spike noise to the rates; held-out rate R² falls from 0.91 to 0.54 by step 2000).
-    # The training budget (2000 steps, batch 32, lr 5e-3) is a few minutes on a 2-core CPU.
+    # The training budget (1000 steps, batch 32, lr 5e-3) is a few minutes on a 2-core CPU.
     "lorenz": dict(
         ic_enc_dim=64,
         ci_enc_dim=64,
@@ -157,7 +157,7 @@ PRESETS = {
         co_prior="ar1",
         kl_ramp_steps=500,
         l2_ramp_steps=500,
-        train=TrainConfig(learning_rate=5e-3, batch_size=32, steps=2000, grad_clip=200.0),
+        train=TrainConfig(learning_rate=5e-3, batch_size=32, steps=1000, grad_clip=200.0),
     ),
     # AutoLFADS on NLB MC_Maze (shared/TARGETS.md): coordinated dropout 0.3, AR(1) prior.
     "nlb_mc_maze": dict(
