@@ -34,12 +34,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--trials", type=int, default=160)
+    parser.add_argument("--trials", type=int, default=320)
     parser.add_argument("--keep", type=float, default=0.3)
     parser.add_argument("--valid", type=float, default=0.2, help="fraction of trials held out")
-    parser.add_argument("--patience", type=int, default=10, help="validations (chunks)")
+    parser.add_argument("--patience", type=int, default=20, help="validations (chunks)")
     parser.add_argument("--chunk", type=int, default=100, help="steps between validations")
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--latent-dim", type=int, default=8)
     parser.add_argument("--time-scale", type=float, default=10.0)
@@ -113,6 +113,10 @@ def main() -> None:
                   flush=True)  # fmt: skip
         history = fitted.history
         best = int(np.nanargmin(history["valid_loss"]))
+        curve = ", ".join(
+            f"{s}: {v:.4f}" for s, v in zip(history["step"], history["valid_loss"], strict=True)
+        )
+        print(f"{NAMES[model]} validation loss by step: {curve}", flush=True)
         r2 = {
             part: lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=mask)
             for part, mask in (("dropped", dropped), ("kept", kept))

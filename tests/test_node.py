@@ -84,6 +84,7 @@ def test_padding_and_unobserved_bins_contribute_nothing(sparse_lorenz):
     np.testing.assert_allclose(loss_padded, loss_truncated, rtol=1e-5)
 
 
+@pytest.mark.slow  # two compiles of the solver loss (~20 s); seqvae tests the same rule
 def test_validation_loss_weighs_the_kl_fully_at_every_step(sparse_lorenz):
     _, sparse, _ = sparse_lorenz
     config = dataclasses.replace(TINY, kl_ramp_steps=100, kl_scale=0.5)
