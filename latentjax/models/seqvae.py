@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
+from latentjax.models._linear_readout import init_readout, readout_log_params
 from latentjax.models.lfads import readouts
 from latentjax.models.lfads.network import GRU, gru_step, run_gru
 from latentjax.models.lfads.priors import gaussian_kl
@@ -110,14 +111,7 @@ def init(key, config: Config, trials: Trials) -> dict:
     keys = jax.random.split(key, 8)
     num_neurons = trials.num_neurons
     encoder_input = num_neurons + 1
-    observed = np.asarray(trials.spikes)[np.asarray(trials.mask)]
-    mean = observed.mean(0)
-    readout = _dense(keys[0], config.latent_dim, num_neurons, 0.3)
-    if config.readout == "poisson":
-        readout["bias"] = jnp.asarray(np.log(mean + 1e-3), jnp.float32)
-    else:
-        readout["bias"] = jnp.asarray(mean, jnp.float32)
-        readout["log_var"] = jnp.asarray(np.log(observed.var(0) + 1e-3), jnp.float32)
+    readout = init_readout(keys[0], config.latent_dim, trials, config.readout)
     encoded = 2 * config.encoder_dim
     return {
         "encoder_fwd": _gru_params(keys[1], config.encoder_dim, encoder_input),
@@ -131,13 +125,6 @@ def init(key, config: Config, trials: Trials) -> dict:
         "latents": _dense(keys[7], config.generator_dim, config.latent_dim),
         "readout": readout,
     }
-
-
-def _log_params(readout: dict, config: Config, latents):
-    mean = latents @ readout["kernel"] + readout["bias"]
-    if config.readout == "poisson":
-        return mean[:, None, :]
-    return jnp.stack([mean, jnp.broadcast_to(readout["log_var"], mean.shape)], axis=1)
 
 
 def _gaussian(layer: dict, x):
@@ -181,7 +168,7 @@ def _trial(params, spikes, mask, key, config: Config, sample: bool) -> dict:
     latents = states @ params["latents"]["kernel"] + params["latents"]["bias"]
     return {
         "latents": latents,
-        "log_params": _log_params(params["readout"], config, latents),
+        "log_params": readout_log_params(params["readout"], config.readout, latents),
         "kl": kl,
         "initial_mean": z0_mean,
         "inputs": inputs[:, : config.input_dim],

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
+from latentjax.models._linear_readout import init_readout, readout_log_params
 from latentjax.models.lfads import readouts
 from latentjax.models.lfads.priors import gaussian_kl
 from latentjax.models.node.config import Config
@@ -44,28 +45,12 @@ def init(key, config: Config, trials: Trials) -> dict:
     """Parameters; the read-out bias starts at each neuron's marginal mean (and variance)."""
     _check_trials(config, trials, "init")
     encoder_key, field_key, readout_key = jax.random.split(key, 3)
-    observed = np.asarray(trials.spikes)[np.asarray(trials.mask)]  # [observed bins, N]
-    mean = observed.mean(0)
-    kernel = 0.3 * jax.random.normal(readout_key, (config.latent_dim, trials.num_neurons))
-    readout = {"kernel": kernel / np.sqrt(config.latent_dim)}
-    if config.readout == "poisson":
-        readout["bias"] = jnp.asarray(np.log(mean + 1e-3), jnp.float32)
-    else:
-        readout["bias"] = jnp.asarray(mean, jnp.float32)
-        readout["log_var"] = jnp.asarray(np.log(observed.var(0) + 1e-3), jnp.float32)
+    readout = init_readout(readout_key, config.latent_dim, trials, config.readout)
     return {
         "encoder": init_encoder(encoder_key, config, trials.num_neurons),
         "field": init_field(field_key, config),
         "readout": readout,
     }
-
-
-def _log_params(readout: dict, config: Config, latents):
-    """Read-out log-parameters `[time, P, neurons]` (LFADS's read-out layout)."""
-    mean = latents @ readout["kernel"] + readout["bias"]
-    if config.readout == "poisson":
-        return mean[:, None, :]
-    return jnp.stack([mean, jnp.broadcast_to(readout["log_var"], mean.shape)], axis=1)
 
 
 def _encoder_inputs(config: Config, spikes):
@@ -80,7 +65,7 @@ def _trial_terms(params, spikes, times, mask, key, config: Config) -> dict:
     solution = integrate(
         apply_field, params["field"], initial, config.time_scale * (filled - t_first), config
     )
-    log_params = _log_params(params["readout"], config, solution.states)
+    log_params = readout_log_params(params["readout"], config.readout, solution.states)
     log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
     kept = ~solution.failed
     zeros = jnp.zeros_like(mean)
@@ -150,7 +135,7 @@ def _sample_paths(params, initial, query_s, config: Config) -> dict:
         apply_field, params["field"], initial, jnp.minimum(query_s, 0.0)[::-1], config
     )
     latents = jnp.where((query_s >= 0)[:, None], forward.states, backward.states[::-1])
-    log_params = _log_params(params["readout"], config, latents)
+    log_params = readout_log_params(params["readout"], config.readout, latents)
     return {
         "latents": latents,
         "rates": readouts.expected_value(config.readout, log_params),
