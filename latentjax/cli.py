@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import textwrap
@@ -127,10 +126,6 @@ def _split(trials, fraction: float, seed: int):
     return lj.data.split(trials, (1 - fraction, fraction), seed=seed)
 
 
-def _write_json(path: Path, record) -> None:
-    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
-
-
 def cmd_fit(args) -> None:
     import latentjax as lj
 
@@ -205,8 +200,9 @@ def cmd_evaluate(args) -> None:
     result = lj.load_run(args.run)
     trials, truth = load_data(args.data, args)
     table = lj.evaluate(result, trials, truth=truth)
-    out = Path(args.run) / "evaluation.json"
-    _write_json(out, dict(table))
+    from latentjax.report import write_evaluation
+
+    out = write_evaluation(args.run, table)
     print(table)
     print(f"wrote {out}")
 

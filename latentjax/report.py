@@ -19,7 +19,7 @@ import numpy as np
 
 from latentjax.results import Posterior
 
-__all__ = ["RunOutputs", "complete_run", "make_figures", "page", "write_report"]
+__all__ = ["RunOutputs", "complete_run", "make_figures", "page", "write_evaluation", "write_report"]
 
 _FIGURE_ORDER = (
     "true_vs_inferred",
@@ -109,10 +109,17 @@ def complete_run(result, trials, *, truth=None, seed=0, report=True) -> RunOutpu
     posterior = infer(result, trials, seed=seed)
     np.savez(run / "posterior.npz", **posterior.to_numpy())
     table = evaluate(posterior, trials, truth=truth, seed=seed)
-    (run / "evaluation.json").write_text(json.dumps(dict(table), indent=1, default=float) + "\n")
+    write_evaluation(run, table)
     if report:
         write_report(run, trials=trials, posterior=posterior, truth=truth, result=result)
     return RunOutputs(table, posterior)
+
+
+def write_evaluation(run_dir, table) -> Path:
+    """Write an `lj.evaluate` table as `run_dir/evaluation.json` (what the report shows)."""
+    path = Path(run_dir) / "evaluation.json"
+    path.write_text(json.dumps(dict(table), indent=1, default=float) + "\n")
+    return path
 
 
 def write_report(run_dir, *, trials=None, posterior=None, truth=None, result=None) -> Path:
