@@ -161,22 +161,52 @@ def trial_posterior(
       mask: `[time]` bool, True where observed; other bins are missing observations.
       gp_noise_variance: the GP noise variance `s2`.
     """
-    num_latents = params.loadings.shape[1]
-    num_bins = times.shape[0]
-    observed = mask.astype(y.dtype)
-    precision = 1.0 / params.noise_variance
     chol_prior = _kernel_factors(params.log_timescales, times, gp_noise_variance)[2]
+    return _grouped_posterior(
+        params.loadings, params.offset, params.noise_variance, chol_prior, y, mask
+    )
 
-    residual = (y - params.offset) * observed[:, None]  # [T, N]
-    projected = (residual * precision) @ params.loadings  # [T, K]: C' R^-1 (y_t - d)
-    gain = (params.loadings.T * precision) @ params.loadings  # [K, K]: C' R^-1 C
-    # I + L' J L, blocks (k, j): gain[k, j] * L_k' diag(mask) L_j
-    blocks = jnp.einsum("kts,t,jtu->ksju", chol_prior, observed, chol_prior)
+
+def _grouped_posterior(loadings, offset, noise_variance, chol_prior, y, mask) -> TrialPosterior:
+    """Exact posterior of latent trajectories whose GP prior is independent across groups.
+
+    The `P = G * C` latents come in `G` groups of `C` (GPFA: `C = 1`); latent `p = g * C + c`.
+    Latents of one group may be correlated (DLAG's delayed copies of one latent), different
+    groups are independent.
+
+    Args:
+      loadings: `[neurons, P]`; offset, noise_variance: `[neurons]`.
+      chol_prior: `[G, C * time, C * time]` Cholesky factor of each group's prior covariance,
+        ordered `c * time + t` within the group.
+      y: `[time, neurons]`; mask: `[time]` bool, True where observed.
+
+    Returns:
+      `TrialPosterior` with mean `[time, P]` and covariance `[P * time, P * time]` latent-major.
+    """
+    num_groups, group_size, _ = chol_prior.shape
+    num_bins = y.shape[0]
+    num_copies = group_size // num_bins
+    num_latents = num_groups * num_copies
+    observed = mask.astype(y.dtype)
+    precision = 1.0 / noise_variance
+
+    residual = (y - offset) * observed[:, None]  # [T, N]
+    projected = (residual * precision) @ loadings  # [T, P]: C' R^-1 (y_t - d)
+    gain = (loadings.T * precision) @ loadings  # [P, P]: C' R^-1 C
+    # I + L' J L with J = gain kron diag(mask), group blocks (g, h)
+    chol_by_copy = chol_prior.reshape(num_groups, num_copies, num_bins, group_size)
+    blocks = jnp.einsum(
+        "gcta,gchd,t,hdtb->gahb",
+        chol_by_copy,
+        gain.reshape(num_groups, num_copies, num_groups, num_copies),
+        observed,
+        chol_by_copy,
+    )
     size = num_latents * num_bins
-    inner = jnp.eye(size, dtype=y.dtype) + (gain[:, None, :, None] * blocks).reshape(size, size)
+    inner = jnp.eye(size, dtype=y.dtype) + blocks.reshape(size, size)
     chol_inner = jnp.linalg.cholesky(inner)
 
-    chol_prior_full = jsl.block_diag(*chol_prior)  # [KT, KT], latent-major
+    chol_prior_full = jsl.block_diag(*chol_prior)  # [PT, PT], latent-major
     whitened = jsl.solve_triangular(chol_inner, chol_prior_full.T, lower=True)
     covariance = whitened.T @ whitened
     data_term = projected.T.reshape(size)
@@ -187,7 +217,7 @@ def trial_posterior(
     num_observed = observed.sum()
     log_likelihood = -0.5 * (
         num_observed * y.shape[1] * jnp.log(2.0 * jnp.pi)
-        + num_observed * jnp.sum(jnp.log(params.noise_variance))
+        + num_observed * jnp.sum(jnp.log(noise_variance))
         + jnp.sum(residual**2 * precision)
         + _log_det(chol_inner)
         - jnp.sum(quad_reduced**2)
@@ -203,7 +233,7 @@ class _Moments(NamedTuple):
     sum_y2: jax.Array  # [N]
     sum_yx: jax.Array  # [N, K+1]: sum_t y_t E[x_t; 1]'
     sum_xx: jax.Array  # [K+1, K+1]: sum_t E[(x_t; 1)(x_t; 1)']
-    latent_second_moment: jax.Array  # [K, T, T]: E[x_k x_k'] over the whole trajectory
+    latent_second_moment: jax.Array  # [G, CT, CT]: E[z_g z_g'] per latent group (GPFA: [K, T, T])
     log_likelihood: jax.Array  # scalar
 
 
@@ -217,17 +247,26 @@ def _time_covariances(covariance: jax.Array, num_latents: int) -> jax.Array:
 
 def _trial_moments(params, y, times, mask, gp_noise_variance) -> _Moments:
     post = trial_posterior(params, y, times, mask, gp_noise_variance)
-    num_latents = params.loadings.shape[1]
-    num_bins = times.shape[0]
+    return _posterior_moments(post, y, mask, params.loadings.shape[1])
+
+
+def _posterior_moments(post: TrialPosterior, y, mask, num_groups: int) -> _Moments:
+    """Sufficient statistics of one trial's posterior; `latent_second_moment` per group
+    `[G, C * time, C * time]` for latents in `num_groups` groups (see `_grouped_posterior`)."""
+    num_bins, num_latents = post.mean.shape
+    group_size = num_latents * num_bins // num_groups
     observed = mask.astype(y.dtype)
     augmented = jnp.concatenate([post.mean, jnp.ones((num_bins, 1), y.dtype)], axis=1)
     time_cov = jnp.pad(_time_covariances(post.covariance, num_latents), ((0, 0), (0, 1), (0, 1)))
     sum_xx = jnp.einsum("t,tk,tj->kj", observed, augmented, augmented) + jnp.einsum(
         "t,tkj->kj", observed, time_cov
     )
-    blocks = post.covariance.reshape(num_latents, num_bins, num_latents, num_bins)
-    latents = jnp.arange(num_latents)
-    second_moment = blocks[latents, :, latents, :] + jnp.einsum("tk,sk->kts", post.mean, post.mean)
+    blocks = post.covariance.reshape(num_groups, group_size, num_groups, group_size)
+    groups = jnp.arange(num_groups)
+    group_means = post.mean.T.reshape(num_groups, group_size)
+    second_moment = blocks[groups, :, groups, :] + jnp.einsum(
+        "ga,gb->gab", group_means, group_means
+    )
     return _Moments(
         num_observed=observed.sum(),
         sum_y=observed @ y,
@@ -327,15 +366,36 @@ def _update_timescales(log_timescales, times, second_moments, gp_noise_variance,
     return jax.lax.scan(newton_step, log_timescales, None, length=newton_steps)[0]
 
 
-def _m_step(params, moments: _Moments, times, config: Config) -> GPFAParams:
-    total = jax.tree.map(lambda m: m.sum(0), moments)
-    loadings_offset = jnp.linalg.solve(total.sum_xx, total.sum_yx.T).T  # [N, K+1]
+def _observation_update(total: _Moments, min_variance_fraction, support=None):
+    """Closed-form `(C, d, R)` from moments summed over trials.
+
+    `support` `[neurons, K]` bool marks the loadings allowed to be non-zero (default: all);
+    each neuron's regression then uses only its allowed latents. `R` is floored at
+    `min_variance_fraction` times each neuron's variance.
+    """
+    if support is None:
+        loadings_offset = jnp.linalg.solve(total.sum_xx, total.sum_yx.T).T  # [N, K+1]
+    else:
+        allowed = jnp.concatenate([support, jnp.ones((support.shape[0], 1), bool)], axis=1)
+        allowed = allowed.astype(total.sum_xx.dtype)
+
+        def regress(allow, sum_yx):
+            system = total.sum_xx * allow[:, None] * allow[None, :] + jnp.diag(1.0 - allow)
+            return jnp.linalg.solve(system, sum_yx * allow)
+
+        loadings_offset = jax.vmap(regress)(allowed, total.sum_yx)
     residual_variance = (
         total.sum_y2 - jnp.sum(loadings_offset * total.sum_yx, axis=1)
     ) / total.num_observed
     mean_y = total.sum_y / total.num_observed
-    floor = config.min_variance_fraction * (total.sum_y2 / total.num_observed - mean_y**2)
+    floor = min_variance_fraction * (total.sum_y2 / total.num_observed - mean_y**2)
     floor = jnp.maximum(floor, jnp.finfo(floor.dtype).tiny)
+    return loadings_offset[:, :-1], loadings_offset[:, -1], jnp.maximum(residual_variance, floor)
+
+
+def _m_step(params, moments: _Moments, times, config: Config) -> GPFAParams:
+    total = jax.tree.map(lambda m: m.sum(0), moments)
+    loadings, offset, noise_variance = _observation_update(total, config.min_variance_fraction)
     log_timescales = _update_timescales(
         params.log_timescales,
         times,
@@ -344,9 +404,9 @@ def _m_step(params, moments: _Moments, times, config: Config) -> GPFAParams:
         config.timescale_newton_steps,
     )
     return GPFAParams(
-        loadings=loadings_offset[:, :-1],
-        offset=loadings_offset[:, -1],
-        noise_variance=jnp.maximum(residual_variance, floor),
+        loadings=loadings,
+        offset=offset,
+        noise_variance=noise_variance,
         log_timescales=log_timescales,
     )
 

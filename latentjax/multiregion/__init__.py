@@ -4,14 +4,15 @@
   NUTS or SVI through `lj.fit`); its Posterior carries coupling samples `[S, R, R]`.
 - `rrr`: reduced-rank regression communication subspace with cross-validated rank.
 - `cca`: canonical correlations between two regions, with cross-validation.
+- `dlag`: delayed latents shared across regions plus within-region latents (GP, exact EM).
 - `gnn`: region latents as graph nodes exchanging messages along learned edges (`lj.fit`).
 - `attention`: attention routing between region latents, weights per time step (`lj.fit`).
 
 Convention everywhere: `[..., s, r]` is the edge from source region `s` to target `r`.
 """
 
-from latentjax.multiregion import attention, coupled_lds, gnn
+from latentjax.multiregion import attention, coupled_lds, dlag, gnn
 from latentjax.multiregion.cca import CCAResult, cca
 from latentjax.multiregion.rrr import RRRResult, rrr
 
-__all__ = ["CCAResult", "RRRResult", "attention", "cca", "coupled_lds", "gnn", "rrr"]
+__all__ = ["CCAResult", "RRRResult", "attention", "cca", "coupled_lds", "dlag", "gnn", "rrr"]
