@@ -1,16 +1,27 @@
 """Per-region low-dimensional latents: the shared front end of the region-level models.
 
-Each region's neurons are reduced to `latent_dim` standardised principal components of its
-signals (square-root counts for spike counts, the signals themselves for continuous data):
+Each region's neurons are reduced to `latent_dim` standardised latents of its signals
+(square-root counts for spike counts, the signals themselves for continuous data), a linear
+read of each bin:
 
-    z_r[t] = U_r^T (y_r[t] - mean_r) / scale_r            [time, latent_dim]
+    z_r[t] = W_r^T (y_r[t] - mean_r) / scale_r            [time, latent_dim]
 
-`U_r` `[neurons_r, latent_dim]` are region r's leading principal directions and `scale_r` the
-standard deviations of the components, so every region latent has unit variance. Stored as one
-block-structured matrix `components` `[neurons, regions * latent_dim]` (neuron i loads only on
-its own region's columns), the projection of all regions is one matmul. With
+with `scale_r` the standard deviations of the unscaled latents, so every region latent has unit
+variance. Two ways to choose `W_r` `[neurons_r, latent_dim]`:
+
+- `"pca"`: region r's leading principal directions `U_r` (and loadings `U_r`). Read as
+  probabilistic PCA (Tipping & Bishop 1999), `y = U x + e` with `e ~ N(0, s2 I)` and `s2` the
+  mean discarded eigenvalue, so each latent carries measurement noise of variance `s2`.
+- `"fa"`: factor analysis (scikit-learn), `y = C x + e`, `e ~ N(0, diag(psi))`, read by
+  generalised least squares, `W = psi^-1 C (C' psi^-1 C)^-1`: then `z = x + noise` exactly, with
+  noise covariance `(C' psi^-1 C)^-1` (scaled), whatever the latents' dynamics.
+
+`noise_covariance` `[R*K, R*K]` (block diagonal) is that measurement noise of the standardised
+latents, what a model must allow for when it treats the latents as data (errors in variables).
+All regions are stored as block-structured matrices `[neurons, regions * latent_dim]` (neuron i
+loads only on its own region's columns), so the projection of all regions is one matmul. With
 `projection="none"` the signals themselves are the region latents (each region must then have
-exactly `latent_dim` neurons; nothing is centred or scaled).
+exactly `latent_dim` neurons; nothing is centred or scaled; no measurement noise).
 """
 
 from __future__ import annotations
@@ -19,19 +30,24 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from sklearn.decomposition import FactorAnalysis
 
 from latentjax.data import Trials
 
-PROJECTIONS = ("pca", "none")
+PROJECTIONS = ("fa", "pca", "none")
 
 
 class RegionProjection(NamedTuple):
     """mean `[neurons]`, components `[neurons, regions * latent_dim]` (block structured),
-    scales `[regions * latent_dim]`; latents = (signals - mean) @ components / scales."""
+    scales `[regions * latent_dim]`; latents = (signals - mean) @ components / scales.
+    loadings `[neurons, regions * latent_dim]`: signals ~ mean + (latents * scales) @ loadings.T;
+    noise_covariance `[regions * latent_dim]*2`: measurement noise of the latents."""
 
     mean: jnp.ndarray
     components: jnp.ndarray
     scales: jnp.ndarray
+    loadings: jnp.ndarray
+    noise_covariance: jnp.ndarray
 
 
 def check_regions(caller: str, trials, latent_dim: int, projection: str) -> tuple:
@@ -64,32 +80,58 @@ def signals(trials) -> jnp.ndarray:
     return spikes if trials.continuous else jnp.sqrt(spikes)
 
 
+def _pca(centred: np.ndarray, latent_dim: int):
+    """Principal directions `[n, K]` (sign fixed), and the probabilistic-PCA noise variance."""
+    _, singular, right = np.linalg.svd(centred, full_matrices=False)
+    directions = right[:latent_dim].T
+    signs = np.sign(directions[np.abs(directions).argmax(axis=0), np.arange(latent_dim)])
+    directions = directions * signs
+    discarded = singular[latent_dim:] ** 2 / len(centred)
+    noise_variance = discarded.sum() / max(centred.shape[1] - latent_dim, 1)
+    return directions, directions, np.eye(latent_dim) * noise_variance
+
+
+def _factor_analysis(centred: np.ndarray, latent_dim: int):
+    """GLS read-out `[n, K]`, loadings `[n, K]` and the read-out's noise covariance `[K, K]`."""
+    fa = FactorAnalysis(latent_dim, random_state=0).fit(centred)
+    loadings, private = fa.components_.T, np.maximum(fa.noise_variance_, 1e-6)
+    noise_covariance = np.linalg.inv(loadings.T @ (loadings / private[:, None]))
+    components = (loadings / private[:, None]) @ noise_covariance
+    signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(latent_dim)])
+    signs = np.where(signs == 0, 1.0, signs)
+    return components * signs, loadings * signs, noise_covariance * np.outer(signs, signs)
+
+
 def fit_projection(trials, latent_dim: int, projection: str) -> RegionProjection:
-    """Per-region PCA of the observed bins of `trials` (host code, data-dependent init)."""
+    """Per-region PCA or factor analysis of the observed bins of `trials` (host code,
+    data-dependent init)."""
     names = trials.region_names
     labels = np.asarray(trials.regions)
     values = np.asarray(signals(trials), np.float64)[np.asarray(trials.mask)]  # [bins, neurons]
     num_neurons = values.shape[1]
+    size = len(names) * latent_dim
     mean = np.zeros(num_neurons)
-    components = np.zeros((num_neurons, len(names) * latent_dim))
-    scales = np.ones(len(names) * latent_dim)
+    components = np.zeros((num_neurons, size))
+    loadings = np.zeros((num_neurons, size))
+    scales = np.ones(size)
+    noise_covariance = np.zeros((size, size))
     for index, name in enumerate(names):
         rows = np.flatnonzero(labels == name)
         cols = slice(index * latent_dim, (index + 1) * latent_dim)
         if projection == "none":
-            components[rows, cols] = np.eye(latent_dim)
+            components[rows, cols] = loadings[rows, cols] = np.eye(latent_dim)
             continue
         mean[rows] = values[:, rows].mean(axis=0)
         centred = values[:, rows] - mean[rows]
-        _, singular, right = np.linalg.svd(centred, full_matrices=False)
-        directions = right[:latent_dim].T
-        signs = np.sign(directions[np.abs(directions).argmax(axis=0), np.arange(latent_dim)])
-        components[rows, cols] = directions * signs
-        scales[cols] = np.maximum(singular[:latent_dim] / np.sqrt(len(values)), 1e-6)
+        read, load, noise = (_pca if projection == "pca" else _factor_analysis)(centred, latent_dim)
+        scale = np.maximum((centred @ read).std(axis=0), 1e-6)
+        components[rows, cols], loadings[rows, cols], scales[cols] = read, load, scale
+        noise_covariance[cols, cols] = noise / np.outer(scale, scale)
     return RegionProjection(
-        jnp.asarray(mean, jnp.float32),
-        jnp.asarray(components, jnp.float32),
-        jnp.asarray(scales, jnp.float32),
+        *(
+            jnp.asarray(array, jnp.float32)
+            for array in (mean, components, scales, loadings, noise_covariance)
+        )
     )
 
 
@@ -101,5 +143,5 @@ def region_latents(projection: RegionProjection, trials) -> jnp.ndarray:
 def reconstruct(projection: RegionProjection, latents, continuous: bool) -> jnp.ndarray:
     """`[trials, time, neurons]` expected signal from region latents, in the unit of `spikes`
     (for counts the square of the reconstructed square-root signal)."""
-    signal = (latents * projection.scales) @ projection.components.T + projection.mean
+    signal = (latents * projection.scales) @ projection.loadings.T + projection.mean
     return signal if continuous else jnp.maximum(signal, 0.0) ** 2
