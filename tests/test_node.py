@@ -132,10 +132,14 @@ def test_posterior_interpolates_and_extrapolates_along_the_learned_flow(sparse_l
     np.testing.assert_allclose(slope[2:-2], field[2:-2], rtol=0.05, atol=0.05)
 
 
-def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_states():
-    """A depth-0 field dz/ds = A^T z solves to expm(A^T s) z0: the sampled posterior is the
-    average of exp(C^T z(s) + d) over initial states mean + sqrt(var) * noise."""
-    config = dataclasses.replace(TINY, depth=0, time_scale=2.0, rtol=1e-8, atol=1e-8)
+@pytest.mark.parametrize("anchor, anchor_bin", [("first", 0), ("middle", 2)])
+def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_states(
+    anchor, anchor_bin
+):
+    """A depth-0 field dz/ds = A^T z solves to expm(A^T s) z0, s = time_scale * (t - t_a) of
+    either sign: the sampled posterior is the average of exp(C^T z(s) + d) over anchor states
+    mean + sqrt(var) * noise (anchor: the first, or the 3rd of 4 observations)."""
+    config = dataclasses.replace(TINY, depth=0, time_scale=2.0, rtol=1e-8, atol=1e-8, anchor=anchor)
     rng = np.random.default_rng(4)
     spikes = rng.poisson(1.0, size=(2, 4, 5))
     times = np.array([[0.1, 0.2, 0.25, 0.4], [0.0, 0.1, 0.3, 0.35]])
@@ -150,15 +154,76 @@ def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_stat
     kernel, bias = (np.asarray(params["readout"][k], np.float64) for k in ("kernel", "bias"))
     for b in range(2):
         starts = post.initial_mean[b] + np.sqrt(post.initial_var[b]) * noise[b]  # [S, K]
-        s = config.time_scale * (times[b] - times[b, 0])
+        s = config.time_scale * (times[b] - times[b, anchor_bin])
         paths = np.stack([[scipy.linalg.expm(matrix.T * t) @ z0 for t in s] for z0 in starts])
         np.testing.assert_allclose(post.latents[b], paths.mean(0), rtol=1e-4, atol=1e-5)
         rates = np.exp(paths @ kernel + bias).mean(0)
         np.testing.assert_allclose(post.rates[b], rates, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(post.anchor_time, times[:, anchor_bin], rtol=1e-6)
     mean_only = node.posterior(params, trials, config, key)
     assert not np.allclose(mean_only.rates, post.rates, rtol=1e-3)
     with pytest.raises(ValueError, match="num_samples"):
         node.posterior(params, trials, config, key, num_samples=0)
+
+
+def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_model():
+    """Linear field dz/ds = A^T z, Gaussian read-out y_t = C^T expm(A^T s_t) z + d + noise:
+    the MAP anchor state under the N(0, I) prior solves a ridge regression in closed form
+    over the observed bins; refinement from the encoder's mean reaches it."""
+    config = dataclasses.replace(
+        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian"
+    )
+    rng = np.random.default_rng(8)
+    times = np.array([[0.0, 0.1, 0.15, 0.3, 0.45, 0.5]])
+    mask = np.array([[True, True, False, True, True, True]])
+    signal = rng.normal(size=(1, 6, 5))
+    trials = lj.Trials(signal, dt=0.05, times=times, mask=mask, continuous=True)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    matrix = 0.5 * rng.normal(size=(3, 3)) - 0.5 * np.eye(3)
+    layer = {"kernel": jnp.asarray(matrix, jnp.float32), "bias": jnp.zeros(3)}
+    params = {**params, "field": {"layers": (layer,)}}
+    key = jax.random.PRNGKey(0)
+    refined = node.posterior(params, trials, config, key, refine_steps=400, refine_lr=0.05)
+
+    kernel, bias, log_var = (
+        np.asarray(params["readout"][k], np.float64) for k in ("kernel", "bias", "log_var")
+    )
+    precision = np.exp(-log_var)
+    s = config.time_scale * (times[0] - times[0, 3])  # anchor: 3rd of 5 observed bins
+    hessian, gradient = np.eye(3), np.zeros(3)
+    for t in np.flatnonzero(mask[0]):
+        design = (scipy.linalg.expm(matrix.T * s[t]).T @ kernel) * precision  # [K, N]
+        hessian += design @ (scipy.linalg.expm(matrix.T * s[t]).T @ kernel).T
+        gradient += design @ (signal[0, t] - bias)
+    expected = np.linalg.solve(hessian, gradient)
+    np.testing.assert_allclose(refined.initial_mean[0], expected, atol=2e-3)
+    amortised = node.posterior(params, trials, config, key)
+    assert np.abs(amortised.initial_mean[0] - expected).max() > 0.05  # refinement did work
+    with pytest.raises(ValueError, match="refine_steps"):
+        node.posterior(params, trials, config, key, refine_steps=-1)
+
+
+def test_coordinated_dropout_scores_hidden_bins_as_an_unbiased_estimate(sparse_lorenz):
+    """With the encoder cut off (a constant, nearly certain initial state) the trajectory is
+    the same whatever the encoder sees, so the coordinated-dropout reconstruction (hidden bins
+    only, weight 1 / cd_rate) averages over draws to the full one; validation hides nothing."""
+    _, sparse, _ = sparse_lorenz
+    config = dataclasses.replace(TINY, cd_rate=0.4)
+    params = node.init(jax.random.PRNGKey(0), config, sparse)
+    bias = jnp.concatenate([jnp.full(3, 0.5), jnp.full(3, -30.0)])  # mean 0.5, var ~VAR_MIN
+    head = {"kernel": 0 * params["encoder"]["head"]["kernel"], "bias": bias}
+    params = {**params, "encoder": {**params["encoder"], "head": head}}
+    batch = jax.tree.map(jnp.asarray, sparse)
+    keys = jax.random.split(jax.random.PRNGKey(5), 400)
+    draws = jax.jit(jax.vmap(lambda k: node.loss(params, batch, k, config, 0)[1]["recon"]))(keys)
+    full, _ = node.validation_loss(
+        params, batch, keys[0], dataclasses.replace(config, kl_scale=0.0), 0
+    )
+    without_cd, _ = node.loss(params, batch, keys[0], dataclasses.replace(config, cd_rate=0.0), 0)
+    np.testing.assert_allclose(full, without_cd, rtol=1e-5)
+    standard_error = float(np.std(draws)) / np.sqrt(draws.size)
+    assert abs(float(np.mean(draws)) - float(full)) < 4 * standard_error
+    assert float(np.std(draws)) > 0.01 * float(full)  # the draws do hide different bins
 
 
 def _stiff(config, *, throw):
@@ -218,6 +283,8 @@ def test_fit_trains_on_irregular_trials(sparse_lorenz):
         (dict(solver="euler"), "step_size"),
         (dict(adjoint="magic"), "adjoint"),
         (dict(time_scale=0.0), "time_scale"),
+        (dict(anchor="last"), "anchor"),
+        (dict(cd_rate=1.0), "cd_rate"),
     ],
 )
 def test_config_rejects_bad_values(changes, message):

@@ -76,6 +76,26 @@ def test_validation_loss_weighs_the_kl_fully_at_every_step(lorenz):
         np.testing.assert_allclose(value, aux["recon"] + 0.5 * aux["kl"], rtol=1e-5)
 
 
+def test_coordinated_dropout_scores_hidden_bins_as_an_unbiased_estimate(lorenz):
+    """With the encoder cut off (a constant, nearly certain z0) the rates do not depend on
+    what the encoder sees, so the coordinated-dropout reconstruction (hidden bins only,
+    weight 1 / cd_rate) averages over draws to the full one; validation hides nothing."""
+    _, trials = lorenz
+    config = dataclasses.replace(TINY, cd_rate=0.4, kl_scale=0.0)
+    params = seqvae.init(jax.random.PRNGKey(0), config, trials)
+    bias = jnp.concatenate([jnp.full(4, 0.5), jnp.full(4, -30.0)])  # mean 0.5, var ~VAR_MIN
+    params = {**params, "initial": {"kernel": 0 * params["initial"]["kernel"], "bias": bias}}
+    batch = jax.tree.map(jnp.asarray, trials)
+    keys = jax.random.split(jax.random.PRNGKey(5), 400)
+    draws = jax.jit(jax.vmap(lambda k: seqvae.loss(params, batch, k, config, 0)[1]["recon"]))(keys)
+    full, _ = seqvae.validation_loss(params, batch, keys[0], config, 0)
+    without_cd, _ = seqvae.loss(params, batch, keys[0], dataclasses.replace(config, cd_rate=0.0), 0)
+    np.testing.assert_allclose(full, without_cd, rtol=1e-5)
+    standard_error = float(np.std(draws)) / np.sqrt(draws.size)
+    assert abs(float(np.mean(draws)) - float(full)) < 4 * standard_error
+    assert float(np.std(draws)) > 0.01 * float(full)  # the draws do hide different bins
+
+
 def test_fit_learns_and_posterior_predicts_masked_bins(lorenz):
     data, trials = lorenz
     result = lj.fit(TINY, trials, progress=False)
@@ -98,7 +118,7 @@ def test_sweep_trains_a_population_over_the_kl_knob(lorenz):
 @pytest.mark.parametrize(
     "changes, message",
     [(dict(encoder_dim=0), "encoder_dim"), (dict(input_dim=-1), "input_dim"),
-     (dict(readout="gamma"), "readout")],
+     (dict(readout="gamma"), "readout"), (dict(cd_rate=-0.1), "cd_rate")],
 )  # fmt: skip
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):

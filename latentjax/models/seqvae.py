@@ -10,7 +10,9 @@ For one trial with observations `y_t` `[time, neurons]` and `mask_t` (True where
 
 with priors z0 ~ N(0, I) and u_t ~ N(0, I). The loss is the negative ELBO per observed entry
 (masked bins are not scored), `(-log p(y | z0, u) + kl_scale * r(step) * (KL_z0 + KL_u)) /
-entries`, `r` a linear ramp over `kl_ramp_steps`. Encoder inputs are `log1p(counts)` for the
+entries`, `r` a linear ramp over `kl_ramp_steps`. With `cd_rate > 0` (coordinated dropout over
+bins) each training step hides that fraction of the observed bins from the encoder and scores
+only those (weight `1 / cd_rate`). Encoder inputs are `log1p(counts)` for the
 Poisson read-out. GRUs, read-out likelihoods and Gaussian KL come from `lj.models.lfads`.
 
     >>> import latentjax as lj
@@ -56,6 +58,9 @@ class Config:
       readout: "poisson" (counts) or "gaussian" (continuous signals).
       kl_ramp_steps: steps of the linear KL ramp.
       kl_scale: weight of the KL terms (knob; 1.0 is the ELBO).
+      cd_rate: coordinated dropout over bins (knob): each training step hides this fraction
+        of the observed bins from the encoder and scores the reconstruction on those bins
+        only (0 turns it off; validation never hides bins).
       train: optimiser and loop settings ("train.learning_rate" is a knob).
     """
 
@@ -67,6 +72,7 @@ class Config:
     readout: str = "poisson"
     kl_ramp_steps: int = 200
     kl_scale: float = knob(1.0)
+    cd_rate: float = knob(0.0)
     train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
 
     def __post_init__(self):
@@ -79,6 +85,8 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"seqvae.Config: `{name}` must be an int >= 0, got {value!r}")
+        if not 0.0 <= self.cd_rate < 1.0:
+            raise ValueError(f"seqvae.Config: `cd_rate` must be in [0, 1), got {self.cd_rate}")
         if self.readout not in READOUTS:
             raise ValueError(f"seqvae.Config: `readout` must be one of {READOUTS}")
         if not isinstance(self.train, TrainConfig):
@@ -175,34 +183,52 @@ def _trial(params, spikes, mask, key, config: Config, sample: bool) -> dict:
     }
 
 
-def _trial_terms(params, spikes, mask, key, config: Config) -> dict:
-    out = _trial(params, spikes, mask, key, config, sample=True)
+def _trial_terms(params, spikes, mask, key, config: Config, training: bool) -> dict:
+    """Loss terms of one trial; `training` applies coordinated dropout (see `Config`)."""
+    hidden_key, noise_key = jax.random.split(key)
+    seen, weight = mask, mask.astype(jnp.float32)
+    if training:  # `cd_rate` is a traced knob: 0 hides no bin and keeps every weight at 1
+        hidden = jax.random.uniform(hidden_key, mask.shape) < config.cd_rate
+        seen = mask & ~hidden
+        weight = jnp.where(config.cd_rate > 0, (mask & hidden) / config.cd_rate, weight)
+    out = _trial(params, spikes, seen, noise_key, config, sample=True)
     log_lik = readouts.log_likelihood(config.readout, out["log_params"], spikes)
     return {
-        "recon": -jnp.sum(log_lik * mask[:, None]),
+        "recon": -jnp.sum(log_lik * weight[:, None]),
         "kl": out["kl"],
         "entries": jnp.sum(mask) * spikes.shape[-1],
     }
 
 
-def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
-    """Negative ELBO per observed entry with a KL ramp; aux `recon`, `kl` (per entry)."""
+def _loss(params, batch: Trials, key, config: Config, kl_weight, training: bool):
     keys = jax.random.split(key, batch.spikes.shape[0])
-    terms = jax.vmap(_trial_terms, in_axes=(None, 0, 0, 0, None))(
-        params, jnp.asarray(batch.spikes, jnp.float32), jnp.asarray(batch.mask), keys, config
+    terms = jax.vmap(_trial_terms, in_axes=(None, 0, 0, 0, None, None))(
+        params,
+        jnp.asarray(batch.spikes, jnp.float32),
+        jnp.asarray(batch.mask),
+        keys,
+        config,
+        training,
     )
     entries = jnp.maximum(jnp.sum(terms["entries"]), 1.0)
     recon = jnp.sum(terms["recon"]) / entries
     kl = jnp.sum(terms["kl"]) / entries
-    kl_weight = ramp(step, start=0, length=config.kl_ramp_steps)
     return recon + config.kl_scale * kl_weight * kl, {"recon": recon, "kl": kl}
 
 
+def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
+    """Negative ELBO per observed entry with a KL ramp, under coordinated dropout when
+    `cd_rate > 0`; aux `recon`, `kl` (per entry)."""
+    kl_weight = ramp(step, start=0, length=config.kl_ramp_steps)
+    return _loss(params, batch, key, config, kl_weight, training=True)
+
+
 def validation_loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
-    """`loss` with the KL at its full weight, whatever the step: validation values stay
-    comparable across the KL ramp, so early stopping does not pick a step inside it."""
+    """`loss` with the KL at its full weight, whatever the step (validation values stay
+    comparable across the KL ramp, so early stopping does not pick a step inside it), and
+    without coordinated dropout (every observed bin seen and scored)."""
     del step
-    return loss(params, batch, key, config, config.kl_ramp_steps)
+    return _loss(params, batch, key, config, 1.0, training=False)
 
 
 def _trial_posterior(params, spikes, mask, config: Config) -> dict:

@@ -13,12 +13,13 @@ rates at any times, and `vector_field` returns the learned flow for `lj.geometry
     >>> post = lj.infer(result, sparse, times=data.trials.times)          # doctest: +SKIP
 """
 
-from latentjax.models.node.config import Config
+from latentjax.models.node.config import ANCHORS, Config
 from latentjax.models.node.family import init, loss, posterior, validation_loss
 from latentjax.models.node.solve import SolverError
 from latentjax.models.node.vector_field import vector_field
 
 __all__ = [
+    "ANCHORS",
     "Config",
     "SolverError",
     "init",

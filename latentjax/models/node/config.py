@@ -4,8 +4,8 @@ Sizes and solver choices are static under jit; `kl_scale` and the training knobs
 across a population (the engine passes them as traced scalars).
 
 Loss convention (as LFADS, so knob values compare across datasets): the negative ELBO per
-observed entry (bin x neuron), `(-log p(y | z) + kl_scale * r(step) * KL(q(z0) || N(0, I)))
-/ entries`, averaged over trials, `r` a linear ramp from 0 to 1 over `kl_ramp_steps`.
+observed entry (bin x neuron), `(-log p(y | z) + kl_scale * r(step) * KL(q(z(t_a)) || N(0,
+I))) / entries`, averaged over trials, `r` a linear ramp from 0 to 1 over `kl_ramp_steps`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import dataclasses
 
 from latentjax.train.config import TrainConfig, knob
 
-__all__ = ["ADJOINTS", "Config", "READOUTS", "SOLVERS"]
+__all__ = ["ADJOINTS", "ANCHORS", "Config", "READOUTS", "SOLVERS"]
 
 SOLVERS = ("tsit5", "dopri5", "kvaerno5", "euler", "heun")
 ADJOINTS = ("recursive", "backsolve")
 READOUTS = ("poisson", "gaussian")
+ANCHORS = ("first", "middle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,13 @@ class Config:
       latent_dim: dimensions of the latent state z(t).
       hidden_dim: units of each hidden layer of the MLP vector field.
       depth: hidden layers of the vector field.
-      encoder_dim: units of the backward GRU over (observation, time gap) pairs.
+      encoder_dim: units of each encoder GRU over (observation, time gap) pairs.
+      anchor: where the inferred state sits: "first" (the first observed time, read by a
+        backward GRU; the ODE runs forward over the whole trial) or "middle" (the middle
+        observed time, read by a forward and a backward GRU; the ODE runs forward and
+        backward from it, so errors in the inferred state grow over half the horizon; the
+        default: on sparse Lorenz spikes "first" extrapolated wildly before the first
+        observation, see benchmarks/node.md).
       readout: "poisson" (counts; rates = exp(C z + d)) or "gaussian" (continuous signals;
         mean C z + d and a learned variance per neuron).
       time_scale: ODE time units per second of `Trials.times`: the field is solved in
@@ -48,6 +55,9 @@ class Config:
         `solver_failures` (the fraction of trials) in the training history.
     Knobs:
       kl_scale: weight of the KL term (1.0 is the ELBO).
+      cd_rate: coordinated dropout over bins: each training step hides this fraction of the
+        observed bins from the encoder and scores the reconstruction on those bins only
+        (trains prediction of unseen bins; 0 turns it off; validation never hides bins).
       train: optimiser and loop settings ("train.learning_rate" is a knob).
       kl_ramp_steps: steps of the linear KL ramp (static).
     """
@@ -56,6 +66,7 @@ class Config:
     hidden_dim: int = 64
     depth: int = 2
     encoder_dim: int = 64
+    anchor: str = "middle"
     readout: str = "poisson"
     time_scale: float = 1.0
     solver: str = "tsit5"
@@ -67,6 +78,7 @@ class Config:
     throw: bool = True
     kl_ramp_steps: int = 200
     kl_scale: float = knob(1.0)
+    cd_rate: float = knob(0.0)
     train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
 
     def __post_init__(self):
@@ -82,6 +94,7 @@ class Config:
             ("solver", SOLVERS),
             ("adjoint", ADJOINTS),
             ("readout", READOUTS),
+            ("anchor", ANCHORS),
         ):
             if getattr(self, name) not in options:
                 raise ValueError(
@@ -90,6 +103,8 @@ class Config:
         for name in ("time_scale", "rtol", "atol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"node.Config: `{name}` must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.cd_rate < 1.0:
+            raise ValueError(f"node.Config: `cd_rate` must be in [0, 1), got {self.cd_rate}")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"node.Config: `step_size` must be > 0 or None, got {self.step_size}")
         if self.solver == "euler" and self.step_size is None:

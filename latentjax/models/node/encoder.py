@@ -1,13 +1,23 @@
-"""Encoder of the latent ODE: a GRU run backward in time over (observation, time gap) pairs.
+"""Encoder of the latent ODE: GRUs over (observation, time gap) pairs give q(z(t_anchor)).
 
-For the observed bins `t_1 < ... < t_M` of one trial, from the last to the first:
+For the observed bins `t_1 < ... < t_M` of one trial, a backward GRU runs from the last to the
+first observation,
 
-    h_M = GRU([x_M, 0], 0),   h_i = GRU([x_i, time_scale * (t_{i+1} - t_i)], h_{i+1})
+    b_M = GRU_b([x_M, 0], 0),   b_i = GRU_b([x_i, time_scale * (t_{i+1} - t_i)], b_{i+1}),
 
-(unobserved bins leave `h` unchanged), then `[mean, log var] = W h_1 + b` is the Gaussian
-posterior `q(z(t_1)) = N(mean, exp(log var) + VAR_MIN)` over the initial latent state at the
-first observed time. `x` is `log1p(counts)` for the Poisson read-out and the raw signal for the
-Gaussian one. The GRU is LFADS's (`latentjax.models.lfads.network`).
+and, for `anchor="middle"`, a forward GRU from the first to the last,
+
+    f_1 = GRU_f([x_1, 0], 0),   f_i = GRU_f([x_i, time_scale * (t_i - t_{i-1})], f_{i-1})
+
+(unobserved bins leave the states unchanged). The Gaussian posterior over the latent state at
+the anchor time is `[mean, log var] = W h + b`, `q(z(t_a)) = N(mean, exp(log var) + VAR_MIN)`:
+
+- `anchor="first"`: `t_a = t_1`, `h = b_1` (the whole trial, read backward);
+- `anchor="middle"`: `t_a = t_m`, the middle observation (`m = floor(M / 2) + 1`), and
+  `h = [f_m, b_m]` (the past and the future of the anchor).
+
+`x` is `log1p(counts)` for the Poisson read-out and the raw signal for the Gaussian one. The
+GRU is LFADS's (`latentjax.models.lfads.network`).
 """
 
 from __future__ import annotations
@@ -23,22 +33,64 @@ __all__ = ["VAR_MIN", "encode", "init_encoder"]
 VAR_MIN = 1e-4
 
 
+def _directions(config: Config) -> tuple[str, ...]:
+    return ("gru",) if config.anchor == "first" else ("gru", "gru_forward")
+
+
 def init_encoder(key, config: Config, num_neurons: int) -> dict:
-    """Parameters: `{"gru": GRU weights (input: neurons + 1 gap), "head": {"kernel", "bias"}}`."""
-    gru_key, head_key = jax.random.split(key)
-    gru = GRU(config.encoder_dim, learned_initial_state=False).init(gru_key, num_neurons + 1)
-    head = jax.random.normal(head_key, (config.encoder_dim, 2 * config.latent_dim))
-    return {
-        "gru": gru["params"],
-        "head": {
-            "kernel": head / jnp.sqrt(config.encoder_dim),
-            "bias": jnp.zeros(2 * config.latent_dim),
-        },
+    """Parameters: `{"gru": backward GRU weights (input: neurons + 1 gap), ("gru_forward":
+    the forward GRU, for anchor="middle"), "head": {"kernel", "bias"}}`."""
+    directions = _directions(config)
+    *gru_keys, head_key = jax.random.split(key, len(directions) + 1)
+    params = {
+        name: GRU(config.encoder_dim, learned_initial_state=False).init(k, num_neurons + 1)[
+            "params"
+        ]
+        for name, k in zip(directions, gru_keys, strict=True)
     }
+    features = config.encoder_dim * len(directions)
+    head = jax.random.normal(head_key, (features, 2 * config.latent_dim))
+    params["head"] = {
+        "kernel": head / jnp.sqrt(features),
+        "bias": jnp.zeros(2 * config.latent_dim),
+    }
+    return params
+
+
+def _gru_states(gru_params, config: Config, inputs, filled_times, mask, reverse: bool):
+    """GRU states `[time, encoder_dim]` after each bin, over the observed bins in one
+    direction; the gap input is the time since the previous observation in that direction."""
+    num_neurons = inputs.shape[-1]
+    weights = GRU(config.encoder_dim, learned_initial_state=False).apply(
+        {"params": gru_params}, num_neurons + 1
+    )
+    input_gates = inputs @ weights.input_kernel[:num_neurons] + weights.input_bias
+    gap_kernel = weights.input_kernel[num_neurons]
+
+    def step(carry, observation):
+        h, t_previous = carry
+        gates, t, observed = observation
+        gap = config.time_scale * jnp.abs(t - t_previous)
+        h = jnp.where(observed, gru_step(weights, gates + gap * gap_kernel, h, jnp.inf), h)
+        return (h, jnp.where(observed, t, t_previous)), h
+
+    start = filled_times[-1] if reverse else filled_times[0]
+    initial = (jnp.zeros(config.encoder_dim), start)
+    _, states = jax.lax.scan(step, initial, (input_gates, filled_times, mask), reverse=reverse)
+    return states
+
+
+def anchor_index(config: Config, mask):
+    """Index of the anchor bin of one trial (`mask` `[time]`): its first observed bin, or its
+    middle one (`anchor="middle"`); 0 when nothing is observed."""
+    if config.anchor == "first":
+        return jnp.argmax(mask)
+    count = jnp.cumsum(mask)
+    return jnp.argmax(mask & (count == jnp.sum(mask) // 2 + 1))
 
 
 def encode(params: dict, config: Config, inputs, filled_times, mask):
-    """Posterior mean and variance `[latent_dim]` of the initial state of one trial.
+    """Posterior mean and variance `[latent_dim]` of the latent state at the anchor bin.
 
     Args:
       params: the encoder's parameters (`init_encoder`).
@@ -46,23 +98,15 @@ def encode(params: dict, config: Config, inputs, filled_times, mask):
       inputs: `[time, neurons]` encoder inputs (see the module doc).
       filled_times: `[time]` seconds, non-decreasing (`solve.fill_times`).
       mask: `[time]` bool, True where observed.
+
+    Returns:
+      `(mean, var, anchor)`: `anchor` is the anchor bin's index (`anchor_index`).
     """
-    num_neurons = inputs.shape[-1]
-    weights = GRU(config.encoder_dim, learned_initial_state=False).apply(
-        {"params": params["gru"]}, num_neurons + 1
-    )
-    input_gates = inputs @ weights.input_kernel[:num_neurons] + weights.input_bias
-    gap_kernel = weights.input_kernel[num_neurons]
-
-    def step(carry, observation):
-        h, t_next = carry
-        gates, t, observed = observation
-        gap = config.time_scale * (t_next - t)
-        h_new = gru_step(weights, gates + gap * gap_kernel, h, jnp.inf)
-        h = jnp.where(observed, h_new, h)
-        return (h, jnp.where(observed, t, t_next)), None
-
-    initial = (jnp.zeros(config.encoder_dim), filled_times[-1])
-    (h, _), _ = jax.lax.scan(step, initial, (input_gates, filled_times, mask), reverse=True)
+    anchor = anchor_index(config, mask)
+    features = [_gru_states(params["gru"], config, inputs, filled_times, mask, True)[anchor]]
+    if config.anchor == "middle":
+        forward = _gru_states(params["gru_forward"], config, inputs, filled_times, mask, False)
+        features.insert(0, forward[anchor])
+    h = jnp.concatenate(features)
     mean, log_var = jnp.split(h @ params["head"]["kernel"] + params["head"]["bias"], 2)
-    return mean, jnp.exp(log_var) + VAR_MIN
+    return mean, jnp.exp(log_var) + VAR_MIN, anchor

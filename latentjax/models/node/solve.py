@@ -1,7 +1,8 @@
 """Solving the latent ODE of one trial on its own (irregular) time grid with diffrax.
 
-Time: a trial's clock starts at its first observed time `t_first`; the field is solved in ODE
-time `s = time_scale * (t - t_first)`, from the initial state at `s = 0`.
+Time: a trial's clock starts at its anchor time `t_a` (its first or middle observed time, see
+`encoder`); the field is solved in ODE time `s = time_scale * (t - t_a)`, from the state at
+`s = 0`: forward for `s > 0` and backward for `s < 0` (`integrate_both_ways`).
 
 Padding and unobserved bins: `Trials` sets their times to 0, which would break the increasing
 grid a solver saves on. `fill_times` gives each such bin the time of the last observed bin
@@ -26,7 +27,14 @@ import numpy as np
 
 from latentjax.models.node.config import Config
 
-__all__ = ["Solution", "SolverError", "fill_times", "integrate", "raise_on_failure"]
+__all__ = [
+    "Solution",
+    "SolverError",
+    "fill_times",
+    "integrate",
+    "integrate_both_ways",
+    "raise_on_failure",
+]
 
 
 class SolverError(RuntimeError):
@@ -35,12 +43,14 @@ class SolverError(RuntimeError):
 
 class Solution(NamedTuple):
     """states: `[time, latent_dim]` at the requested times (zeros if failed); failed: bool;
-    max_steps_reached: bool (the cause of a failure); reached: ODE time the solver reached."""
+    max_steps_reached: bool (the cause of a failure); reached: ODE time the solver reached;
+    end: ODE time it was asked to reach (of the failed direction, for a two-way solve)."""
 
     states: jax.Array
     failed: jax.Array
     max_steps_reached: jax.Array
     reached: jax.Array
+    end: jax.Array
 
 
 def fill_times(times, mask):
@@ -116,6 +126,26 @@ def integrate(field: Callable, field_params, initial_state, ts, config: Config) 
         failed=failed,
         max_steps_reached=solution.result == diffrax.RESULTS.max_steps_reached,
         reached=solution.ts[-1],
+        end=t1,
+    )
+
+
+def integrate_both_ways(field: Callable, field_params, state, ts, config: Config) -> Solution:
+    """Solve from `z(0) = state` to every time of the non-decreasing grid `ts` `[time]`, which
+    may start before 0: a forward solve for `ts >= 0` and a backward one for `ts < 0` (a
+    zero-length solve when one side is empty). Failure fields describe the failed direction
+    (the forward one if both failed)."""
+    forward = integrate(field, field_params, state, jnp.maximum(ts, 0.0), config)
+    backward = integrate(field, field_params, state, jnp.minimum(ts, 0.0)[::-1], config)
+    states = jnp.where((ts >= 0)[:, None], forward.states, backward.states[::-1])
+    failed = forward.failed | backward.failed
+    return Solution(
+        states=jnp.where(failed, 0.0, states),
+        failed=failed,
+        **{
+            name: jnp.where(forward.failed, getattr(forward, name), getattr(backward, name))
+            for name in ("max_steps_reached", "reached", "end")
+        },
     )
 
 
