@@ -156,6 +156,20 @@ def test_coupled_lds_nuts_short_run_on_latents():
     assert posterior.divergences.sum() == 0
 
 
+def test_coupled_lds_svi_recovers_edges_and_delays_from_latents():
+    """The variational path (mean-field Gaussian, Adam on the ELBO) finds the same graph."""
+    trials, truth = _latent_trials(1, num_trials=20)
+    config = coupled_lds.Config(
+        projection="none",
+        inference="svi",
+        train=TrainConfig(steps=1500, chunk_size=500, learning_rate=0.02, batch_size=None),
+    )
+    posterior = lj.infer(lj.fit(config, trials, progress=False), trials)
+    _check_recovery(posterior, truth)
+    assert posterior.coupling.shape == (config.svi_draws, 3, 3)
+    assert "divergences" not in posterior.extras
+
+
 def _spike_fit(seed, **config):
     """Default coupled_lds on spike counts of 60 neurons per region, 200 trials."""
     data = lj.datasets.multiregion(seed=seed, neurons_per_region=60, num_trials=200)
