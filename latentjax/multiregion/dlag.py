@@ -191,18 +191,20 @@ def _across_kernel(log_timescale, delays, times, gp_noise_variance):
 def _prior_cholesky(params: DLAGParams, times, gp_noise_variance) -> jax.Array:
     """`[G, R * T, R * T]` Cholesky factors of the groups' prior covariances."""
     num_regions, num_within = params.log_within_timescales.shape
-    across = jax.vmap(_across_kernel, in_axes=(0, 1, None, None))(
-        params.log_across_timescales, params.delays, times, gp_noise_variance
-    )
-    factors = [jnp.linalg.cholesky(across)]
+    covariances = [
+        jax.vmap(_across_kernel, in_axes=(0, 1, None, None))(
+            params.log_across_timescales, params.delays, times, gp_noise_variance
+        )
+    ]
     if num_within:
         log_within = params.log_within_timescales.T.reshape(-1)  # [W * R], index k * R + r
-        within = gpfa._kernel_factors(log_within, times, gp_noise_variance)[2]
+        within = gpfa._kernel_factors(log_within, times, gp_noise_variance)[1]  # smooth part
         within = within.reshape(num_within, num_regions, times.shape[0], times.shape[0])
         eye = jnp.eye(num_regions, dtype=within.dtype)
         size = num_regions * times.shape[0]
-        factors.append(jnp.einsum("krts,rq->krtqs", within, eye).reshape(num_within, size, size))
-    return jnp.concatenate(factors, axis=0)
+        within = jnp.einsum("krts,rq->krtqs", within, eye).reshape(num_within, size, size)
+        covariances.append(within + gp_noise_variance * jnp.eye(size, dtype=within.dtype))
+    return jnp.linalg.cholesky(jnp.concatenate(covariances, axis=0))
 
 
 def trial_posterior(
@@ -272,7 +274,9 @@ def _across_prior_terms(theta, times, second_moments, dt, gp_noise_variance):
     def per_trial(trial_times, moment):
         matrix = kernel(theta, trial_times)
         first_kernel = jnp.moveaxis(jax.jacfwd(kernel)(theta, trial_times), -1, 0)  # [R, S, S]
-        second_kernel = jnp.moveaxis(jax.hessian(kernel)(theta, trial_times), (-2, -1), (0, 1))
+        second_kernel = jnp.moveaxis(
+            jax.jacfwd(jax.jacfwd(kernel))(theta, trial_times), (-2, -1), (0, 1)
+        )
         chol = jnp.linalg.cholesky(matrix)
         inverse = jsl.cho_solve((chol, True), jnp.eye(matrix.shape[0], dtype=matrix.dtype))
         projected = inverse @ moment @ inverse  # A S A
@@ -297,7 +301,7 @@ _MAX_DELAY_STEP_BINS = 2.0
 def _ascent_direction(grad, hess, max_step):
     """Newton direction where the Hessian is negative definite, else a diagonal Newton (or
     fixed-size gradient-sign) step per coordinate; clipped to `max_step` `[R]`."""
-    concave = jnp.all(jnp.linalg.eigvalsh(hess) < 0)
+    concave = jnp.all(jnp.isfinite(jnp.linalg.cholesky(-hess)))
     newton = jnp.linalg.solve(hess, -grad)
     curvature = jnp.diagonal(hess)
     diagonal = jnp.where(curvature < 0, -grad / curvature, jnp.sign(grad) * max_step)
@@ -408,8 +412,11 @@ def init(key: jax.Array, config: Config, trials: Trials) -> DLAGParams:
     Across loadings, offsets and noise from GPFA's initialisation on all neurons (the top
     `across_dim` principal components of the whole population); within loadings from the top
     `within_dim` principal components of each region's covariance left after the across part
-    (noise variances reduced accordingly, floored). Delays start at 0, log timescales at
-    `log(initial_timescale)` plus `0.1 * N(0, 1)` from `key`.
+    (noise variances reduced accordingly, floored). Delays start at the lag that maximises
+    the correlation between each region's and the reference region's projections on the
+    latent's loadings (`_initial_delays`): EM moves delays slowly, because with a small GP
+    noise variance the posterior ties each region's copy tightly to the current delays. Log
+    timescales start at `log(initial_timescale)` plus `0.1 * N(0, 1)` from `key`.
     """
     region_index = _check_trials("init", config, trials)
     num_regions = int(region_index.max()) + 1
@@ -446,8 +453,57 @@ def init(key: jax.Array, config: Config, trials: Trials) -> DLAGParams:
         noise_variance=jnp.asarray(noise_variance, dtype),
         log_across_timescales=start.log_timescales,
         log_within_timescales=jnp.log(config.initial_timescale) + jitter,
-        delays=jnp.zeros((num_regions, config.across_dim), dtype),
+        delays=jnp.asarray(
+            _initial_delays(
+                y,
+                np.asarray(trials.mask),
+                region_index,
+                across,
+                np.asarray(start.offset),
+                int(config.max_delay / trials.dt),
+            )
+            * trials.dt,
+            dtype,
+        ),
     )
+
+
+def _initial_delays(y, mask, region_index, loadings, offset, max_lag: int) -> np.ndarray:
+    """`[R, A]` delays in bins from lagged correlations (host code, for `init`).
+
+    For across latent `j`, region `r`'s projection `u_r(t) = c_rj' (y_r(t) - d_r) / |c_rj|^2`
+    follows `x_j(t - D_rj)`; `D_rj` is the lag `l` in `[-max_lag, max_lag]` bins maximising the
+    mean of `u_1(t) u_r(t + l)` over pairs of observed bins, refined by a parabola through the
+    peak and its neighbours.
+    """
+    num_regions = int(region_index.max()) + 1
+    centred = (y - offset) * mask[..., None]  # [B, T, N]
+    projections = []
+    for region in range(num_regions):
+        rows = region_index == region
+        weights = loadings[rows] / np.maximum(np.sum(loadings[rows] ** 2, axis=0), 1e-12)
+        projections.append(centred[..., rows] @ weights)  # [B, T, A]
+    num_bins = y.shape[1]
+    max_lag = min(max_lag, num_bins - 1)
+    lags = np.arange(-max_lag, max_lag + 1)
+    delays = np.zeros((num_regions, loadings.shape[1]))
+    for region in range(1, num_regions):
+        correlation = np.zeros((len(lags), loadings.shape[1]))
+        for i, lag in enumerate(lags):
+            reference = slice(max(0, -lag), num_bins - max(0, lag))  # bins t
+            lagged = slice(max(0, lag), num_bins - max(0, -lag))  # bins t + lag
+            pairs = np.sum(mask[:, reference] & mask[:, lagged])
+            products = projections[0][:, reference] * projections[region][:, lagged]
+            correlation[i] = products.sum(axis=(0, 1)) / max(pairs, 1)
+        peak = np.argmax(correlation, axis=0)
+        for latent, k in enumerate(peak):
+            shift = 0.0
+            if 0 < k < len(lags) - 1:
+                left, centre, right = correlation[k - 1 : k + 2, latent]
+                curvature = left - 2 * centre + right
+                shift = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+            delays[region, latent] = np.clip(lags[k] + shift, -max_lag, max_lag)
+    return delays
 
 
 def fitter(config: Config) -> Fitter:
