@@ -53,6 +53,7 @@ from latentjax.train.run import (
     config_to_json,
     describe_trials,
     digest,
+    member_history,
 )
 
 __all__ = ["fit", "infer", "load_run", "register_family", "sweep"]
@@ -192,7 +193,7 @@ def _member_results(members, params, knobs, log, failed, run_dir, pbt) -> list[F
         config = member.config
         if pbt is not None:
             config = with_knobs(config, {p: float(v[index]) for p, v in knobs.items()})
-        history = _member_history(log, index)
+        history = member_history(log, index)
         history["seed"] = np.asarray(member.seed)
         history["failed"] = np.asarray(bool(failed[index]))
         results.append(
@@ -204,22 +205,6 @@ def _member_results(members, params, knobs, log, failed, run_dir, pbt) -> list[F
             )
         )
     return results
-
-
-def _member_history(lines: list[dict], index: int) -> dict[str, np.ndarray]:
-    columns: dict[str, list] = {}
-    for line in lines:
-        for name, value in line.items():
-            if name == "knobs":
-                for path, values in value.items():
-                    columns.setdefault(path, []).append(values[index])
-            elif isinstance(value, list):
-                columns.setdefault(name, []).append(
-                    np.nan if value[index] is None else value[index]
-                )
-            else:
-                columns.setdefault(name, []).append(value)
-    return {name: np.asarray(values) for name, values in columns.items()}
 
 
 def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devices):

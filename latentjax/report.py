@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from latentjax.results import Posterior
+from latentjax.train.run import member_histories
 
 __all__ = ["RunOutputs", "complete_run", "make_figures", "page", "write_evaluation", "write_report"]
 
@@ -30,23 +31,6 @@ _FIGURE_ORDER = (
     "persistence",
     "communication",
 )
-
-
-def _history_from_metrics(path: Path) -> list[dict[str, np.ndarray]]:
-    """Per-member series (`step`, `loss`, `valid_loss`) from a `metrics.jsonl`."""
-    lines = [json.loads(text) for text in path.read_text().splitlines() if text.strip()]
-    if not lines:
-        return []
-    members = max(len(v) for line in lines for v in line.values() if isinstance(v, list))
-    histories = []
-    for member in range(members):
-        history = {"step": np.array([line["step"] for line in lines])}
-        for key in ("loss", "valid_loss"):
-            if all(isinstance(line.get(key), list) for line in lines):
-                values = [line[key][member] for line in lines]
-                history[key] = np.array([np.nan if v is None else v for v in values], float)
-        histories.append(history)
-    return histories
 
 
 def make_figures(*, trials=None, posterior=None, truth=None, histories=None) -> dict:
@@ -144,7 +128,7 @@ def write_report(run_dir, *, trials=None, posterior=None, truth=None, result=Non
     if result is not None:
         histories = [r.history for r in (result if isinstance(result, list) else [result])]
     elif (run / "metrics.jsonl").exists():
-        histories = _history_from_metrics(run / "metrics.jsonl")
+        histories = member_histories(run / "metrics.jsonl")
     else:
         histories = None
 

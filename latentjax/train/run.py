@@ -148,6 +148,33 @@ class MetricsLog:
         return cls(path, lines)
 
 
+def member_history(lines: list[dict], index: int) -> dict[str, np.ndarray]:
+    """Member `index`'s series from `metrics.jsonl` lines: one array per logged name (per-member
+    values, knobs by their path, shared values such as `step`); `None` (not finite) -> NaN."""
+    columns: dict[str, list] = {}
+    for line in lines:
+        for name, value in line.items():
+            if name == "knobs":
+                for path, values in value.items():
+                    columns.setdefault(path, []).append(values[index])
+            elif isinstance(value, list):
+                columns.setdefault(name, []).append(
+                    np.nan if value[index] is None else value[index]
+                )
+            else:
+                columns.setdefault(name, []).append(value)
+    return {name: np.asarray(values) for name, values in columns.items()}
+
+
+def member_histories(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
+    """Every member's `member_history` from the `metrics.jsonl` at `path`."""
+    lines = MetricsLog.read(os.fspath(path), up_to_step=np.inf)
+    members = max(
+        (len(v) for line in lines for v in line.values() if isinstance(v, list)), default=0
+    )
+    return [member_history(lines, index) for index in range(members)]
+
+
 class RunDir:
     """A run folder: writes `config.json` and `data.json` on creation and checks them on
     resume (a different config, population or data raises `ValueError`)."""
