@@ -5,9 +5,11 @@ compacted with their `times`), the sequential VAE on the original bin grid with 
 bins masked. A random `--valid` fraction of the trials is held out for early stopping (the
 validation loss after every chunk, `TrainConfig(patience=...)`, best parameters kept). Each
 model then predicts rates at every original bin of every trial; the score is the rate R²
-against the true rates at the dropped bins only (never seen by either model).
+against the true rates at the dropped bins only (never seen by either model). The neural
+ODE refines each trial's anchor state by `--refine-steps` MAP steps at inference
+(`lj.infer(..., refine_steps=...)`) and is also scored on its encoder's mean alone.
 
-    python scripts/node_lorenz.py            # full sizes
+    python scripts/node_lorenz.py            # full sizes (~15 min on 2 cores)
     python scripts/node_lorenz.py --quick    # a smoke run at tiny sizes
     python scripts/node_lorenz.py --models node --latent-dim 4 --no-write   # one tuning run
 """
@@ -33,8 +35,8 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--trials", type=int, default=320)
+    parser.add_argument("--steps", type=int, default=15000)
+    parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--keep", type=float, default=0.3)
     parser.add_argument("--valid", type=float, default=0.2, help="fraction of trials held out")
     parser.add_argument("--patience", type=int, default=20, help="validations (chunks)")
@@ -47,7 +49,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--anchor", choices=node.ANCHORS, default="middle", help="node anchor")
     parser.add_argument("--cd-rate", type=float, default=0.0, help="coordinated dropout (both)")
     parser.add_argument("--samples", type=int, default=1, help="node posterior samples")
-    parser.add_argument("--refine-steps", type=int, default=0, help="node anchor MAP steps")
+    parser.add_argument("--refine-steps", type=int, default=50, help="node anchor MAP steps")
     parser.add_argument("--refine-lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -109,6 +111,17 @@ def main() -> None:
                         patience=args.patience)  # fmt: skip
     configs = _configs(args, train)
 
+    def scores(post) -> dict:
+        parts = {"dropped": dropped, "kept": kept, "between": dropped & inside,
+                 "outside": dropped & ~inside}  # fmt: skip
+        r2 = {part: lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=mask)
+              for part, mask in parts.items()}  # fmt: skip
+        r2["valid"] = lj.metrics.rate_r2(
+            data.truth["rates"][valid_idx], post.rates[valid_idx], mask=dropped[valid_idx]
+        )
+        r2["latent"] = lj.metrics.latent_r2(data.truth["latents"], post.latents).mean
+        return r2
+
     results = []
     for model in args.models:
         started = time.perf_counter()
@@ -116,38 +129,25 @@ def main() -> None:
                         valid=observed[model][valid_idx], seed=args.seed,
                         progress=False)  # fmt: skip
         seconds = time.perf_counter() - started
-        post = lj.infer(fitted, observed[model], **infer_options[model])
-        if model == "node" and (args.samples > 1 or args.refine_steps):
-            mean_path = lj.infer(fitted, observed[model], times=data.trials.times)
-            print(f"{NAMES[model]}, encoder's posterior mean only: rate R² dropped "
-                  f"{lj.metrics.rate_r2(data.truth['rates'], mean_path.rates, mask=dropped):.3f}",
-                  flush=True)  # fmt: skip
         history = fitted.history
         best = int(np.nanargmin(history["valid_loss"]))
         curve = ", ".join(
             f"{s}: {v:.4f}" for s, v in zip(history["step"], history["valid_loss"], strict=True)
         )
         print(f"{NAMES[model]} validation loss by step: {curve}", flush=True)
-        r2 = {
-            part: lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=mask)
-            for part, mask in (
-                ("dropped", dropped),
-                ("kept", kept),
-                ("between", dropped & inside),
-                ("outside", dropped & ~inside),
-            )
-        }
-        r2_valid = lj.metrics.rate_r2(
-            data.truth["rates"][valid_idx], post.rates[valid_idx], mask=dropped[valid_idx]
-        )
-        latent = lj.metrics.latent_r2(data.truth["latents"], post.latents).mean
-        results.append((NAMES[model], r2["dropped"], r2_valid, r2["kept"], latent,
-                        int(history["step"][best]), int(history["step"][-1]),
-                        float(history["valid_loss"][best]), seconds))  # fmt: skip
-        print(f"{NAMES[model]}: rate R² dropped {r2['dropped']:.3f} (validation trials "
-              f"{r2_valid:.3f}; between the first and last kept bin {r2['between']:.3f}, "
-              f"outside {r2['outside']:.3f}), kept {r2['kept']:.3f}, latent {latent:.3f}, "
-              f"best step {history['step'][best]}, {seconds:.0f} s", flush=True)  # fmt: skip
+        readouts = [(NAMES[model], infer_options[model])]
+        if model == "node" and (args.samples > 1 or args.refine_steps):
+            readouts.append((f"{NAMES[model]}, encoder's mean only", {"times": data.trials.times}))
+        for name, options in readouts:
+            r2 = scores(lj.infer(fitted, observed[model], **options))
+            results.append((name, r2["dropped"], r2["valid"], r2["kept"], r2["latent"],
+                            int(history["step"][best]), int(history["step"][-1]),
+                            float(history["valid_loss"][best]), seconds))  # fmt: skip
+            print(f"{name}: rate R² dropped {r2['dropped']:.3f} (validation trials "
+                  f"{r2['valid']:.3f}; between the first and last kept bin {r2['between']:.3f}, "
+                  f"outside {r2['outside']:.3f}), kept {r2['kept']:.3f}, latent "
+                  f"{r2['latent']:.3f}, best step {history['step'][best]}, {seconds:.0f} s",
+                  flush=True)  # fmt: skip
 
     table = [
         "| model | rate R² at dropped bins | ... of validation trials | rate R² at kept bins "

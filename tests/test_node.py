@@ -132,7 +132,9 @@ def test_posterior_interpolates_and_extrapolates_along_the_learned_flow(sparse_l
     np.testing.assert_allclose(slope[2:-2], field[2:-2], rtol=0.05, atol=0.05)
 
 
-@pytest.mark.parametrize("anchor, anchor_bin", [("first", 0), ("middle", 2)])
+@pytest.mark.parametrize(
+    "anchor, anchor_bin", [pytest.param("first", 0, marks=pytest.mark.slow), ("middle", 2)]
+)
 def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_states(
     anchor, anchor_bin
 ):
@@ -166,6 +168,7 @@ def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_stat
         node.posterior(params, trials, config, key, num_samples=0)
 
 
+@pytest.mark.slow  # compiles the gradient of the solve inside a scan (~30 s)
 def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_model():
     """Linear field dz/ds = A^T z, Gaussian read-out y_t = C^T expm(A^T s_t) z + d + noise:
     the MAP anchor state under the N(0, I) prior solves a ridge regression in closed form
@@ -203,6 +206,7 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
         node.posterior(params, trials, config, key, refine_steps=-1)
 
 
+@pytest.mark.slow  # vmaps the solver loss over 400 draws (~40 s); seqvae tests the same rule
 def test_coordinated_dropout_scores_hidden_bins_as_an_unbiased_estimate(sparse_lorenz):
     """With the encoder cut off (a constant, nearly certain initial state) the trajectory is
     the same whatever the encoder sees, so the coordinated-dropout reconstruction (hidden bins
@@ -299,3 +303,25 @@ def test_posterior_rejects_bad_times(sparse_lorenz):
         node.posterior(params, sparse, TINY, jax.random.PRNGKey(0), times=[0.2, 0.1])
     with pytest.raises(ValueError, match="times"):
         node.posterior(params, sparse, TINY, jax.random.PRNGKey(0), times=np.zeros((2, 3)))
+
+
+@pytest.mark.slow  # ~3-4 min on 2 cores: 2000 trials, up to 6000 steps
+def test_lorenz_rates_at_dropped_bins_reach_the_issue_target():
+    """Issue 7, first half: on Lorenz spikes with 70% of bins dropped at random, the rate R²
+    at the dropped bins is >= 0.7 (middle anchor, early stopping on 20% validation trials,
+    50 anchor-refinement steps at inference). The second half, beating the sequential VAE,
+    is not met: see benchmarks/node.md."""
+    data = lj.datasets.lorenz(seed=0, num_trials=2000, num_bins=100, num_neurons=30)
+    sparse, index = lj.datasets.subsample(data.trials, 0.3, seed=0, return_index=True)
+    dropped = np.ones(data.trials.mask.shape, bool)
+    rows = np.repeat(np.arange(2000)[:, None], index.shape[1], 1)
+    dropped[rows[index >= 0], index[index >= 0]] = False
+    order = np.random.default_rng(0).permutation(2000)
+    train = TrainConfig(learning_rate=4e-3, batch_size=32, steps=6000, grad_clip=10.0,
+                        chunk_size=100, schedule="cosine", final_lr_fraction=0.1,
+                        patience=20)  # fmt: skip
+    config = node.Config(time_scale=10.0, kl_ramp_steps=1500, train=train)
+    result = lj.fit(config, sparse[np.sort(order[400:])], valid=sparse[np.sort(order[:400])],
+                    seed=0, progress=False)  # fmt: skip
+    post = lj.infer(result, sparse, times=data.trials.times, refine_steps=50)
+    assert lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=dropped) >= 0.7
