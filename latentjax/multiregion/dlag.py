@@ -34,8 +34,14 @@ Differences from the paper's implementation: `within_dim` is the same for every 
 GP noise variance `s2` is one fixed value for all latents (the paper has separate ones for
 across and within latents), added on the diagonal of each region's copy (so it does not
 depend on the delays); the initialisation is probabilistic PCA (across loadings from the whole
-population, within loadings from each region's residual), not the paper's pCCA/FA; there is
-no cross-validated choice of dimensionalities and no delay/timescale uncertainty.
+population, within loadings from each region's residual), not the paper's pCCA/FA, with delays
+started at the peak of lagged correlations between the regions' projections (`init`); there
+is no cross-validated choice of dimensionalities and no delay/timescale uncertainty.
+
+Convergence: with a small `s2` the posterior ties each region's copy of an across latent
+tightly to the current delays, so EM moves delays by small steps (on simulated data, a few
+hundredths of a bin per iteration at first); expect a few hundred iterations for delays to
+settle (`FitResult.history["log_likelihood"]` flattens).
 
 Example:
   >>> import latentjax as lj
@@ -353,9 +359,8 @@ def _m_step(params, moments: gpfa._Moments, times, dt, region_index, config: Con
         total, config.min_variance_fraction, jnp.asarray(support.reshape(num_neurons, -1))
     )
     loadings = loadings.reshape(num_neurons, num_across + num_within, num_regions)
-    loadings = jnp.take_along_axis(loadings, jnp.asarray(region_index)[:, None, None], axis=2)[
-        ..., 0
-    ]  # [N, G]: each neuron's loadings on its own region's latents
+    # [N, G]: each neuron's loadings on its own region's latents
+    loadings = loadings[np.arange(num_neurons), :, np.asarray(region_index)]
     second = moments.latent_second_moment  # [trials, G, RT, RT]
     log_across, delays = _update_across(params, times, second[:, :num_across], dt, config)
     log_within = params.log_within_timescales
