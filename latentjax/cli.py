@@ -25,6 +25,7 @@ FAMILIES = {
     "seqvae": "latentjax.models.seqvae",
     "node": "latentjax.models.node",
     "coupled_lds": "latentjax.multiregion.coupled_lds",
+    "dlag": "latentjax.multiregion.dlag",
     "gnn": "latentjax.multiregion.gnn",
     "attention": "latentjax.multiregion.attention",
 }

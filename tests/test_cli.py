@@ -218,3 +218,24 @@ def test_console_script_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "example" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["dlag", "coupled_lds"])
+def test_fit_multiregion_families(family, tmp_path, capsys):
+    """The multi-region families train from the command line on built-in region data."""
+    steps = {"dlag": ["--steps", "2"], "coupled_lds": ["--set", "num_warmup=5", "--steps", "10"]}
+    code, _, err = run(
+        capsys,
+        "fit",
+        family,
+        "--data",
+        "multiregion:num_trials=8,num_bins=20,neurons_per_region=6",
+        "--out",
+        str(tmp_path / family),
+        *steps[family],
+        "--valid-fraction",
+        "0",
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert (tmp_path / family / "report.html").exists()
