@@ -1,10 +1,13 @@
 """Latent neural ODE for irregularly sampled trials (Rubanova et al. 2019), on diffrax.
 
-A backward GRU over (observation, time gap) pairs infers a Gaussian posterior over each
-trial's initial latent state; an MLP vector field, solved by diffrax on the trial's own time
-grid (`Trials.times`, masked bins ignored), carries it to every observation; a Poisson or
-Gaussian read-out scores the observed bins. `posterior(..., times=...)` evaluates latents and
-rates at any times, and `vector_field` returns the learned flow for `lj.geometry`.
+Forward and backward GRUs over (observation, time gap) pairs infer a Gaussian posterior over
+each trial's latent state at its middle observation (`anchor="middle"`, the default; or at its
+first, `anchor="first"`); an MLP vector field, solved by diffrax forward and backward from
+there on the trial's own time grid (`Trials.times`, masked bins ignored), carries it to every
+observation; a Poisson or Gaussian read-out scores the observed bins. `posterior(...,
+times=...)` evaluates latents and rates at any times (`refine_steps` refines each trial's
+anchor state to its MAP first), and `vector_field` returns the learned flow for
+`lj.geometry`.
 
     >>> import latentjax as lj
     >>> data = lj.datasets.lorenz(seed=0)
