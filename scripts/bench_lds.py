@@ -28,20 +28,10 @@ from importlib.metadata import version
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _report import cpu_model
 
 import latentjax as lj
 from latentjax.models import lds
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def best_time(function, *args, repeats=5, max_seconds=3.0):

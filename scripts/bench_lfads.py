@@ -24,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _lfads_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 from latentjax.models import lfads
@@ -103,7 +103,7 @@ def measure_population(config, trials, members, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script)")
-    parser.add_argument("--out", default="benchmarks/lfads.md")
+    parser.add_argument("--out", default=str(BENCHMARKS / "lfads.md"))
     parser.add_argument("--note", default="", help="a line added to the file (e.g. the load)")
     args = parser.parse_args()
 
@@ -162,7 +162,7 @@ def main():
         header.append(f"Note: {args.note}")
     text = "\n".join([*header, "", *rows, ""])
     print(text)
-    write_section(args.out, "speed-quick" if args.quick else "speed", text)
+    write_section(args.out, "speed-quick" if args.quick else "speed", text, "LFADS benchmarks")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from _node_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 import latentjax.models.node as node
@@ -100,7 +100,12 @@ def main() -> None:
         ]
     )
     print(body)
-    write_section("bench" + ("_quick" if args.quick else ""), body)
+    write_section(
+        BENCHMARKS / "node.md",
+        "bench" + ("_quick" if args.quick else ""),
+        body,
+        "Latent neural ODE benchmarks",
+    )
 
 
 if __name__ == "__main__":

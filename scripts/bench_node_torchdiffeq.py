@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torchdiffeq
-from _node_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 import latentjax.models.node as node
@@ -199,7 +199,7 @@ def main() -> None:
     )
     print(text)
     if not args.quick:
-        write_section("torchdiffeq", text)
+        write_section(BENCHMARKS / "node.md", "torchdiffeq", text, "Latent neural ODE benchmarks")
 
 
 if __name__ == "__main__":

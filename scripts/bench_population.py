@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import os
-import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _report import machine
 
 import latentjax as lj
 from latentjax.train import TrainConfig
@@ -89,22 +88,6 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as file:
-            names = [
-                line.split(":", 1)[1].strip() for line in file if line.startswith("model name")
-            ]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def versions() -> str:
-    packages = ("jax", "jaxlib", "optax", "orbax-checkpoint", "latentjax")
-    return ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
@@ -148,8 +131,8 @@ def main() -> None:
         "# Population training: one vmapped program vs members fit one after another",
         "",
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {machine()}; JAX devices: {jax.devices()}",
-        f"- Versions: Python {platform.python_version()}, {versions()}",
+        f"- Machine: {machine(('jax', 'jaxlib', 'optax', 'orbax-checkpoint', 'latentjax'))}; "
+        f"JAX devices: {jax.devices()}",
         f"- Workload: RNN latent model ({config.num_units} units, Poisson read-out), "
         f"{trials.num_trials} trials x {trials.num_bins} bins x {trials.num_neurons} neurons, "
         f"minibatches of {batch}, Adam; {steps} steps in chunks of {config.train.chunk_size}; "

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 from _lfads_eval import BASELINES, baselines, fit_lfads, split
-from _lfads_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 from latentjax.models import lfads
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--out", default="benchmarks/lfads.md")
+    parser.add_argument("--out", default=str(BENCHMARKS / "lfads.md"))
     parser.add_argument("--note", default="")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
     args = parser.parse_args()
@@ -90,7 +90,7 @@ def main():
         ]
     )
     print(text)
-    write_section(args.out, "lorenz-quick" if args.quick else "lorenz", text)
+    write_section(args.out, "lorenz-quick" if args.quick else "lorenz", text, "LFADS benchmarks")
 
 
 if __name__ == "__main__":

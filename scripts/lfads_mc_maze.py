@@ -19,7 +19,7 @@ import dataclasses
 import pathlib
 
 from _lfads_eval import BASELINES, baselines, fit_lfads, split
-from _lfads_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 from latentjax.models import lfads
@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--out", default="benchmarks/lfads.md")
+    parser.add_argument("--out", default=str(BENCHMARKS / "lfads.md"))
     parser.add_argument("--note", default="")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
     args = parser.parse_args()
@@ -73,7 +73,7 @@ def main():
         ]
     )
     print(text)
-    write_section(args.out, "mc-maze-quick" if args.quick else "mc-maze", text)
+    write_section(args.out, "mc-maze-quick" if args.quick else "mc-maze", text, "LFADS benchmarks")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-from _lfads_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 from latentjax.multiregion import coupled_lds
@@ -28,7 +27,7 @@ VARIANTS = {
     ),
 }
 SIZES = ((20, 100), (60, 100), (60, 200))
-REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "multiregion.md"
+REPORT = BENCHMARKS / "multiregion.md"
 
 
 def main() -> None:
@@ -74,11 +73,11 @@ def main() -> None:
     text = (
         "## coupled_lds: edges and delays from spike counts\n\n"
         f"`python scripts/multiregion_recovery.py`. {__doc__.split(chr(10) + chr(10))[1]}\n\n"
-        f"{table}\n\nMachine: {machine()} (other jobs shared the 2 cores: the times are noisy).\n"
+        f"{table}\n\nMachine: {machine()}.\n"
     )
     print(text)
     if not args.quick:
-        write_section(str(REPORT), "coupled_lds_recovery", text)
+        write_section(REPORT, "coupled_lds_recovery", text, "Multi-region benchmarks")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import argparse
 import time
 
 import numpy as np
-from _node_report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 import latentjax.models.node as node
@@ -186,7 +186,12 @@ def main() -> None:
     )
     print(body)
     if not args.no_write:
-        write_section("lorenz" + ("_quick" if args.quick else ""), body)
+        write_section(
+            BENCHMARKS / "node.md",
+            "lorenz" + ("_quick" if args.quick else ""),
+            body,
+            "Latent neural ODE benchmarks",
+        )
 
 
 if __name__ == "__main__":
