@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
+from latentjax.models._bin_dropout import bin_dropout
 from latentjax.models._linear_readout import init_readout, readout_log_params
 from latentjax.models.lfads import readouts
 from latentjax.models.lfads.network import GRU, gru_step, run_gru
@@ -186,11 +187,7 @@ def _trial(params, spikes, mask, key, config: Config, sample: bool) -> dict:
 def _trial_terms(params, spikes, mask, key, config: Config, training: bool) -> dict:
     """Loss terms of one trial; `training` applies coordinated dropout (see `Config`)."""
     hidden_key, noise_key = jax.random.split(key)
-    seen, weight = mask, mask.astype(jnp.float32)
-    if training:  # `cd_rate` is a traced knob: 0 hides no bin and keeps every weight at 1
-        hidden = jax.random.uniform(hidden_key, mask.shape) < config.cd_rate
-        seen = mask & ~hidden
-        weight = jnp.where(config.cd_rate > 0, (mask & hidden) / config.cd_rate, weight)
+    seen, weight = bin_dropout(hidden_key, mask, config.cd_rate, training)
     out = _trial(params, spikes, seen, noise_key, config, sample=True)
     log_lik = readouts.log_likelihood(config.readout, out["log_params"], spikes)
     return {

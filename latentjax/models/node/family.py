@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from latentjax.data import Trials
+from latentjax.models._bin_dropout import bin_dropout
 from latentjax.models._linear_readout import init_readout, readout_log_params
 from latentjax.models.lfads import readouts
 from latentjax.models.lfads.priors import gaussian_kl
@@ -67,11 +68,7 @@ def _trial_terms(params, spikes, times, mask, key, config: Config, training: boo
     observed bins is hidden from the encoder and only those bins are scored (weight
     `1 / cd_rate`); otherwise the encoder sees and the loss scores every observed bin."""
     hidden_key, noise_key = jax.random.split(key)
-    seen, weight = mask, mask.astype(jnp.float32)
-    if training:  # `cd_rate` is a traced knob: 0 hides no bin and keeps every weight at 1
-        hidden = jax.random.uniform(hidden_key, mask.shape) < config.cd_rate
-        seen = mask & ~hidden
-        weight = jnp.where(config.cd_rate > 0, (mask & hidden) / config.cd_rate, weight)
+    seen, weight = bin_dropout(hidden_key, mask, config.cd_rate, training)
     filled, _ = fill_times(times, mask)
     inputs = _encoder_inputs(config, spikes)
     mean, var, anchor = encode(params["encoder"], config, inputs, filled, seen)
