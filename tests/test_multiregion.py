@@ -1,5 +1,8 @@
 """Tests of latentjax.multiregion against independent truth (scikit-learn, synthetic data)."""
 
+import warnings
+
+import jax
 import numpy as np
 import pytest
 from sklearn.cross_decomposition import CCA as SklearnCCA
@@ -201,6 +204,20 @@ def test_without_noise_correction_delays_are_biased():
         posterior, truth = _spike_fit(seed, projection="pca", own_lags=6, noise_correction=False)
         biased += posterior.delays[1, 2] > truth["delays"][1, 2]
     assert biased >= 2
+
+
+def test_coupled_lds_warns_when_region_latents_are_mostly_noise():
+    sparse = lj.datasets.multiregion(seed=0, num_trials=20, num_bins=30, neurons_per_region=5)
+    with pytest.warns(UserWarning, match="measurement noise"):
+        params = coupled_lds.init(
+            jax.random.PRNGKey(0), coupled_lds.Config(num_chains=1), sparse.trials
+        )
+    dense = lj.datasets.multiregion(seed=0, neurons_per_region=100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        coupled_lds.init(jax.random.PRNGKey(0), coupled_lds.Config(num_chains=1), dense.trials)
+    assert not any("measurement noise" in str(w.message) for w in caught)
+    assert params.projection.noise_covariance.shape == (6, 6)
 
 
 def test_noise_correction_removes_attenuation():

@@ -80,6 +80,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -420,10 +421,10 @@ def _site_latent_dim(params) -> int:
 
 
 def init(key, config: Config, trials) -> SampledParams | VariationalParams:
-    """Per-region PCA; NUTS chains start at the least-squares weights of the best delay
-    combination (`_least_squares_start`) plus uniform jitter in [-0.1, 0.1] (unconstrained):
-    the enumerated delays make the posterior multimodal and chains started at random can stay
-    in a worse lagged mode."""
+    """Per-region projection (warns when a region's latents are mostly noise); NUTS chains
+    start at the least-squares weights of the best delay combination (`_least_squares_start`)
+    plus uniform jitter in [-0.1, 0.1] (unconstrained): the enumerated delays make the
+    posterior multimodal and chains started at random can stay in a worse lagged mode."""
     names = _regions.check_regions("coupled_lds", trials, config.latent_dim, config.projection)
     if trials.num_bins <= _max_lag(config):
         raise ValueError(
@@ -431,6 +432,7 @@ def init(key, config: Config, trials) -> SampledParams | VariationalParams:
             f"got {trials.num_bins}"
         )
     projection = _regions.fit_projection(trials, config.latent_dim, config.projection)
+    _warn_if_noisy(projection, names)
     shapes = _site_shapes(len(names), config.latent_dim, config.own_lags)
     keys = dict(zip(shapes, jax.random.split(key, len(shapes)), strict=True))
     if config.inference == "svi":
@@ -448,6 +450,25 @@ def init(key, config: Config, trials) -> SampledParams | VariationalParams:
     return SampledParams(
         projection, position, samples, jnp.zeros((chains, draws)), jnp.zeros((), jnp.int32)
     )
+
+
+NOISY_FRACTION = 0.4
+
+
+def _warn_if_noisy(projection: RegionProjection, names) -> None:
+    """Warn when a region latent is mostly measurement noise: there, edges and delays are not
+    reliable (`benchmarks/multiregion.md`: 20 sparse neurons per region, fractions 0.4-0.7)."""
+    fractions = np.diag(np.asarray(projection.noise_covariance)).reshape(len(names), -1)
+    worst = fractions.max(axis=1)
+    if worst.max() > NOISY_FRACTION:
+        region = names[int(worst.argmax())]
+        warnings.warn(
+            f"coupled_lds: {worst.max():.0%} of region {region!r}'s latent variance is "
+            f"measurement noise (above {NOISY_FRACTION:.0%}): inferred edges and delays are "
+            "unreliable at this noise level; record more neurons or trials, or use longer bins",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _least_squares_start(projection, trials, config: Config, num_regions: int) -> dict:
@@ -653,8 +674,9 @@ def posterior(params, trials, config: Config, key=None, **options) -> Posterior:
       `inclusion` `[R, R]` posterior probability that the norm exceeds `min_coupling`;
       `edges` `[R, R]` bool (inclusion > 0.5); `delay_set` `[L]`; `delay_probs`
       `[R, R, L]` posterior over each edge's delay; `delays` `[R, R]` the most probable delay
-      (0 on the diagonal); NUTS only: `divergences` `[chains]` counts, `r_hat` and `ess` (every
-      scalar parameter, plus the coupling norms).
+      (0 on the diagonal); `noise_fraction` `[R*K]` the share of each region latent's variance
+      that is measurement noise (a fit warns above 0.4); NUTS only: `divergences` `[chains]`
+      counts, `r_hat` and `ess` (every scalar parameter, plus the coupling norms).
     """
     if options:
         raise ValueError(f"coupled_lds.posterior: unknown options {sorted(options)}")
@@ -708,6 +730,7 @@ def posterior(params, trials, config: Config, key=None, **options) -> Posterior:
         "delay_set": np.asarray(config.delays),
         "delay_probs": delay_probs,
         "delays": best,
+        "noise_fraction": np.diag(np.asarray(params.projection.noise_covariance)),
     }
     if diverging is not None:
         per_chain = {k: np.asarray(v) for k, v in sites.items() if k != "coupling"}
