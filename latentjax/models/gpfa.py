@@ -46,6 +46,7 @@ from latentjax.train import Fitter, TrainConfig
 
 __all__ = [
     "Config",
+    "check_em_knobs",
     "EMState",
     "GPFAParams",
     "TrialPosterior",
@@ -54,6 +55,19 @@ __all__ = [
     "posterior",
     "trial_posterior",
 ]
+
+
+def check_em_knobs(owner: str, gp_noise_variance, min_variance_fraction) -> None:
+    """The GP noise variance must lie in (0, 1) and the variance floor in [0, 1); knobs may be
+    traced scalars inside a population, so only concrete numbers are checked."""
+    if isinstance(gp_noise_variance, numbers.Real) and not 0 < gp_noise_variance < 1:
+        raise ValueError(
+            f"{owner}: `gp_noise_variance` must lie in (0, 1), got {gp_noise_variance!r}"
+        )
+    if isinstance(min_variance_fraction, numbers.Real) and not 0 <= min_variance_fraction < 1:
+        raise ValueError(
+            f"{owner}: `min_variance_fraction` must lie in [0, 1), got {min_variance_fraction!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +104,7 @@ class Config:
                 f"gpfa.Config: `initial_timescale` must be a positive number of seconds, "
                 f"got {self.initial_timescale!r}"
             )
-        # Knobs may be traced scalars inside a population; check only concrete numbers.
-        if isinstance(self.gp_noise_variance, numbers.Real) and not (
-            0 < self.gp_noise_variance < 1
-        ):
-            raise ValueError(
-                f"gpfa.Config: `gp_noise_variance` must lie in (0, 1), "
-                f"got {self.gp_noise_variance!r}"
-            )
-        if isinstance(self.min_variance_fraction, numbers.Real) and not (
-            0 <= self.min_variance_fraction < 1
-        ):
-            raise ValueError(
-                f"gpfa.Config: `min_variance_fraction` must lie in [0, 1), "
-                f"got {self.min_variance_fraction!r}"
-            )
+        check_em_knobs("gpfa.Config", self.gp_noise_variance, self.min_variance_fraction)
 
 
 class GPFAParams(NamedTuple):

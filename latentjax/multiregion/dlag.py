@@ -119,21 +119,7 @@ class Config:
                 raise ValueError(
                     f"dlag.Config: `{name}` must be a positive number of seconds, got {value!r}"
                 )
-        # Knobs may be traced scalars inside a population; check only concrete numbers.
-        if isinstance(self.gp_noise_variance, numbers.Real) and not (
-            0 < self.gp_noise_variance < 1
-        ):
-            raise ValueError(
-                f"dlag.Config: `gp_noise_variance` must lie in (0, 1), "
-                f"got {self.gp_noise_variance!r}"
-            )
-        if isinstance(self.min_variance_fraction, numbers.Real) and not (
-            0 <= self.min_variance_fraction < 1
-        ):
-            raise ValueError(
-                f"dlag.Config: `min_variance_fraction` must lie in [0, 1), "
-                f"got {self.min_variance_fraction!r}"
-            )
+        gpfa.check_em_knobs("dlag.Config", self.gp_noise_variance, self.min_variance_fraction)
 
 
 class DLAGParams(NamedTuple):
