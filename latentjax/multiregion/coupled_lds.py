@@ -34,7 +34,7 @@ adds, so credible intervals are somewhat too narrow when the noise is large.
 
 What this recovers, on `lj.datasets.multiregion` (3 regions, edges 0 -> 1 with delay 2 and
 1 -> 2 with delay 1; NUTS defaults; `tests/test_multiregion.py`): with 60 neurons per region
-and 200 trials, the exact edges and delays in 5 of 5 seeds with 0 divergences (about 10 s per
+and 200 trials, the exact edges and delays in 5 of 5 seeds with 0 divergences (about 20 s per
 fit on 2 cores); without the correction (PCA, 6 own lags) the edges in 5 of 5 but the delays
 in 2 of 5. With the dataset's default 20 sparse neurons (5-20 Hz, 10 ms bins) per region and
 100 trials the latents' noise variance is close to their signal variance and neither variant
