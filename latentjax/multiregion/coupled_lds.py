@@ -41,7 +41,7 @@ in 2 of 5. With the dataset's default 20 sparse neurons (5-20 Hz, 10 ms bins) pe
 is reliable: corrected, delays in 3 of 5 seeds and exact edges in 1 of 5 (spurious reverse
 edges); uncorrected with 6 own lags, edges in 5 of 5 and delays in 0 of 5. An exact
 state-space likelihood (a Kalman filter marginalising the true latents, distributed lags)
-was tried and dropped: about 80x slower under NUTS (777 s per fit), and on the 20-neuron data
+was tried and dropped: 30-80x slower under NUTS (777 s per fit), and on the 20-neuron data
 its maximum a posteriori couplings showed the same reverse edges, within the likelihood's
 noise (the data do not identify them).
 
