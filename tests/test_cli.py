@@ -220,6 +220,7 @@ def test_console_script_help(capsys):
         assert "example" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~1 min each; test_multiregion and test_dlag cover both families
 @pytest.mark.parametrize("family", ["dlag", "coupled_lds"])
 def test_fit_multiregion_families(family, tmp_path, capsys):
     """The multi-region families train from the command line on built-in region data."""

@@ -201,6 +201,7 @@ def test_sample_validation_mask_is_fixed_per_trial():
     assert abs(float(masks.mean()) - 0.2) < 0.05
 
 
+@pytest.mark.slow  # ~50 s: a full training run; the fixed-mask test covers the mask itself
 def test_sample_validation_hides_entries_from_training(monkeypatch):
     """Held entries reach neither the encoders nor the training loss; validation scores them."""
     bins, neurons = 20, 6
@@ -278,6 +279,7 @@ def test_variants_give_finite_losses_and_gradients(changes):
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow  # ~2 min on 2 cores: two sessions' read-ins compiled into one training run
 def test_two_sessions_share_one_generator():
     """Two sessions: different neurons read out the same latents; a shared model fits both."""
     data = lj.datasets.lorenz(seed=0, num_trials=24, num_bins=30, num_neurons=16)

@@ -148,6 +148,7 @@ def test_coupled_lds_nuts_recovers_edges_and_delays_from_latents():
     assert report["divergences"] == 0 and report["r_hat_max"] < 1.05
 
 
+@pytest.mark.slow  # ~1 min: NUTS warm-up; the SVI test covers the same model by default
 def test_coupled_lds_nuts_short_run_on_latents():
     """A short NUTS run on few trials of the true latents: right graph, no divergence."""
     trials, truth = _latent_trials(1, num_trials=10)

@@ -253,6 +253,7 @@ def test_stiff_field_with_tiny_max_steps_raises_a_clear_error():
             params, batch, jax.random.PRNGKey(0), config, 0))  # fmt: skip
 
 
+@pytest.mark.slow  # ~1 min: compiles the solver's posterior and a training step
 def test_stiff_field_without_throw_masks_failures_and_keeps_parameters_finite():
     config, trials, params = _stiff(TINY, throw=False)
     batch = jax.tree.map(jnp.asarray, trials)

@@ -9,7 +9,14 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# The quick-start notebook runs by default; the others (1-3 min each on 2 cores) are `slow`.
+PARAMS = [
+    pytest.param(p, id=p.stem, marks=() if p.stem == "quickstart" else pytest.mark.slow)
+    for p in NOTEBOOKS
+]
+
+
+@pytest.mark.parametrize("path", PARAMS)
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("LATENTJAX_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
