@@ -152,16 +152,16 @@ def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_stat
                                                "bias": jnp.zeros(3)},)}}  # fmt: skip
     key = jax.random.PRNGKey(7)
     post = node.posterior(params, trials, config, key, num_samples=16)
-    noise = np.asarray(jax.random.normal(key, (2, 16, 3)))
+    noise = np.asarray(jax.random.normal(key, (2, 16, 1, 3)))[:, :, 0]
     kernel, bias = (np.asarray(params["readout"][k], np.float64) for k in ("kernel", "bias"))
     for b in range(2):
-        starts = post.initial_mean[b] + np.sqrt(post.initial_var[b]) * noise[b]  # [S, K]
+        starts = post.anchor_mean[b, 0] + np.sqrt(post.anchor_var[b, 0]) * noise[b]  # [S, K]
         s = config.time_scale * (times[b] - times[b, anchor_bin])
         paths = np.stack([[scipy.linalg.expm(matrix.T * t) @ z0 for t in s] for z0 in starts])
         np.testing.assert_allclose(post.latents[b], paths.mean(0), rtol=1e-4, atol=1e-5)
         rates = np.exp(paths @ kernel + bias).mean(0)
         np.testing.assert_allclose(post.rates[b], rates, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(post.anchor_time, times[:, anchor_bin], rtol=1e-6)
+    np.testing.assert_allclose(post.anchor_time[:, 0], times[:, anchor_bin], rtol=1e-6)
     mean_only = node.posterior(params, trials, config, key)
     assert not np.allclose(mean_only.rates, post.rates, rtol=1e-3)
     with pytest.raises(ValueError, match="num_samples"):
@@ -199,9 +199,9 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
         hessian += design @ (scipy.linalg.expm(matrix.T * s[t]).T @ kernel).T
         gradient += design @ (signal[0, t] - bias)
     expected = np.linalg.solve(hessian, gradient)
-    np.testing.assert_allclose(refined.initial_mean[0], expected, atol=2e-3)
+    np.testing.assert_allclose(refined.anchor_mean[0, 0], expected, atol=2e-3)
     amortised = node.posterior(params, trials, config, key)
-    assert np.abs(amortised.initial_mean[0] - expected).max() > 0.05  # refinement did work
+    assert np.abs(amortised.anchor_mean[0, 0] - expected).max() > 0.05  # refinement did work
     with pytest.raises(ValueError, match="refine_steps"):
         node.posterior(params, trials, config, key, refine_steps=-1)
 

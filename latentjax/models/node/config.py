@@ -1,11 +1,13 @@
 """Hyperparameters of the latent neural ODE: one frozen `Config`.
 
-Sizes and solver choices are static under jit; `kl_scale` and the training knobs may vary
-across a population (the engine passes them as traced scalars).
+Sizes and solver choices are static under jit; `kl_scale`, `continuity_std`, `cd_rate` and
+the training knobs may vary across a population (the engine passes them as traced scalars).
 
 Loss convention (as LFADS, so knob values compare across datasets): the negative ELBO per
-observed entry (bin x neuron), `(-log p(y | z) + kl_scale * r(step) * KL(q(z(t_a)) || N(0,
-I))) / entries`, averaged over trials, `r` a linear ramp from 0 to 1 over `kl_ramp_steps`.
+observed entry (bin x neuron), `(-log p(y | z) + kl_scale * r(step) * KL(q(z) || p(z))) /
+entries`, averaged over trials, `r` a linear ramp from 0 to 1 over `kl_ramp_steps`; `z` are
+the anchor states, `p(z)` is N(0, I) for one segment and the multiple-shooting prior
+(`family`) for several.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class Config:
         backward from it, so errors in the inferred state grow over half the horizon; the
         default: on sparse Lorenz spikes "first" extrapolated wildly before the first
         observation, see benchmarks/node.md).
+      segments: multiple shooting (see `family`): the observed bins of a trial are cut into
+        this many chunks, each with its own anchor (placed by `anchor` within its chunk) and
+        inferred state, tied to the previous segment's solve by the continuity prior; 1 (the
+        default): one state for the whole trial.
       readout: "poisson" (counts; rates = exp(C z + d)) or "gaussian" (continuous signals;
         mean C z + d and a learned variance per neuron).
       time_scale: ODE time units per second of `Trials.times`: the field is solved in
@@ -55,6 +61,9 @@ class Config:
         `solver_failures` (the fraction of trials) in the training history.
     Knobs:
       kl_scale: weight of the KL term (1.0 is the ELBO).
+      continuity_std: standard deviation of the continuity prior between consecutive anchor
+        states (`segments > 1`; latent units): small ties the segments into one trajectory
+        of the field, large lets each segment start afresh.
       cd_rate: coordinated dropout over bins: each training step hides this fraction of the
         observed bins from the encoder and scores the reconstruction on those bins only
         (trains prediction of unseen bins; 0 turns it off; validation never hides bins).
@@ -67,6 +76,7 @@ class Config:
     depth: int = 2
     encoder_dim: int = 64
     anchor: str = "middle"
+    segments: int = 1
     readout: str = "poisson"
     time_scale: float = 1.0
     solver: str = "tsit5"
@@ -78,11 +88,12 @@ class Config:
     throw: bool = True
     kl_ramp_steps: int = 200
     kl_scale: float = knob(1.0)
+    continuity_std: float = knob(0.1)
     cd_rate: float = knob(0.0)
     train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
 
     def __post_init__(self):
-        for name in ("latent_dim", "hidden_dim", "encoder_dim", "max_steps"):
+        for name in ("latent_dim", "hidden_dim", "encoder_dim", "segments", "max_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"node.Config: `{name}` must be a positive int, got {value!r}")
@@ -100,7 +111,7 @@ class Config:
                 raise ValueError(
                     f"node.Config: `{name}` must be one of {options}, got {getattr(self, name)!r}"
                 )
-        for name in ("time_scale", "rtol", "atol"):
+        for name in ("time_scale", "rtol", "atol", "continuity_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"node.Config: `{name}` must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.cd_rate < 1.0:

@@ -10,11 +10,14 @@ and, for `anchor="middle"`, a forward GRU from the first to the last,
     f_1 = GRU_f([x_1, 0], 0),   f_i = GRU_f([x_i, time_scale * (t_i - t_{i-1})], f_{i-1})
 
 (unobserved bins leave the states unchanged). The Gaussian posterior over the latent state at
-the anchor time is `[mean, log var] = W h + b`, `q(z(t_a)) = N(mean, exp(log var) + VAR_MIN)`:
+an anchor time is `[mean, log var] = W h + b`, `q(z(t_a)) = N(mean, exp(log var) + VAR_MIN)`:
 
 - `anchor="first"`: `t_a = t_1`, `h = b_1` (the whole trial, read backward);
 - `anchor="middle"`: `t_a = t_m`, the middle observation (`m = floor(M / 2) + 1`), and
   `h = [f_m, b_m]` (the past and the future of the anchor).
+
+With `segments > 1` the same GRUs and head give one posterior per chunk of observations, at
+the chunk's first or middle observation (`anchor_indices`).
 
 `x` is `log1p(counts)` for the Poisson read-out and the raw signal for the Gaussian one. The
 GRU is LFADS's (`latentjax.models.lfads.network`).
@@ -80,17 +83,28 @@ def _gru_states(gru_params, config: Config, inputs, filled_times, mask, reverse:
     return states
 
 
-def anchor_index(config: Config, mask):
-    """Index of the anchor bin of one trial (`mask` `[time]`): its first observed bin, or its
-    middle one (`anchor="middle"`); 0 when nothing is observed."""
-    if config.anchor == "first":
-        return jnp.argmax(mask)
+def anchor_indices(config: Config, mask):
+    """Anchor bins of one trial (`mask` `[time]`): `(indices [segments], active [segments])`.
+
+    The M observed bins are cut into `min(segments, M)` consecutive chunks of (nearly) equal
+    counts; each chunk's anchor is its first observed bin, or its middle one
+    (`anchor="middle"`). Chunks beyond M (a trial with fewer observations than segments) are
+    inactive and repeat the last anchor; a trial with nothing observed gets bin 0."""
     count = jnp.cumsum(mask)
-    return jnp.argmax(mask & (count == jnp.sum(mask) // 2 + 1))
+    num_observed = count[-1]
+    chunks = jnp.maximum(jnp.minimum(config.segments, num_observed), 1)
+    segment = jnp.arange(config.segments)
+    active = segment < chunks
+    chunk = jnp.minimum(segment, chunks - 1)
+    start = chunk * num_observed // chunks
+    size = (chunk + 1) * num_observed // chunks - start
+    rank = start + (size // 2 if config.anchor == "middle" else 0)
+    indices = jnp.argmax(mask[None] & (count[None] == rank[:, None] + 1), axis=1)
+    return indices, active
 
 
 def encode(params: dict, config: Config, inputs, filled_times, mask):
-    """Posterior mean and variance `[latent_dim]` of the latent state at the anchor bin.
+    """Posterior means and variances `[segments, latent_dim]` of the states at the anchors.
 
     Args:
       params: the encoder's parameters (`init_encoder`).
@@ -100,13 +114,14 @@ def encode(params: dict, config: Config, inputs, filled_times, mask):
       mask: `[time]` bool, True where observed.
 
     Returns:
-      `(mean, var, anchor)`: `anchor` is the anchor bin's index (`anchor_index`).
+      `(mean, var, anchors, active)`: `anchors` `[segments]` are the anchor bins and
+      `active` `[segments]` flags the anchors in use (`anchor_indices`).
     """
-    anchor = anchor_index(config, mask)
-    features = [_gru_states(params["gru"], config, inputs, filled_times, mask, True)[anchor]]
+    anchors, active = anchor_indices(config, mask)
+    features = [_gru_states(params["gru"], config, inputs, filled_times, mask, True)[anchors]]
     if config.anchor == "middle":
         forward = _gru_states(params["gru_forward"], config, inputs, filled_times, mask, False)
-        features.insert(0, forward[anchor])
-    h = jnp.concatenate(features)
-    mean, log_var = jnp.split(h @ params["head"]["kernel"] + params["head"]["bias"], 2)
-    return mean, jnp.exp(log_var) + VAR_MIN, anchor
+        features.insert(0, forward[anchors])
+    h = jnp.concatenate(features, axis=-1)
+    mean, log_var = jnp.split(h @ params["head"]["kernel"] + params["head"]["bias"], 2, axis=-1)
+    return mean, jnp.exp(log_var) + VAR_MIN, anchors, active

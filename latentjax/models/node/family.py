@@ -1,14 +1,23 @@
 """The latent-ODE family contract: `init`, `loss`, `posterior`.
 
-Generative model of one trial, observed at irregular times `t_1 < ... < t_M`, with anchor
-time `t_a` (`Config.anchor`: the first observed time `t_1`, or the middle one):
+Generative model of one trial, observed at irregular times `t_1 < ... < t_M`. With one
+segment (the default) the state at one anchor time `t_a` (`Config.anchor`: the first
+observed time, or the middle one) sets the whole trajectory:
 
     z(t_a) ~ N(0, I),   dz/ds = f_theta(z)  (s = time_scale * (t - t_a)),
     y(t_i) ~ Poisson(exp(C z(t_i) + d))   or   N(C z(t_i) + d, diag(exp(log_var)))
 
-with `f_theta` an MLP (`vector_field`) solved by diffrax forward and backward from `t_a`
-(`solve`) and the posterior `q(z(t_a) | y)` from GRUs over (observation, time gap) pairs
-(`encoder`).
+With `segments = S > 1` (multiple shooting; Iakovlev et al. 2023, "Latent neural ODEs with
+sparse Bayesian multiple shooting") the observations are cut into S chunks with anchors
+`t_a1 < ... < t_aS`, each anchor has its own state, each time is read from the solve of its
+nearest anchor, and consecutive anchor states are tied by the continuity prior
+
+    z(t_a1) ~ N(0, I),   z(t_ak) ~ N(phi(z(t_a(k-1)), t_ak - t_a(k-1)), continuity_std² I)
+
+(`phi`: the flow of `f_theta`), so no solve spans more than about two chunks and errors in a
+state grow over a short horizon only. `f_theta` is an MLP (`vector_field`) solved by diffrax
+(`solve`); the mean-field posterior `q(z(t_ak) | y)` comes from GRUs over (observation, time
+gap) pairs (`encoder`).
 
 Parameters: `{"encoder": ..., "field": {"layers": ...}, "readout": {"kernel" [K, N],
 "bias" [N] (, "log_var" [N] for the Gaussian read-out)}}`.
@@ -30,7 +39,7 @@ from latentjax.models.lfads import readouts
 from latentjax.models.lfads.priors import gaussian_kl
 from latentjax.models.node.config import Config
 from latentjax.models.node.encoder import encode, init_encoder
-from latentjax.models.node.solve import fill_times, integrate_both_ways, raise_on_failure
+from latentjax.models.node.solve import fill_times, integrate_segments, raise_on_failure
 from latentjax.models.node.vector_field import apply_field, init_field
 from latentjax.results import Posterior
 from latentjax.train.schedules import ramp
@@ -61,6 +70,43 @@ def _encoder_inputs(config: Config, spikes):
     return jnp.log1p(spikes) if config.readout == "poisson" else spikes
 
 
+def _solve(params, states, t_anchors, active, times, config: Config):
+    """Trajectory `[time, latent_dim]` at `times` (seconds) from the anchor states `[segments,
+    latent_dim]` at `t_anchors` (seconds), and each segment's state carried to the next anchor
+    (`solve.integrate_segments`); ODE time counts from the first anchor. Returns
+    `(solution, ends, t_first_anchor)`."""
+    t_first = t_anchors[0]
+    solution, ends = integrate_segments(
+        apply_field,
+        params["field"],
+        states,
+        config.time_scale * (t_anchors - t_first),
+        active,
+        config.time_scale * (times - t_first),
+        config,
+    )
+    return solution, ends, t_first
+
+
+_segment_kl = jax.vmap(gaussian_kl, in_axes=(0, 0, 0, None))
+
+
+def _anchor_kl(mean, var, ends, active, config: Config):
+    """KL of `q(z(t_k))` `[segments, latent_dim]` from the prior: N(0, I) at the first anchor,
+    N(ends[k - 1], continuity_std² I) at each later active one (`ends`: the previous segment's
+    drawn state carried to this anchor)."""
+    first = gaussian_kl(mean[0], var[0], 0.0, 0.0)
+    log_var = 2.0 * jnp.log(config.continuity_std)
+    later = _segment_kl(mean[1:], var[1:], ends[:-1], log_var)
+    return first + jnp.sum(jnp.where(active[1:], later, 0.0))
+
+
+def _continuity_penalty(states, ends, active, config: Config):
+    """`-log` of the multiple-shooting prior of the anchor states (up to a constant)."""
+    gaps = jnp.sum((states[1:] - ends[:-1]) ** 2, axis=-1) / config.continuity_std**2
+    return 0.5 * jnp.sum(states[0] ** 2) + 0.5 * jnp.sum(jnp.where(active[1:], gaps, 0.0))
+
+
 def _trial_terms(params, spikes, times, mask, key, config: Config, training: bool) -> dict:
     """Loss terms of one trial `[time, neurons]`; a failed solve contributes nothing.
 
@@ -71,24 +117,20 @@ def _trial_terms(params, spikes, times, mask, key, config: Config, training: boo
     seen, weight = bin_dropout(hidden_key, mask, config.cd_rate, training)
     filled, _ = fill_times(times, mask)
     inputs = _encoder_inputs(config, spikes)
-    mean, var, anchor = encode(params["encoder"], config, inputs, filled, seen)
-    initial = mean + jnp.sqrt(var) * jax.random.normal(noise_key, mean.shape)
-    t_anchor = filled[anchor]
-    solution = integrate_both_ways(
-        apply_field, params["field"], initial, config.time_scale * (filled - t_anchor), config
-    )
+    mean, var, anchors, active = encode(params["encoder"], config, inputs, filled, seen)
+    states = mean + jnp.sqrt(var) * jax.random.normal(noise_key, mean.shape)
+    solution, ends, t_first = _solve(params, states, filled[anchors], active, filled, config)
     log_params = readout_log_params(params["readout"], config.readout, solution.states)
     log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
     kept = ~solution.failed
-    zeros = jnp.zeros_like(mean)
     return {
         "recon": jnp.where(kept, -jnp.sum(log_lik * weight[:, None]), 0.0),
-        "kl": jnp.where(kept, gaussian_kl(mean, var, zeros, zeros), 0.0),
+        "kl": jnp.where(kept, _anchor_kl(mean, var, ends, active, config), 0.0),
         "entries": jnp.where(kept, jnp.sum(mask) * spikes.shape[-1], 0.0),
         "failed": solution.failed,
         "max_steps_reached": solution.max_steps_reached,
-        "reached": t_anchor + solution.reached / config.time_scale,
-        "end": t_anchor + solution.end / config.time_scale,
+        "reached": t_first + solution.reached / config.time_scale,
+        "end": t_first + solution.end / config.time_scale,
     }
 
 
@@ -146,26 +188,29 @@ def validation_loss(params, batch: Trials, key, config: Config, step) -> tuple[j
     return _loss(params, batch, key, config, 1.0, training=False)
 
 
-def _refine_anchor(params, spikes, filled, mask, t_anchor, mean, config: Config, steps, lr):
-    """MAP estimate `[latent_dim]` of one trial's anchor state: `steps` Adam steps (learning
-    rate `lr`) on `-log p(y | z) - log N(z; 0, I)` over the observed bins, from the encoder's
-    mean `mean` (semi-amortised inference: closes part of the encoder's amortisation gap).
-    Falls back to `mean` if the refined state or its trajectory is not finite."""
-    s = config.time_scale * (filled - t_anchor)
+def _refine_anchors(params, spikes, filled, mask, t_anchors, active, mean, config: Config,
+                    steps, lr):  # fmt: skip
+    """MAP estimate `[segments, latent_dim]` of one trial's anchor states: `steps` Adam steps
+    (learning rate `lr`) on `-log p(y | z) - log p(z)` over the observed bins (`p(z)`: the
+    multiple-shooting prior of `_anchor_kl`; N(0, I) for one segment), from the encoder's
+    means `mean` (semi-amortised inference: closes part of the encoder's amortisation gap).
+    Falls back to `mean` if the refined states or their trajectory are not finite."""
 
-    def objective(state):
-        solution = integrate_both_ways(apply_field, params["field"], state, s, config)
+    def objective(states):
+        solution, ends, _ = _solve(params, states, t_anchors, active, filled, config)
         log_params = readout_log_params(params["readout"], config.readout, solution.states)
         log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
-        value = -jnp.sum(log_lik * mask[:, None]) + 0.5 * jnp.sum(state**2)
+        value = -jnp.sum(log_lik * mask[:, None]) + _continuity_penalty(
+            states, ends, active, config
+        )
         return jnp.where(solution.failed, jnp.inf, value)
 
     optimizer = optax.adam(lr)
 
     def step(carry, _):
-        state, opt_state = carry
-        updates, opt_state = optimizer.update(jax.grad(objective)(state), opt_state)
-        return (optax.apply_updates(state, updates), opt_state), None
+        states, opt_state = carry
+        updates, opt_state = optimizer.update(jax.grad(objective)(states), opt_state)
+        return (optax.apply_updates(states, updates), opt_state), None
 
     (refined, _), _ = jax.lax.scan(step, (mean, optimizer.init(mean)), length=steps)
     keep = jnp.isfinite(objective(refined)) & (objective(refined) <= objective(mean))
@@ -176,42 +221,44 @@ def _trial_posterior(
     params, spikes, times, mask, query_times, noise, refine_lr, config: Config, refine_steps: int
 ) -> dict:
     """Latents and read-out means at `query_times` `[Q]` (any increasing times, seconds) of
-    one trial, averaged over anchor states `mean + sqrt(var) * noise` (`noise` `[S, K]`;
-    zeros: the posterior mean; `mean` refined by `_refine_anchor` if `refine_steps > 0`).
+    one trial, averaged over anchor states `mean + sqrt(var) * noise` (`noise` `[S,
+    segments, K]`; zeros: the posterior mean; `mean` refined by `_refine_anchors` if
+    `refine_steps > 0`).
 
-    Times before the anchor observation are reached by a backward solve, times after it by a
-    forward one."""
+    Each time is read from the solve of its nearest anchor: backward before it, forward after
+    it."""
     filled, _ = fill_times(times, mask)
-    mean, var, anchor = encode(
+    mean, var, anchors, active = encode(
         params["encoder"], config, _encoder_inputs(config, spikes), filled, mask
     )
-    t_anchor = filled[anchor]
+    t_anchors = filled[anchors]
     if refine_steps:
-        mean = _refine_anchor(
-            params, spikes, filled, mask, t_anchor, mean, config, refine_steps, refine_lr
-        )
-    s = config.time_scale * (query_times - t_anchor)
+        mean = _refine_anchors(params, spikes, filled, mask, t_anchors, active, mean, config,
+                               refine_steps, refine_lr)  # fmt: skip
 
-    def sample_path(state):
-        solution = integrate_both_ways(apply_field, params["field"], state, s, config)
+    def sample_path(states):
+        solution, _, t_first = _solve(params, states, t_anchors, active, query_times, config)
         log_params = readout_log_params(params["readout"], config.readout, solution.states)
-        return solution, readouts.expected_value(config.readout, log_params)
+        return solution, readouts.expected_value(config.readout, log_params), t_first
 
-    solutions, rates = jax.vmap(sample_path)(mean + jnp.sqrt(var) * noise)
+    solutions, rates, t_first = jax.vmap(sample_path)(mean + jnp.sqrt(var) * noise)
     failed = jnp.any(solutions.failed)
     first_failed = jnp.argmax(solutions.failed)
     return {
         "latents": jnp.where(failed, jnp.nan, solutions.states.mean(0)),
         "rates": jnp.where(failed, jnp.nan, rates.mean(0)),
-        "initial_mean": mean,
-        "initial_var": var,
-        "anchor_time": t_anchor,
+        "anchor_mean": mean,
+        "anchor_var": var,
+        "anchor_time": t_anchors,
+        "anchor_active": active,
         "failed": failed,
         "max_steps_reached": solutions.max_steps_reached[first_failed],
-        "reached": t_anchor + solutions.reached[first_failed] / config.time_scale,
-        "end": t_anchor + solutions.end[first_failed] / config.time_scale,
+        "reached": t_first[0] + solutions.reached[first_failed] / config.time_scale,
+        "end": t_first[0] + solutions.end[first_failed] / config.time_scale,
     }
 
+
+ANCHOR_EXTRAS = ("anchor_mean", "anchor_var", "anchor_time", "anchor_active")
 
 _batched_posterior = jax.jit(
     jax.vmap(_trial_posterior, in_axes=(None, 0, 0, 0, 0, 0, None, None, None)),
@@ -252,11 +299,11 @@ def posterior(
 ) -> Posterior:
     """Latent trajectories and rates of `trials`, at their own bins or at any `times`.
 
-    The trajectory starts from the posterior mean of the initial state (deterministic; `key`
+    The trajectory starts from the posterior means of the anchor states (deterministic; `key`
     is unused), or, with `num_samples > 1`, latents and rates are averaged over that many
-    trajectories from anchor states drawn from `q(z(t_a) | y)` (the posterior predictive
-    mean). Each is solved forward and backward from the anchor observation, so `times` may
-    interpolate between observations and extrapolate before and after them.
+    trajectories from anchor states drawn from `q(z(t_k) | y)` (the posterior predictive
+    mean). Each time is read from the solve of its nearest anchor, forward or backward, so
+    `times` may interpolate between observations and extrapolate before and after them.
 
     Args:
       params, config: a fitted model (`FitResult.params`, `FitResult.config`).
@@ -265,18 +312,20 @@ def posterior(
       times: None (each trial's own `Trials.times`; unobserved bins get the last observed
         time before them), `[query]` seconds shared by all trials, or `[trials, query]`;
         strictly increasing.
-      num_samples: initial states to average over; 1 uses the posterior mean.
-      refine_steps: Adam steps that refine each trial's anchor state from the encoder's mean
-        to the MAP of `p(y | z) N(z; 0, I)` on the trial's observed bins (0: the encoder's
-        mean, fully amortised); `refine_lr` is their learning rate.
+      num_samples: anchor states to average over; 1 uses the posterior means.
+      refine_steps: Adam steps that refine each trial's anchor states from the encoder's
+        means to the MAP of `p(y | z) p(z)` on the trial's observed bins (`p(z)`: N(0, I) at
+        the first anchor, the continuity prior at later ones; 0: the encoder's means, fully
+        amortised); `refine_lr` is their learning rate.
 
     Returns:
       `Posterior` with `latents` `[trials, query, latent_dim]`, `rates` `[trials, query,
       neurons]` (expected counts per bin; the mean signal for the Gaussian read-out), extras
-      `times` `[trials, query]`, `initial_mean` (refined, with `refine_steps`) and
-      `initial_var` `[trials, latent_dim]` of the anchor state, `anchor_time` `[trials]`
-      (seconds),
-      `failed` `[trials]` (with `throw=False`: failed trials hold NaN).
+      `times` `[trials, query]`, `anchor_mean` (refined, with `refine_steps`) and
+      `anchor_var` `[trials, segments, latent_dim]` of the anchor states, `anchor_time`
+      `[trials, segments]` (seconds), `anchor_active` `[trials, segments]` (False for the
+      repeated anchors of a trial with fewer observations than segments), `failed`
+      `[trials]` (with `throw=False`: failed trials hold NaN).
 
     Raises:
       SolverError: a solve failed and `config.throw` is True.
@@ -296,7 +345,7 @@ def posterior(
     if not refine_lr > 0:
         raise ValueError(f"node.posterior: `refine_lr` must be > 0, got {refine_lr!r}")
     query = _query_times(trials, times)
-    noise_shape = (trials.num_trials, num_samples, config.latent_dim)
+    noise_shape = (trials.num_trials, num_samples, config.segments, config.latent_dim)
     if num_samples == 1:
         noise = jnp.zeros(noise_shape)
     else:
@@ -318,11 +367,6 @@ def posterior(
             out["failed"], out["reached"], out["end"], out["max_steps_reached"],
             max_steps=config.max_steps, solver=config.solver, where="trial",
         )  # fmt: skip
-    extras = {
-        "times": query,
-        "initial_mean": out["initial_mean"],
-        "initial_var": out["initial_var"],
-        "anchor_time": out["anchor_time"],
-        "failed": out["failed"],
-    }
+    extras = {"times": query, "failed": out["failed"]}
+    extras.update({name: out[name] for name in ANCHOR_EXTRAS})
     return Posterior(latents=out["latents"], rates=out["rates"], extras=extras)

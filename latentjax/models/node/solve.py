@@ -33,6 +33,7 @@ __all__ = [
     "fill_times",
     "integrate",
     "integrate_both_ways",
+    "integrate_segments",
     "raise_on_failure",
 ]
 
@@ -147,6 +148,61 @@ def integrate_both_ways(field: Callable, field_params, state, ts, config: Config
             for name in ("max_steps_reached", "reached", "end")
         },
     )
+
+
+def integrate_segments(field: Callable, field_params, states, anchors, active, ts,
+                       config: Config) -> tuple[Solution, jax.Array]:  # fmt: skip
+    """Multiple shooting: solve from several anchor states and read each time from the solve
+    of its nearest anchor.
+
+    Args:
+      field, field_params, config: as `integrate`.
+      states: `[segments, K]` states at the anchors.
+      anchors: `[segments]` non-decreasing ODE times of the anchors; `active` `[segments]`
+        flags those in use (inactive ones, at the end, repeat the last active anchor).
+      ts: `[time]` non-decreasing ODE times to save at.
+
+    Returns:
+      `(solution, ends)`: `solution.states` `[time, K]`, each time from the nearest active
+      anchor (ties: the earlier one), solved both ways from it; failure fields as
+      `integrate_both_ways` (`reached` and `end` in the frame of `ts`, of the first failed
+      segment); `ends` `[segments, K]`: each segment's solve carried on to the next anchor
+      time (its own state where there is no next active anchor), the continuity targets of
+      multiple shooting.
+    """
+    distance = jnp.where(active[:, None], jnp.abs(ts[None] - anchors[:, None]), jnp.inf)
+    owner = jnp.argmin(distance, axis=0)  # [time]
+    owned = owner[None] == jnp.arange(anchors.shape[0])[:, None]  # [segments, time]
+    low = jnp.min(jnp.where(owned, ts[None], jnp.inf), axis=1)
+    high = jnp.max(jnp.where(owned, ts[None], -jnp.inf), axis=1)
+    low, high = jnp.where(owned.any(1), low, anchors), jnp.where(owned.any(1), high, anchors)
+    following = jnp.append(active[1:], False)
+    next_anchor = jnp.where(following, jnp.append(anchors[1:], 0.0), anchors)
+    # max: `high <= next_anchor` holds exactly, but rounding must not break the grid's order.
+    next_anchor = jnp.maximum(next_anchor, high)
+    grids = jnp.concatenate([jnp.clip(ts[None], low[:, None], high[:, None]),
+                             next_anchor[:, None]], axis=1) - anchors[:, None]  # fmt: skip
+
+    # One materialised grid: XLA could otherwise recompute parts of it in different fusions
+    # with different rounding, and a saved time past the end of its solve fails diffrax.
+    grids = jax.lax.optimization_barrier(grids)
+
+    def solve(state, grid):
+        return integrate_both_ways(field, field_params, state, grid, config)
+
+    solutions = jax.vmap(solve)(states, grids)
+    failed = solutions.failed & active
+    first_failed = jnp.argmax(failed)
+    path = solutions.states[owner, jnp.arange(ts.shape[0])]
+    any_failed = failed.any()
+    solution = Solution(
+        states=jnp.where(any_failed, 0.0, path),
+        failed=any_failed,
+        max_steps_reached=solutions.max_steps_reached[first_failed],
+        reached=anchors[first_failed] + solutions.reached[first_failed],
+        end=anchors[first_failed] + solutions.end[first_failed],
+    )
+    return solution, solutions.states[:, -1]
 
 
 def raise_on_failure(failed, reached, end, max_steps_reached, *, max_steps: int, solver: str,
