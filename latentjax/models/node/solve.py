@@ -101,20 +101,27 @@ def integrate(field: Callable, field_params, initial_state, ts, config: Config) 
       ts: `[time]` ODE times, monotone away from 0 (all >= 0 non-decreasing for a forward
         solve, all <= 0 non-increasing for a backward one); the solve ends at `ts[-1]`.
       config: solver, step size, tolerances, `max_steps`, adjoint.
+
+    The solve runs in normalised time `u = s / ts[-1]` over `[0, 1]`, `dz/du = ts[-1] *
+    field(z)`, with the saved times clipped to `[0, 1]`: under jit XLA may compute `ts[-1]`
+    a rounding error apart from the same entry of `ts` (as a separate fusion), and a saved
+    time past the end of its solve would fail diffrax. A zero-length solve (`ts[-1] == 0`)
+    has a zero field.
     """
-    t1 = ts[-1]
+    span = ts[-1]
+    safe_span = jnp.where(span == 0, 1.0, span)
     dt0 = None
     if config.step_size is not None:
-        dt0 = jnp.where(t1 < 0, -config.step_size, config.step_size)
+        dt0 = jnp.where(span == 0, 1.0, config.step_size / jnp.abs(safe_span))
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda s, z, params: field(params, z)),
+        diffrax.ODETerm(lambda u, z, args: args[1] * field(args[0], z)),
         _solver(config),
-        t0=jnp.zeros_like(t1),
-        t1=t1,
+        t0=jnp.zeros_like(span),
+        t1=jnp.ones_like(span),
         dt0=dt0,
         y0=initial_state,
-        args=field_params,
-        saveat=diffrax.SaveAt(ts=ts, t1=True),
+        args=(field_params, span),
+        saveat=diffrax.SaveAt(ts=jnp.clip(ts / safe_span, 0.0, 1.0), t1=True),
         stepsize_controller=_controller(config),
         adjoint=_adjoint(config),
         max_steps=config.max_steps,
@@ -126,8 +133,8 @@ def integrate(field: Callable, field_params, initial_state, ts, config: Config) 
         states=states,
         failed=failed,
         max_steps_reached=solution.result == diffrax.RESULTS.max_steps_reached,
-        reached=solution.ts[-1],
-        end=t1,
+        reached=solution.ts[-1] * span,
+        end=span,
     )
 
 
@@ -182,10 +189,6 @@ def integrate_segments(field: Callable, field_params, states, anchors, active, t
     next_anchor = jnp.maximum(next_anchor, high)
     grids = jnp.concatenate([jnp.clip(ts[None], low[:, None], high[:, None]),
                              next_anchor[:, None]], axis=1) - anchors[:, None]  # fmt: skip
-
-    # One materialised grid: XLA could otherwise recompute parts of it in different fusions
-    # with different rounding, and a saved time past the end of its solve fails diffrax.
-    grids = jax.lax.optimization_barrier(grids)
 
     def solve(state, grid):
         return integrate_both_ways(field, field_params, state, grid, config)
