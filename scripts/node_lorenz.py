@@ -47,6 +47,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--kl-scale", type=float, default=1.0)
     parser.add_argument("--anchor", choices=node.ANCHORS, default="middle", help="node anchor")
+    parser.add_argument("--segments", type=int, default=1, help="node multiple shooting")
+    parser.add_argument("--continuity-std", type=float, default=0.1, help="node, segments > 1")
+    parser.add_argument("--seqvae-inputs", type=int, default=0, help="seqvae input_dim")
     parser.add_argument("--cd-rate", type=float, default=0.0, help="coordinated dropout (both)")
     parser.add_argument("--samples", type=int, default=1, help="node posterior samples")
     parser.add_argument("--refine-steps", type=int, default=50, help="node anchor MAP steps")
@@ -67,6 +70,8 @@ def _configs(args: argparse.Namespace, train: TrainConfig) -> dict:
             encoder_dim=args.width,
             time_scale=args.time_scale,
             anchor=args.anchor,
+            segments=args.segments,
+            continuity_std=args.continuity_std,
             kl_scale=args.kl_scale,
             cd_rate=args.cd_rate,
             kl_ramp_steps=args.steps // 4,
@@ -77,6 +82,7 @@ def _configs(args: argparse.Namespace, train: TrainConfig) -> dict:
             generator_dim=args.width,
             initial_dim=16,
             latent_dim=8,
+            input_dim=args.seqvae_inputs,
             cd_rate=args.cd_rate,
             kl_ramp_steps=args.steps // 4,
             train=train,
@@ -169,10 +175,11 @@ def main() -> None:
             f"{args.steps} AdamW steps (lr {args.lr}, cosine decay to 10%, batch "
             f"{train.batch_size}). Neural ODE: latent_dim {node_config.latent_dim}, width "
             f"{node_config.hidden_dim}, time_scale {node_config.time_scale}, kl_scale "
-            f"{node_config.kl_scale}, anchor {node_config.anchor!r}, cd_rate "
+            f"{node_config.kl_scale}, anchor {node_config.anchor!r}, segments "
+            f"{node_config.segments} (continuity_std {node_config.continuity_std}), cd_rate "
             f"{node_config.cd_rate}, {args.samples} posterior sample(s) at inference, "
             f"{args.refine_steps} anchor-refinement steps (lr {args.refine_lr}). Sequential "
-            f"VAE: cd_rate {configs['seqvae'].cd_rate}. Both "
+            f"VAE: input_dim {configs['seqvae'].input_dim}, cd_rate {configs['seqvae'].cd_rate}. Both "
             "read out by `lj.infer` at every original bin of every trial. The neural ODE sees "
             "the kept bins as irregular observations, the sequential VAE the same bins on the "
             "original grid with the dropped bins masked. Rate R² against the true rates "

@@ -12,7 +12,8 @@ import scipy.linalg
 
 import latentjax as lj
 import latentjax.models.node as node
-from latentjax.models.node.solve import fill_times, integrate
+from latentjax.models.node.encoder import anchor_indices
+from latentjax.models.node.solve import fill_times, integrate, integrate_segments
 from latentjax.train import TrainConfig
 
 TINY = node.Config(
@@ -52,6 +53,47 @@ def test_linear_field_matches_matrix_exponential_on_irregular_grids(adjoint):
             assert not bool(solution.failed)
             np.testing.assert_allclose(np.asarray(solution.states), expected, atol=1e-6)
             assert solution.states.dtype == jnp.float64
+
+
+def test_segments_read_each_time_from_the_nearest_anchor_and_carry_states_to_the_next():
+    """Multiple shooting with a linear field: time s belongs to its nearest active anchor a_k
+    (ties: the earlier) and equals expm(A (s - a_k)) z_k; a segment's end is its solve at the
+    next active anchor (its own state for the last one); the inactive anchor is ignored."""
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(3, 3)) - 1.5 * np.eye(3)
+    states = rng.normal(size=(3, 3))
+    anchors = np.array([0.2, 1.0, 1.0])
+    active = np.array([True, True, False])
+    ts = np.array([-0.3, 0.0, 0.2, 0.5, 0.6, 0.61, 1.0, 1.2, 1.6])
+    owner = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])  # 0.6 is a tie: the earlier anchor
+    config = node.Config(rtol=1e-11, atol=1e-12, max_steps=100_000)
+    with jax.enable_x64(True):
+        solve = jax.jit(integrate_segments, static_argnums=(0, 6))
+        solution, ends = solve(_linear_field, jnp.asarray(matrix), jnp.asarray(states),
+                               jnp.asarray(anchors), jnp.asarray(active), jnp.asarray(ts),
+                               config)  # fmt: skip
+    expected = [scipy.linalg.expm(matrix * (t - anchors[k])) @ states[k] for t, k in zip(ts, owner)]
+    assert not bool(solution.failed)
+    np.testing.assert_allclose(np.asarray(solution.states), np.stack(expected), atol=1e-7)
+    np.testing.assert_allclose(ends[0], scipy.linalg.expm(matrix * 0.8) @ states[0], atol=1e-7)
+    np.testing.assert_allclose(ends[1], states[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("anchor, ranks", [("first", [0, 3, 6]), ("middle", [1, 4, 8])])
+def test_anchor_indices_cut_observations_into_near_equal_chunks(anchor, ranks):
+    mask = np.zeros(16, bool)
+    observed = np.array([1, 2, 4, 5, 7, 8, 9, 11, 12, 15])  # 10 observed bins: chunks 3, 3, 4
+    mask[observed] = True
+    config = node.Config(segments=3, anchor=anchor)
+    indices, active = anchor_indices(config, jnp.asarray(mask))
+    np.testing.assert_array_equal(indices, observed[ranks])
+    assert np.asarray(active).all()
+    # Fewer observations than segments: one anchor per observation, the rest inactive.
+    sparse = np.zeros(16, bool)
+    sparse[[3, 9]] = True
+    indices, active = anchor_indices(dataclasses.replace(config, segments=4), jnp.asarray(sparse))
+    np.testing.assert_array_equal(active, [True, True, False, False])
+    np.testing.assert_array_equal(indices, [3, 9, 9, 9])
 
 
 def test_fill_times_gives_a_nondecreasing_grid_over_padding():
@@ -168,14 +210,46 @@ def test_posterior_samples_average_analytic_trajectories_from_drawn_initial_stat
         node.posterior(params, trials, config, key, num_samples=0)
 
 
-@pytest.mark.slow  # compiles the gradient of the solve inside a scan (~30 s)
-def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_model():
-    """Linear field dz/ds = A^T z, Gaussian read-out y_t = C^T expm(A^T s_t) z + d + noise:
-    the MAP anchor state under the N(0, I) prior solves a ridge regression in closed form
-    over the observed bins; refinement from the encoder's mean reaches it."""
+def test_multiple_shooting_posterior_follows_the_nearest_anchor_state():
+    """segments=3 with a depth-0 field: each query time follows expm(A^T s) from the state of
+    its nearest active anchor (at the middle observation of its chunk); a trial with two
+    observations has two active anchors, the third repeats the last."""
+    config = dataclasses.replace(TINY, depth=0, time_scale=2.0, rtol=1e-8, atol=1e-8, segments=3)
+    rng = np.random.default_rng(5)
+    times = np.array([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])
+    mask = np.array([[True] * 6, [False, True, False, False, True, False]])
+    trials = lj.Trials(rng.poisson(1.0, size=(2, 6, 5)), dt=0.1, times=times, mask=mask)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    matrix = rng.normal(size=(3, 3)) - np.eye(3)
+    params = {**params, "field": {"layers": ({"kernel": jnp.asarray(matrix, jnp.float32),
+                                               "bias": jnp.zeros(3)},)}}  # fmt: skip
+    query = np.linspace(-0.1, 0.6, 15)
+    post = node.posterior(params, trials, config, jax.random.PRNGKey(0), times=query)
+    np.testing.assert_allclose(post.anchor_time, [[0.1, 0.3, 0.5], [0.1, 0.4, 0.4]], atol=1e-6)
+    np.testing.assert_array_equal(post.anchor_active, [[True] * 3, [True, True, False]])
+    for b in range(2):
+        anchors = post.anchor_time[b][post.anchor_active[b]]
+        owner = np.argmin(np.abs(query[:, None] - anchors[None]), axis=1)
+        expected = [
+            scipy.linalg.expm(matrix.T * config.time_scale * (t - anchors[k]))
+            @ post.anchor_mean[b, k]
+            for t, k in zip(query, owner)
+        ]
+        np.testing.assert_allclose(post.latents[b], np.stack(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # compiles the gradient of the solve inside a scan (~30 s each)
+@pytest.mark.parametrize("segments", [1, 2])
+def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_model(segments):
+    """Linear field dz/ds = A^T z, Gaussian read-out y_t = C^T expm(A^T s_t) z_k + d + noise
+    (z_k: the state of the anchor nearest t): the MAP of the anchor states under the prior
+    N(z_1; 0, I) prod_k N(z_k; expm(A^T (a_k - a_(k-1))) z_(k-1), continuity_std² I) solves a
+    linear system in closed form over the observed bins; refinement from the encoder's means
+    reaches it."""
     config = dataclasses.replace(
-        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian"
-    )
+        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian",
+        segments=segments, continuity_std=0.5,
+    )  # fmt: skip
     rng = np.random.default_rng(8)
     times = np.array([[0.0, 0.1, 0.15, 0.3, 0.45, 0.5]])
     mask = np.array([[True, True, False, True, True, True]])
@@ -192,16 +266,31 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
         np.asarray(params["readout"][k], np.float64) for k in ("kernel", "bias", "log_var")
     )
     precision = np.exp(-log_var)
-    s = config.time_scale * (times[0] - times[0, 3])  # anchor: 3rd of 5 observed bins
-    hessian, gradient = np.eye(3), np.zeros(3)
+    # Anchors: the 3rd of 5 observed bins; or bins 1 and 4 (the middles of chunks of 2 and 3
+    # observations), which own bins 0-1 and 3-5 (0.3 is nearer 0.45 than 0.1).
+    anchor_bins, owner = ([3], np.zeros(6, int)) if segments == 1 else ([1, 4], [0, 0, 0, 1, 1, 1])
+    anchor_times = times[0, anchor_bins]
+    size = 3 * segments
+    hessian, gradient = np.zeros((size, size)), np.zeros(size)
     for t in np.flatnonzero(mask[0]):
-        design = (scipy.linalg.expm(matrix.T * s[t]).T @ kernel) * precision  # [K, N]
-        hessian += design @ (scipy.linalg.expm(matrix.T * s[t]).T @ kernel).T
-        gradient += design @ (signal[0, t] - bias)
-    expected = np.linalg.solve(hessian, gradient)
-    np.testing.assert_allclose(refined.anchor_mean[0, 0], expected, atol=2e-3)
+        k = owner[t]
+        s = config.time_scale * (times[0, t] - anchor_times[k])
+        design = scipy.linalg.expm(matrix.T * s).T @ kernel  # [K, N]
+        block = slice(3 * k, 3 * k + 3)
+        hessian[block, block] += (design * precision) @ design.T
+        gradient[block] += (design * precision) @ (signal[0, t] - bias)
+    # Prior: -log N(z_1; 0, I) - sum_k log N(z_k; F_k z_(k-1), std² I) = 0.5 |D z|², D below.
+    difference = np.eye(size)
+    for k in range(1, segments):
+        gap = config.time_scale * (anchor_times[k] - anchor_times[k - 1])
+        difference[3 * k : 3 * k + 3, 3 * k - 3 : 3 * k] = -scipy.linalg.expm(matrix.T * gap)
+        difference[3 * k : 3 * k + 3] /= config.continuity_std
+    hessian += difference.T @ difference
+    expected = np.linalg.solve(hessian, gradient).reshape(segments, 3)
+    np.testing.assert_allclose(refined.anchor_time[0], anchor_times, atol=1e-6)
+    np.testing.assert_allclose(refined.anchor_mean[0], expected, atol=2e-3)
     amortised = node.posterior(params, trials, config, key)
-    assert np.abs(amortised.anchor_mean[0, 0] - expected).max() > 0.05  # refinement did work
+    assert np.abs(amortised.anchor_mean[0] - expected).max() > 0.05  # refinement did work
     with pytest.raises(ValueError, match="refine_steps"):
         node.posterior(params, trials, config, key, refine_steps=-1)
 

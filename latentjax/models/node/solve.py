@@ -205,7 +205,7 @@ def integrate_segments(field: Callable, field_params, states, anchors, active, t
         reached=anchors[first_failed] + solutions.reached[first_failed],
         end=anchors[first_failed] + solutions.end[first_failed],
     )
-    return solution, solutions.states[:, -1]
+    return solution, jnp.where(following[:, None], solutions.states[:, -1], states)
 
 
 def raise_on_failure(failed, reached, end, max_steps_reached, *, max_steps: int, solver: str,
