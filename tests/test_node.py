@@ -72,7 +72,10 @@ def test_segments_read_each_time_from_the_nearest_anchor_and_carry_states_to_the
         solution, ends = solve(_linear_field, jnp.asarray(matrix), jnp.asarray(states),
                                jnp.asarray(anchors), jnp.asarray(active), jnp.asarray(ts),
                                config)  # fmt: skip
-    expected = [scipy.linalg.expm(matrix * (t - anchors[k])) @ states[k] for t, k in zip(ts, owner)]
+    expected = [
+        scipy.linalg.expm(matrix * (t - anchors[k])) @ states[k]
+        for t, k in zip(ts, owner, strict=True)
+    ]
     assert not bool(solution.failed)
     np.testing.assert_allclose(np.asarray(solution.states), np.stack(expected), atol=1e-7)
     np.testing.assert_allclose(ends[0], scipy.linalg.expm(matrix * 0.8) @ states[0], atol=1e-7)
@@ -233,7 +236,7 @@ def test_multiple_shooting_posterior_follows_the_nearest_anchor_state():
         expected = [
             scipy.linalg.expm(matrix.T * config.time_scale * (t - anchors[k]))
             @ post.anchor_mean[b, k]
-            for t, k in zip(query, owner)
+            for t, k in zip(query, owner, strict=True)
         ]
         np.testing.assert_allclose(post.latents[b], np.stack(expected), rtol=1e-4, atol=1e-5)
 
