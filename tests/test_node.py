@@ -322,6 +322,42 @@ def test_coordinated_dropout_scores_hidden_bins_as_an_unbiased_estimate(sparse_l
     assert float(np.std(draws)) > 0.01 * float(full)  # the draws do hide different bins
 
 
+@pytest.mark.slow  # vmaps the solver loss over 400 draws (~40 s)
+def test_multiple_shooting_kl_averages_to_its_closed_form():
+    """segments=2, a constant encoder (q = N(m, diag v) at both anchors) and a linear flow
+    F = expm(A^T gap) between the anchors: the KL term is KL(q || N(0, I)) + KL(q || N(F z_1,
+    std² I)) at a drawn z_1 ~ q, whose average over draws is the first plus
+    0.5 sum(log std² - log v + (v + (m - F m)² + (F² v)) / std² - 1)."""
+    config = dataclasses.replace(TINY, depth=0, time_scale=2.0, segments=2, continuity_std=0.5)
+    rng = np.random.default_rng(6)
+    times = np.array([[0.0, 0.1, 0.2, 0.3]])  # anchors: bins 1 and 3, 0.2 s apart
+    trials = lj.Trials(rng.poisson(1.0, size=(1, 4, 5)), dt=0.1, times=times)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    mean, var = np.array([0.5, -0.3, 0.8]), np.array([0.2, 0.05, 0.1])
+    bias = jnp.asarray(np.concatenate([mean, np.log(var - 1e-4)]), jnp.float32)  # + VAR_MIN
+    head = {"kernel": 0 * params["encoder"]["head"]["kernel"], "bias": bias}
+    matrix = rng.normal(size=(3, 3)) - np.eye(3)
+    layer = {"kernel": jnp.asarray(matrix, jnp.float32), "bias": jnp.zeros(3)}
+    params = {**params, "encoder": {**params["encoder"], "head": head},
+              "field": {"layers": (layer,)}}  # fmt: skip
+    batch = jax.tree.map(jnp.asarray, trials)
+    keys = jax.random.split(jax.random.PRNGKey(5), 400)
+    draws = jax.jit(jax.vmap(lambda k: node.validation_loss(params, batch, k, config, 0)[1]["kl"]))(
+        keys
+    )
+    flow = scipy.linalg.expm(matrix.T * config.time_scale * 0.2)
+    first = 0.5 * np.sum(var + mean**2 - 1.0 - np.log(var))
+    std2 = config.continuity_std**2
+    carried = (mean - flow @ mean) ** 2 + flow**2 @ var
+    later = 0.5 * np.sum(np.log(std2) - np.log(var) + (var + carried) / std2 - 1.0)
+    expected = (first + later) / (4 * 5)  # per observed entry
+    standard_error = float(np.std(draws)) / np.sqrt(draws.size)
+    assert abs(float(np.mean(draws)) - expected) < 4 * standard_error
+    # The test tells apart a prior centred on the flow of the mean instead of the draw.
+    undrawn = expected - 0.5 * np.sum(flow**2 @ var) / std2 / (4 * 5)
+    assert abs(float(np.mean(draws)) - undrawn) > 4 * standard_error
+
+
 def _stiff(config, *, throw):
     """A depth-0 (linear) field dz/ds = -1e4 z and two trials: one short enough to solve."""
     config = dataclasses.replace(
