@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on two cores: one thread per worker for XLA's CPU ops, not two each
+    # (about 15% faster on test_node + test_lfads; the compiled code is the same).
+    flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
 SHARED_DATA = Path(
     os.environ.get("LATENTJAX_SHARED_DATA")
     or Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -215,6 +215,7 @@ def test_recovers_delays_within_half_a_bin_and_timescales_within_20_percent():
     np.testing.assert_allclose(timescales, truth_timescales, rtol=0.2)
 
 
+@pytest.mark.slow  # ~20 s of EM on the multi-region dataset
 def test_dominant_delay_sign_on_multiregion_dataset():
     """`lj.datasets.multiregion`: edge R0 -> R1 with a 2-bin delay, Poisson spikes."""
     data = lj.datasets.multiregion(

@@ -225,6 +225,7 @@ def test_sample_validation_hides_entries_from_training(monkeypatch):
 # ----------------------------------------------------------------------------- model
 
 
+@pytest.mark.slow  # ~1-2 min: 200 engine steps; the CLI demo test trains LFADS by default
 def test_tiny_training_loss_falls_with_finite_gradients_and_shapes():
     data = lj.datasets.lorenz(seed=0, num_trials=16, num_bins=25, num_neurons=6)
     trials = data.trials

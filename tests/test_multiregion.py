@@ -160,6 +160,7 @@ def test_coupled_lds_nuts_short_run_on_latents():
     assert posterior.divergences.sum() == 0
 
 
+@pytest.mark.slow  # ~30-45 s of SVI; the direct-regression likelihood test runs by default
 def test_coupled_lds_svi_recovers_edges_and_delays_from_latents():
     """The variational path (mean-field Gaussian, Adam on the ELBO) finds the same graph."""
     trials, truth = _latent_trials(1, num_trials=20)
