@@ -36,7 +36,7 @@ from latentjax.data import Trials
 from latentjax.models._bin_dropout import bin_dropout
 from latentjax.models._linear_readout import init_readout, readout_log_params
 from latentjax.models.lfads import readouts
-from latentjax.models.lfads.priors import gaussian_kl
+from latentjax.models.lfads.priors import gaussian_kl, gaussian_log_prob
 from latentjax.models.node.config import Config
 from latentjax.models.node.encoder import encode, init_encoder
 from latentjax.models.node.solve import fill_times, integrate_segments, raise_on_failure
@@ -102,9 +102,10 @@ def _anchor_kl(mean, var, ends, active, config: Config):
 
 
 def _continuity_penalty(states, ends, active, config: Config):
-    """`-log` of the multiple-shooting prior of the anchor states (up to a constant)."""
-    gaps = jnp.sum((states[1:] - ends[:-1]) ** 2, axis=-1) / config.continuity_std**2
-    return 0.5 * jnp.sum(states[0] ** 2) + 0.5 * jnp.sum(jnp.where(active[1:], gaps, 0.0))
+    """`-log` of the multiple-shooting prior of the anchor states (that of `_anchor_kl`)."""
+    first = jnp.sum(gaussian_log_prob(states[0], 0.0, 1.0))
+    later = jnp.sum(gaussian_log_prob(states[1:], ends[:-1], config.continuity_std**2), axis=-1)
+    return -first - jnp.sum(jnp.where(active[1:], later, 0.0))
 
 
 def _trial_terms(params, spikes, times, mask, key, config: Config, training: bool) -> dict:
@@ -213,7 +214,8 @@ def _refine_anchors(params, spikes, filled, mask, t_anchors, active, mean, confi
         return (optax.apply_updates(states, updates), opt_state), None
 
     (refined, _), _ = jax.lax.scan(step, (mean, optimizer.init(mean)), length=steps)
-    keep = jnp.isfinite(objective(refined)) & (objective(refined) <= objective(mean))
+    refined_value = objective(refined)
+    keep = jnp.isfinite(refined_value) & (refined_value <= objective(mean))
     return jnp.where(keep, refined, mean)
 
 
