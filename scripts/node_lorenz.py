@@ -17,8 +17,11 @@ ODE refines each trial's anchor state by `--refine-steps` MAP steps at inference
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
+from pathlib import Path
 
+import jax
 import numpy as np
 from _report import BENCHMARKS, machine, write_section
 
@@ -56,6 +59,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--refine-lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--fits", help="folder caching each model's fit (reused if present)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.trials, args.width, args.chunk = 20, 16, 16, 10
@@ -130,11 +134,18 @@ def main() -> None:
 
     results = []
     for model in args.models:
-        started = time.perf_counter()
-        fitted = lj.fit(configs[model], observed[model][train_idx],
-                        valid=observed[model][valid_idx], seed=args.seed,
-                        progress=False)  # fmt: skip
-        seconds = time.perf_counter() - started
+        cache = None if args.fits is None else Path(args.fits) / f"{model}.pkl"
+        if cache is not None and cache.exists():
+            fitted, seconds = pickle.loads(cache.read_bytes())
+        else:
+            started = time.perf_counter()
+            fitted = lj.fit(configs[model], observed[model][train_idx],
+                            valid=observed[model][valid_idx], seed=args.seed,
+                            progress=False)  # fmt: skip
+            seconds = time.perf_counter() - started
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_bytes(pickle.dumps((jax.device_get(fitted), seconds)))
         history = fitted.history
         best = int(np.nanargmin(history["valid_loss"]))
         curve = ", ".join(

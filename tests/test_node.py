@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -299,6 +300,54 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
     assert np.abs(amortised.anchor_mean[0] - expected).max() > 0.05  # refinement did work
     with pytest.raises(ValueError, match="refine_steps"):
         node.posterior(params, trials, config, key, refine_steps=-1)
+
+
+def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
+    """Linear field and Gaussian read-out: the posterior over the anchor state is Gaussian
+    with a closed-form mean mu, and the posterior mean trajectory is expm(A^T s) mu. Draws
+    from the (untrained, so wrong) encoder's q weighted by p(y, z) / q(z) average to it; equal
+    weights stay at the encoder's mean. Also checks chunking over trials (3 chunks of 2)."""
+    config = dataclasses.replace(
+        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian"
+    )
+    rng = np.random.default_rng(9)
+    times = np.tile([0.0, 0.1, 0.15, 0.3, 0.45, 0.5], (5, 1))
+    mask = np.tile([True, True, False, True, True, True], (5, 1))
+    signal = rng.normal(size=(5, 6, 5))
+    trials = lj.Trials(signal, dt=0.05, times=times, mask=mask, continuous=True)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    matrix = 0.5 * rng.normal(size=(3, 3)) - 0.5 * np.eye(3)
+    layer = {"kernel": jnp.asarray(matrix, jnp.float32), "bias": jnp.zeros(3)}
+    params = {**params, "field": {"layers": (layer,)}}
+    key = jax.random.PRNGKey(3)
+    options = {"num_samples": 20000, "times": times[0]}
+    with mock.patch.object(node.family, "POSTERIOR_CHUNK", 2):
+        weighted = node.posterior(params, trials, config, key, importance=True, **options)
+    equal = node.posterior(params, trials, config, key, **options)
+
+    kernel, bias, log_var = (
+        np.asarray(params["readout"][k], np.float64) for k in ("kernel", "bias", "log_var")
+    )
+    precision = np.exp(-log_var)
+    shift = config.time_scale * (times[0] - times[0, 3])  # anchor: the 3rd of 5 observations
+    flows = np.stack([scipy.linalg.expm(matrix.T * s) for s in shift])  # [time, K, K]
+    expected = np.zeros((5, 6, 3))
+    for b in range(5):
+        hessian, gradient = np.eye(3), np.zeros(3)
+        for t in np.flatnonzero(mask[b]):
+            design = flows[t].T @ kernel  # [K, N]
+            hessian += (design * precision) @ design.T
+            gradient += (design * precision) @ (signal[b, t] - bias)
+        expected[b] = flows @ np.linalg.solve(hessian, gradient)  # [time, K]
+    encoder_paths = np.einsum("tij,bj->bti", flows, equal.anchor_mean[:, 0])
+    np.testing.assert_allclose(weighted.latents, expected, atol=0.03)  # Monte Carlo error
+    np.testing.assert_allclose(equal.latents, encoder_paths, atol=0.03)
+    assert np.abs(encoder_paths - expected).max() > 0.2  # the encoder's q is far off
+    assert (weighted.effective_samples > 1000).all()
+    assert (weighted.effective_samples < 20000).all()
+    np.testing.assert_allclose(equal.effective_samples, 20000, rtol=1e-4)
+    with pytest.raises(ValueError, match="importance"):
+        node.posterior(params, trials, config, key, importance=1)
 
 
 @pytest.mark.slow  # vmaps the solver loss over 400 draws (~40 s); seqvae tests the same rule

@@ -189,23 +189,21 @@ def validation_loss(params, batch: Trials, key, config: Config, step) -> tuple[j
     return _loss(params, batch, key, config, 1.0, training=False)
 
 
-def _refine_anchors(params, spikes, filled, mask, t_anchors, active, mean, config: Config,
-                    steps, lr):  # fmt: skip
+def _neg_log_joint(params, spikes, filled, mask, t_anchors, active, states, config: Config):
+    """`-log p(y, z)` of one trial's observed bins and anchor states `z` `[segments,
+    latent_dim]` (`p(z)`: the prior of `_anchor_kl`); inf where the solve fails."""
+    solution, ends, _ = _solve(params, states, t_anchors, active, filled, config)
+    log_params = readout_log_params(params["readout"], config.readout, solution.states)
+    log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
+    value = -jnp.sum(log_lik * mask[:, None]) + _continuity_penalty(states, ends, active, config)
+    return jnp.where(solution.failed, jnp.inf, value)
+
+
+def _refine_anchors(objective, mean, steps, lr):
     """MAP estimate `[segments, latent_dim]` of one trial's anchor states: `steps` Adam steps
-    (learning rate `lr`) on `-log p(y | z) - log p(z)` over the observed bins (`p(z)`: the
-    multiple-shooting prior of `_anchor_kl`; N(0, I) for one segment), from the encoder's
+    (learning rate `lr`) on `objective` (`_neg_log_joint` of the trial) from the encoder's
     means `mean` (semi-amortised inference: closes part of the encoder's amortisation gap).
     Falls back to `mean` if the refined states or their trajectory are not finite."""
-
-    def objective(states):
-        solution, ends, _ = _solve(params, states, t_anchors, active, filled, config)
-        log_params = readout_log_params(params["readout"], config.readout, solution.states)
-        log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
-        value = -jnp.sum(log_lik * mask[:, None]) + _continuity_penalty(
-            states, ends, active, config
-        )
-        return jnp.where(solution.failed, jnp.inf, value)
-
     optimizer = optax.adam(lr)
 
     def step(carry, _):
@@ -219,13 +217,28 @@ def _refine_anchors(params, spikes, filled, mask, t_anchors, active, mean, confi
     return jnp.where(keep, refined, mean)
 
 
+def _sample_weights(objective, states, mean, var, active, importance: bool):
+    """Weights `[samples]` of the anchor-state draws `states` `[samples, segments,
+    latent_dim]` from N(mean, var): equal, or with `importance` self-normalised importance
+    weights `p(y, z) / N(z; mean, var)` over the active anchors (then the weighted average
+    is the model's posterior predictive mean, whatever the encoder's approximation)."""
+    num_samples = states.shape[0]
+    if not importance:
+        return jnp.full(num_samples, 1.0 / num_samples)
+    log_proposal = jnp.sum(
+        jnp.where(active[:, None], gaussian_log_prob(states, mean, var), 0.0), axis=(-2, -1)
+    )
+    return jax.nn.softmax(-jax.vmap(objective)(states) - log_proposal)
+
+
 def _trial_posterior(
-    params, spikes, times, mask, query_times, noise, refine_lr, config: Config, refine_steps: int
-) -> dict:
+    params, spikes, times, mask, query_times, noise, refine_lr, config: Config, refine_steps: int,
+    importance: bool,
+) -> dict:  # fmt: skip
     """Latents and read-out means at `query_times` `[Q]` (any increasing times, seconds) of
     one trial, averaged over anchor states `mean + sqrt(var) * noise` (`noise` `[S,
     segments, K]`; zeros: the posterior mean; `mean` refined by `_refine_anchors` if
-    `refine_steps > 0`).
+    `refine_steps > 0`), with the weights of `_sample_weights`.
 
     Each time is read from the solve of its nearest anchor: backward before it, forward after
     it."""
@@ -234,25 +247,30 @@ def _trial_posterior(
         params["encoder"], config, _encoder_inputs(config, spikes), filled, mask
     )
     t_anchors = filled[anchors]
+    objective = functools.partial(
+        _neg_log_joint, params, spikes, filled, mask, t_anchors, active, config=config
+    )
     if refine_steps:
-        mean = _refine_anchors(params, spikes, filled, mask, t_anchors, active, mean, config,
-                               refine_steps, refine_lr)  # fmt: skip
+        mean = _refine_anchors(objective, mean, refine_steps, refine_lr)
 
     def sample_path(states):
         solution, _, t_first = _solve(params, states, t_anchors, active, query_times, config)
         log_params = readout_log_params(params["readout"], config.readout, solution.states)
         return solution, readouts.expected_value(config.readout, log_params), t_first
 
-    solutions, rates, t_first = jax.vmap(sample_path)(mean + jnp.sqrt(var) * noise)
+    states = mean + jnp.sqrt(var) * noise
+    solutions, rates, t_first = jax.vmap(sample_path)(states)
+    weights = _sample_weights(objective, states, mean, var, active, importance)
     failed = jnp.any(solutions.failed)
     first_failed = jnp.argmax(solutions.failed)
     return {
-        "latents": jnp.where(failed, jnp.nan, solutions.states.mean(0)),
-        "rates": jnp.where(failed, jnp.nan, rates.mean(0)),
+        "latents": jnp.where(failed, jnp.nan, jnp.tensordot(weights, solutions.states, 1)),
+        "rates": jnp.where(failed, jnp.nan, jnp.tensordot(weights, rates, 1)),
         "anchor_mean": mean,
         "anchor_var": var,
         "anchor_time": t_anchors,
         "anchor_active": active,
+        "effective_samples": 1.0 / jnp.sum(weights**2),
         "failed": failed,
         "max_steps_reached": solutions.max_steps_reached[first_failed],
         "reached": t_first[0] + solutions.reached[first_failed] / config.time_scale,
@@ -261,10 +279,11 @@ def _trial_posterior(
 
 
 ANCHOR_EXTRAS = ("anchor_mean", "anchor_var", "anchor_time", "anchor_active")
+POSTERIOR_CHUNK = 256  # trials per compiled call (bounds memory with many samples)
 
 _batched_posterior = jax.jit(
-    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, 0, 0, 0, None, None, None)),
-    static_argnames=("config", "refine_steps"),
+    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, 0, 0, 0, None, None, None, None)),
+    static_argnames=("config", "refine_steps", "importance"),
 )
 
 
@@ -298,14 +317,18 @@ def posterior(
     num_samples: int = 1,
     refine_steps: int = 0,
     refine_lr: float = 0.05,
+    importance: bool = False,
 ) -> Posterior:
     """Latent trajectories and rates of `trials`, at their own bins or at any `times`.
 
     The trajectory starts from the posterior means of the anchor states (deterministic; `key`
     is unused), or, with `num_samples > 1`, latents and rates are averaged over that many
     trajectories from anchor states drawn from `q(z(t_k) | y)` (the posterior predictive
-    mean). Each time is read from the solve of its nearest anchor, forward or backward, so
-    `times` may interpolate between observations and extrapolate before and after them.
+    mean under the encoder's approximation), or with `importance` weighted by `p(y, z) /
+    q(z)` (self-normalised importance sampling: the posterior predictive mean under the
+    model itself, which for a chaotic flow is not the flow of the mean). Each time is read
+    from the solve of its nearest anchor, forward or backward, so `times` may interpolate
+    between observations and extrapolate before and after them.
 
     Args:
       params, config: a fitted model (`FitResult.params`, `FitResult.config`).
@@ -318,7 +341,9 @@ def posterior(
       refine_steps: Adam steps that refine each trial's anchor states from the encoder's
         means to the MAP of `p(y | z) p(z)` on the trial's observed bins (`p(z)`: N(0, I) at
         the first anchor, the continuity prior at later ones; 0: the encoder's means, fully
-        amortised); `refine_lr` is their learning rate.
+        amortised); `refine_lr` is their learning rate. With `num_samples > 1` the draws are
+        centred on the refined states.
+      importance: weight the `num_samples` draws by importance (see above).
 
     Returns:
       `Posterior` with `latents` `[trials, query, latent_dim]`, `rates` `[trials, query,
@@ -326,8 +351,10 @@ def posterior(
       `times` `[trials, query]`, `anchor_mean` (refined, with `refine_steps`) and
       `anchor_var` `[trials, segments, latent_dim]` of the anchor states, `anchor_time`
       `[trials, segments]` (seconds), `anchor_active` `[trials, segments]` (False for the
-      repeated anchors of a trial with fewer observations than segments), `failed`
-      `[trials]` (with `throw=False`: failed trials hold NaN).
+      repeated anchors of a trial with fewer observations than segments),
+      `effective_samples` `[trials]` (`1 / sum(w²)` of the normalised sample weights `w`:
+      `num_samples` for equal weights, near 1 when one draw dominates), `failed` `[trials]`
+      (with `throw=False`: failed trials hold NaN).
 
     Raises:
       SolverError: a solve failed and `config.throw` is True.
@@ -346,29 +373,38 @@ def posterior(
         )
     if not refine_lr > 0:
         raise ValueError(f"node.posterior: `refine_lr` must be > 0, got {refine_lr!r}")
+    if not isinstance(importance, bool):
+        raise ValueError(f"node.posterior: `importance` must be a bool, got {importance!r}")
     query = _query_times(trials, times)
     noise_shape = (trials.num_trials, num_samples, config.segments, config.latent_dim)
     if num_samples == 1:
-        noise = jnp.zeros(noise_shape)
+        noise = np.zeros(noise_shape, np.float32)
     else:
-        noise = jax.random.normal(key, noise_shape)
-    out = _batched_posterior(
-        params,
-        jnp.asarray(trials.spikes, jnp.float32),
-        jnp.asarray(trials.times, jnp.float32),
-        jnp.asarray(trials.mask),
-        jnp.asarray(query, jnp.float32),
+        noise = np.asarray(jax.random.normal(key, noise_shape))
+    inputs = (
+        np.asarray(trials.spikes, np.float32),
+        np.asarray(trials.times, np.float32),
+        np.asarray(trials.mask),
+        np.asarray(query, np.float32),
         noise,
-        jnp.float32(refine_lr),
-        config,
-        refine_steps,
     )
-    out = jax.tree.map(np.asarray, out)
+    # Equal chunks of trials (the last padded by repeating its final trial): memory stays
+    # bounded with many samples and every chunk reuses one compiled program.
+    chunk = min(POSTERIOR_CHUNK, trials.num_trials)
+    chunks = []
+    for start in range(0, trials.num_trials, chunk):
+        rows = np.minimum(np.arange(start, start + chunk), trials.num_trials - 1)
+        out = _batched_posterior(
+            params, *(x[rows] for x in inputs), jnp.float32(refine_lr), config, refine_steps,
+            importance,
+        )  # fmt: skip
+        chunks.append(jax.tree.map(np.asarray, out))
+    out = jax.tree.map(lambda *parts: np.concatenate(parts)[: trials.num_trials], *chunks)
     if config.throw:
         raise_on_failure(
             out["failed"], out["reached"], out["end"], out["max_steps_reached"],
             max_steps=config.max_steps, solver=config.solver, where="trial",
         )  # fmt: skip
     extras = {"times": query, "failed": out["failed"]}
-    extras.update({name: out[name] for name in ANCHOR_EXTRAS})
+    extras.update({name: out[name] for name in (*ANCHOR_EXTRAS, "effective_samples")})
     return Posterior(latents=out["latents"], rates=out["rates"], extras=extras)
