@@ -7,9 +7,14 @@ validation loss after every chunk, `TrainConfig(patience=...)`, best parameters 
 model then predicts rates at every original bin of every trial; the score is the rate R²
 against the true rates at the dropped bins only (never seen by either model). The neural
 ODE refines each trial's anchor state by `--refine-steps` MAP steps at inference
-(`lj.infer(..., refine_steps=...)`) and is also scored on its encoder's mean alone.
+(`lj.infer(..., refine_steps=...)`) and is also scored on its encoder's mean alone. With
+several `--seeds` each seed draws its own data set, subsample, split and initialisation, and
+the table ends with each model's mean and standard deviation over the seeds; `--fits DIR`
+keeps each fit (`DIR/seed<seed>/<model>.pkl`) and reuses it when the script runs again.
 
     python scripts/node_lorenz.py            # full sizes (~15 min on 2 cores)
+    python scripts/node_lorenz.py --seeds 0 1 2 --segments 2 --continuity-std 0.5
+                                             # the recorded comparison (~1.5 h on 2 cores)
     python scripts/node_lorenz.py --quick    # a smoke run at tiny sizes
     python scripts/node_lorenz.py --models node --latent-dim 4 --no-write   # one tuning run
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -57,9 +63,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=1, help="node posterior samples")
     parser.add_argument("--refine-steps", type=int, default=50, help="node anchor MAP steps")
     parser.add_argument("--refine-lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run per seed (data set, subsample, split and fit)")  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--fits", help="folder caching each model's fit (reused if present)")
+    parser.add_argument("--fits", help="folder caching each seed's fits (reused if present)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.trials, args.width, args.chunk = 20, 16, 16, 10
@@ -94,11 +101,14 @@ def _configs(args: argparse.Namespace, train: TrainConfig) -> dict:
     }
 
 
-def main() -> None:
-    args = _arguments()
-    data = lj.datasets.lorenz(seed=args.seed, num_trials=args.trials, num_bins=100,
+def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
+    """Fit and score the models on the data set, subsample and split drawn with `seed`.
+
+    Returns the table rows (model, seed, scores, steps, loss, seconds), the configs and the
+    number of validation trials."""
+    data = lj.datasets.lorenz(seed=seed, num_trials=args.trials, num_bins=100,
                               num_neurons=30)  # fmt: skip
-    sparse, index = lj.datasets.subsample(data.trials, args.keep, seed=args.seed,
+    sparse, index = lj.datasets.subsample(data.trials, args.keep, seed=seed,
                                           return_index=True)  # fmt: skip
     kept = np.zeros(data.trials.mask.shape, bool)
     rows = np.repeat(np.arange(args.trials)[:, None], index.shape[1], 1)
@@ -112,7 +122,7 @@ def main() -> None:
                               "refine_steps": args.refine_steps, "refine_lr": args.refine_lr},
                      "seqvae": {}}  # fmt: skip
 
-    order = np.random.default_rng(args.seed).permutation(args.trials)
+    order = np.random.default_rng(seed).permutation(args.trials)
     num_valid = max(1, int(round(args.valid * args.trials)))
     valid_idx, train_idx = np.sort(order[:num_valid]), np.sort(order[num_valid:])
     train = TrainConfig(learning_rate=args.lr, batch_size=min(32, len(train_idx)),
@@ -134,13 +144,13 @@ def main() -> None:
 
     results = []
     for model in args.models:
-        cache = None if args.fits is None else Path(args.fits) / f"{model}.pkl"
+        cache = None if args.fits is None else Path(args.fits) / f"seed{seed}" / f"{model}.pkl"
         if cache is not None and cache.exists():
             fitted, seconds = pickle.loads(cache.read_bytes())
         else:
             started = time.perf_counter()
             fitted = lj.fit(configs[model], observed[model][train_idx],
-                            valid=observed[model][valid_idx], seed=args.seed,
+                            valid=observed[model][valid_idx], seed=seed,
                             progress=False)  # fmt: skip
             seconds = time.perf_counter() - started
             if cache is not None:
@@ -151,36 +161,71 @@ def main() -> None:
         curve = ", ".join(
             f"{s}: {v:.4f}" for s, v in zip(history["step"], history["valid_loss"], strict=True)
         )
-        print(f"{NAMES[model]} validation loss by step: {curve}", flush=True)
+        print(f"{NAMES[model]}, seed {seed}, validation loss by step: {curve}", flush=True)
         readouts = [(NAMES[model], infer_options[model])]
         if model == "node" and (args.samples > 1 or args.refine_steps):
             readouts.append((f"{NAMES[model]}, encoder's mean only", {"times": data.trials.times}))
         for name, options in readouts:
             r2 = scores(lj.infer(fitted, observed[model], **options))
-            results.append((name, r2["dropped"], r2["valid"], r2["kept"], r2["latent"],
+            results.append((name, seed, r2["dropped"], r2["valid"], r2["kept"], r2["latent"],
                             int(history["step"][best]), int(history["step"][-1]),
                             float(history["valid_loss"][best]), seconds))  # fmt: skip
-            print(f"{name}: rate R² dropped {r2['dropped']:.3f} (validation trials "
-                  f"{r2['valid']:.3f}; between the first and last kept bin {r2['between']:.3f}, "
-                  f"outside {r2['outside']:.3f}), kept {r2['kept']:.3f}, latent "
-                  f"{r2['latent']:.3f}, best step {history['step'][best]}, {seconds:.0f} s",
-                  flush=True)  # fmt: skip
+            print(f"{name}, seed {seed}: rate R² dropped {r2['dropped']:.3f} (validation "
+                  f"trials {r2['valid']:.3f}; between the first and last kept bin "
+                  f"{r2['between']:.3f}, outside {r2['outside']:.3f}), kept {r2['kept']:.3f}, "
+                  f"latent {r2['latent']:.3f}, best step {history['step'][best]}, "
+                  f"{seconds:.0f} s", flush=True)  # fmt: skip
+    return results, configs, len(valid_idx)
 
+
+def _command_options() -> list[str]:
+    """This run's command-line options, less `--fits` (a cache folder) and `--no-write`."""
+    options, skip = [], False
+    for word in sys.argv[1:]:
+        if skip or word == "--no-write":
+            skip = False
+            continue
+        skip = word == "--fits"
+        options += [] if skip else [word]
+    return options
+
+
+def _table(results: list, seeds: list[int]) -> list[str]:
+    """Markdown rows: one per model and seed, then (several seeds) each model's mean ± sd."""
     table = [
-        "| model | rate R² at dropped bins | ... of validation trials | rate R² at kept bins "
-        "| latent R² (all bins) | best step | last step | best valid loss | fit seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | seed | rate R² at dropped bins | ... of validation trials | rate R² at kept "
+        "bins | latent R² (all bins) | best step | last step | best valid loss | fit seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    table += [f"| {n} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e} | {f} | {g:.4f} | {h:.0f} |"
-              for n, a, b, c, d, e, f, g, h in results]  # fmt: skip
+    table += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e} | {f} | {g:.4f} "
+              f"| {h:.0f} |" for n, s, a, b, c, d, e, f, g, h in results]  # fmt: skip
+    if len(seeds) > 1:
+        for name in dict.fromkeys(row[0] for row in results):
+            scores = np.array([row[2:6] for row in results if row[0] == name])
+            cells = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in
+                               zip(scores.mean(0), scores.std(0, ddof=1), strict=True))  # fmt: skip
+            table.append(f"| **{name}, mean ± sd** | {len(scores)} seeds | {cells} | | | | |")
+    return table
+
+
+def main() -> None:
+    args = _arguments()
+    results = []
+    for seed in args.seeds:
+        rows, configs, num_valid = _run_seed(args, seed)
+        results += rows
+    table = _table(results, args.seeds)
+    train = configs["node"].train
     node_config = configs["node"]
+    command = " ".join(["python scripts/node_lorenz.py", *_command_options()])
     body = "\n".join(
         [
             "## Lorenz with 70% of bins dropped: neural ODE vs sequential VAE",
             "",
-            f"`python scripts/node_lorenz.py{' --quick' if args.quick else ''}`: "
+            f"`{command}`: for each seed ({', '.join(map(str, args.seeds))}), "
             f"`lj.datasets.lorenz` ({args.trials} trials x 100 bins x 30 neurons), "
-            f"`lj.datasets.subsample(keep={args.keep})`; {len(valid_idx)} random trials held "
+            f"`lj.datasets.subsample(keep={args.keep})`, the split and the initialisation drawn "
+            f"from that seed; {num_valid} random trials held "
             f"out for early stopping (validation loss every {train.chunk_size} steps, patience "
             f"{args.patience}, best parameters kept), the rest trained for at most "
             f"{args.steps} AdamW steps (lr {args.lr}, cosine decay to 10%, batch "
