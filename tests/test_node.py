@@ -245,6 +245,24 @@ def test_multiple_shooting_posterior_follows_the_nearest_anchor_state():
         np.testing.assert_allclose(post.latents[b], np.stack(expected), rtol=1e-4, atol=1e-5)
 
 
+def _linear_gaussian_model(seed: int, num_trials: int, **config_changes):
+    """A depth-0 (linear) field dz/ds = A^T z with a Gaussian read-out, on `num_trials` copies
+    of one irregular grid with bin 2 unobserved and standard-normal signals; returns (config,
+    trials, params, A, times) (`times`: the full grid, `trials.times` fills unobserved bins)."""
+    config = dataclasses.replace(
+        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian", **config_changes
+    )
+    rng = np.random.default_rng(seed)
+    times = np.tile([0.0, 0.1, 0.15, 0.3, 0.45, 0.5], (num_trials, 1))
+    mask = np.tile([True, True, False, True, True, True], (num_trials, 1))
+    signal = rng.normal(size=(num_trials, 6, 5))
+    trials = lj.Trials(signal, dt=0.05, times=times, mask=mask, continuous=True)
+    params = node.init(jax.random.PRNGKey(0), config, trials)
+    matrix = 0.5 * rng.normal(size=(3, 3)) - 0.5 * np.eye(3)
+    layer = {"kernel": jnp.asarray(matrix, jnp.float32), "bias": jnp.zeros(3)}
+    return config, trials, {**params, "field": {"layers": (layer,)}}, matrix, times
+
+
 @pytest.mark.slow  # compiles the gradient of the solve inside a scan (~30 s each)
 @pytest.mark.parametrize("segments", [1, 2])
 def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_model(segments):
@@ -253,19 +271,10 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
     N(z_1; 0, I) prod_k N(z_k; expm(A^T (a_k - a_(k-1))) z_(k-1), continuity_std² I) solves a
     linear system in closed form over the observed bins; refinement from the encoder's means
     reaches it."""
-    config = dataclasses.replace(
-        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian",
-        segments=segments, continuity_std=0.5,
-    )  # fmt: skip
-    rng = np.random.default_rng(8)
-    times = np.array([[0.0, 0.1, 0.15, 0.3, 0.45, 0.5]])
-    mask = np.array([[True, True, False, True, True, True]])
-    signal = rng.normal(size=(1, 6, 5))
-    trials = lj.Trials(signal, dt=0.05, times=times, mask=mask, continuous=True)
-    params = node.init(jax.random.PRNGKey(0), config, trials)
-    matrix = 0.5 * rng.normal(size=(3, 3)) - 0.5 * np.eye(3)
-    layer = {"kernel": jnp.asarray(matrix, jnp.float32), "bias": jnp.zeros(3)}
-    params = {**params, "field": {"layers": (layer,)}}
+    config, trials, params, matrix, times = _linear_gaussian_model(
+        8, num_trials=1, segments=segments, continuity_std=0.5
+    )
+    mask, signal = trials.mask, trials.spikes
     key = jax.random.PRNGKey(0)
     refined = node.posterior(params, trials, config, key, refine_steps=400, refine_lr=0.05)
 
@@ -307,18 +316,8 @@ def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
     with a closed-form mean mu, and the posterior mean trajectory is expm(A^T s) mu. Draws
     from the (untrained, so wrong) encoder's q weighted by p(y, z) / q(z) average to it; equal
     weights stay at the encoder's mean. Also checks chunking over trials (3 chunks of 2)."""
-    config = dataclasses.replace(
-        TINY, depth=0, time_scale=2.0, rtol=1e-7, atol=1e-7, readout="gaussian"
-    )
-    rng = np.random.default_rng(9)
-    times = np.tile([0.0, 0.1, 0.15, 0.3, 0.45, 0.5], (5, 1))
-    mask = np.tile([True, True, False, True, True, True], (5, 1))
-    signal = rng.normal(size=(5, 6, 5))
-    trials = lj.Trials(signal, dt=0.05, times=times, mask=mask, continuous=True)
-    params = node.init(jax.random.PRNGKey(0), config, trials)
-    matrix = 0.5 * rng.normal(size=(3, 3)) - 0.5 * np.eye(3)
-    layer = {"kernel": jnp.asarray(matrix, jnp.float32), "bias": jnp.zeros(3)}
-    params = {**params, "field": {"layers": (layer,)}}
+    config, trials, params, matrix, times = _linear_gaussian_model(9, num_trials=5)
+    mask, signal = trials.mask, trials.spikes
     key = jax.random.PRNGKey(3)
     options = {"num_samples": 20000, "times": times[0]}
     with mock.patch.object(node.family, "POSTERIOR_CHUNK", 2):
