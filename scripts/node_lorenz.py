@@ -61,6 +61,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seqvae-inputs", type=int, default=0, help="seqvae input_dim")
     parser.add_argument("--cd-rate", type=float, default=0.0, help="coordinated dropout (both)")
     parser.add_argument("--samples", type=int, default=1, help="node posterior samples")
+    parser.add_argument("--importance", action="store_true", help="node: weight the samples")
     parser.add_argument("--refine-steps", type=int, default=50, help="node anchor MAP steps")
     parser.add_argument("--refine-lr", type=float, default=0.05)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -118,8 +119,10 @@ def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
     first_kept, last_kept = kept.argmax(1), kept.shape[1] - 1 - kept[:, ::-1].argmax(1)
     inside = (bins >= first_kept[:, None]) & (bins <= last_kept[:, None])
     observed = {"node": sparse, "seqvae": data.trials.replace(mask=kept)}
-    infer_options = {"node": {"times": data.trials.times, "num_samples": args.samples,
-                              "refine_steps": args.refine_steps, "refine_lr": args.refine_lr},
+    refined = {"times": data.trials.times, "refine_steps": args.refine_steps,
+               "refine_lr": args.refine_lr}  # fmt: skip
+    infer_options = {"node": {**refined, "num_samples": args.samples,
+                              "importance": args.importance},
                      "seqvae": {}}  # fmt: skip
 
     order = np.random.default_rng(seed).permutation(args.trials)
@@ -163,6 +166,8 @@ def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
         )
         print(f"{NAMES[model]}, seed {seed}, validation loss by step: {curve}", flush=True)
         readouts = [(NAMES[model], infer_options[model])]
+        if model == "node" and args.samples > 1 and args.refine_steps:
+            readouts.append((f"{NAMES[model]}, refined anchor only", refined))
         if model == "node" and (args.samples > 1 or args.refine_steps):
             readouts.append((f"{NAMES[model]}, encoder's mean only", {"times": data.trials.times}))
         for name, options in readouts:
@@ -233,8 +238,10 @@ def main() -> None:
             f"{node_config.hidden_dim}, time_scale {node_config.time_scale}, kl_scale "
             f"{node_config.kl_scale}, anchor {node_config.anchor!r}, segments "
             f"{node_config.segments} (continuity_std {node_config.continuity_std}), cd_rate "
-            f"{node_config.cd_rate}, {args.samples} posterior sample(s) at inference, "
-            f"{args.refine_steps} anchor-refinement steps (lr {args.refine_lr}). Sequential "
+            f"{node_config.cd_rate}, {args.refine_steps} anchor-refinement steps (lr "
+            f"{args.refine_lr}) at inference, then {args.samples} posterior sample(s)"
+            f"{' weighted by importance (Laplace proposal)' if args.importance else ''}. "
+            "Sequential "
             f"VAE: input_dim {configs['seqvae'].input_dim}, cd_rate "
             f"{configs['seqvae'].cd_rate}. Both "
             "read out by `lj.infer` at every original bin of every trial. The neural ODE sees "

@@ -38,7 +38,7 @@ def sparse_lorenz():
     return data, sparse, index
 
 
-@pytest.mark.parametrize("adjoint", ["recursive", "backsolve"])
+@pytest.mark.parametrize("adjoint", ["recursive", "backsolve", "forward"])
 def test_linear_field_matches_matrix_exponential_on_irregular_grids(adjoint):
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(3, 3)) - 1.5 * np.eye(3)
@@ -54,6 +54,27 @@ def test_linear_field_matches_matrix_exponential_on_irregular_grids(adjoint):
             assert not bool(solution.failed)
             np.testing.assert_allclose(np.asarray(solution.states), expected, atol=1e-6)
             assert solution.states.dtype == jnp.float64
+
+
+def test_forward_adjoint_differentiates_the_flow_and_refuses_to_train(sparse_lorenz):
+    """adjoint='forward': jacfwd of a linear field's solve in its initial state is expm(A s)
+    at each saved time s; training with it stops at once with a clear error."""
+    rng = np.random.default_rng(2)
+    matrix = rng.normal(size=(3, 3)) - 1.5 * np.eye(3)
+    ts = np.sort(rng.uniform(0.0, 1.5, 5))
+    config = node.Config(rtol=1e-11, atol=1e-12, adjoint="forward", max_steps=100_000)
+    with jax.enable_x64(True):
+
+        def solve(initial):
+            return integrate(_linear_field, jnp.asarray(matrix), initial, jnp.asarray(ts),
+                             config).states  # fmt: skip
+
+        jacobian = jax.jacfwd(solve)(jnp.asarray(rng.normal(size=3)))  # [time, K, K]
+    expected = np.stack([scipy.linalg.expm(matrix * s) for s in ts])
+    np.testing.assert_allclose(np.asarray(jacobian), expected, atol=1e-6)
+    _, sparse, _ = sparse_lorenz
+    with pytest.raises(ValueError, match="adjoint='forward'"):
+        lj.fit(dataclasses.replace(TINY, adjoint="forward"), sparse, seed=0, progress=False)
 
 
 def test_segments_read_each_time_from_the_nearest_anchor_and_carry_states_to_the_next():
@@ -307,6 +328,12 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
     np.testing.assert_allclose(refined.anchor_mean[0], expected, atol=2e-3)
     amortised = node.posterior(params, trials, config, key)
     assert np.abs(amortised.anchor_mean[0] - expected).max() > 0.05  # refinement did work
+    # The posterior is Gaussian with precision `hessian`: at the MAP the Laplace proposal is
+    # exact, so the importance weights are equal (effective samples = draws).
+    laplace = node.posterior(
+        params, trials, config, key, refine_steps=400, num_samples=64, importance=True
+    )
+    np.testing.assert_allclose(laplace.effective_samples, 64, rtol=1e-3)
     with pytest.raises(ValueError, match="refine_steps"):
         node.posterior(params, trials, config, key, refine_steps=-1)
 
@@ -314,8 +341,9 @@ def test_anchor_refinement_reaches_the_closed_form_map_of_a_linear_gaussian_mode
 def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
     """Linear field and Gaussian read-out: the posterior over the anchor state is Gaussian
     with a closed-form mean mu, and the posterior mean trajectory is expm(A^T s) mu. Draws
-    from the (untrained, so wrong) encoder's q weighted by p(y, z) / q(z) average to it; equal
-    weights stay at the encoder's mean. Also checks chunking over trials (3 chunks of 2)."""
+    from the Laplace approximation at the (untrained, so wrong) encoder's mean, weighted by
+    p(y, z) / proposal, average to it; equal weights on draws from the encoder's q stay at the
+    encoder's mean. Also checks chunking over trials (3 chunks of 2)."""
     config, trials, params, matrix, times = _linear_gaussian_model(9, num_trials=5)
     mask, signal = trials.mask, trials.spikes
     key = jax.random.PRNGKey(3)
@@ -330,7 +358,7 @@ def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
     precision = np.exp(-log_var)
     shift = config.time_scale * (times[0] - times[0, 3])  # anchor: the 3rd of 5 observations
     flows = np.stack([scipy.linalg.expm(matrix.T * s) for s in shift])  # [time, K, K]
-    expected = np.zeros((5, 6, 3))
+    expected, posterior_sd = np.zeros((5, 6, 3)), np.zeros((5, 6, 3))
     for b in range(5):
         hessian, gradient = np.eye(3), np.zeros(3)
         for t in np.flatnonzero(mask[b]):
@@ -338,10 +366,15 @@ def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
             hessian += (design * precision) @ design.T
             gradient += (design * precision) @ (signal[b, t] - bias)
         expected[b] = flows @ np.linalg.solve(hessian, gradient)  # [time, K]
+        covariance = flows @ np.linalg.inv(hessian) @ flows.transpose(0, 2, 1)
+        posterior_sd[b] = np.sqrt(np.diagonal(covariance, axis1=1, axis2=2))
     encoder_paths = np.einsum("tij,bj->bti", flows, equal.anchor_mean[:, 0])
-    np.testing.assert_allclose(weighted.latents, expected, atol=0.03)  # Monte Carlo error
+    # Monte Carlo standard error of a weighted mean: posterior sd / sqrt(effective samples)
+    standard_error = posterior_sd / np.sqrt(weighted.effective_samples)[:, None, None]
+    assert (np.abs(weighted.latents - expected) < 5 * standard_error).all()
     np.testing.assert_allclose(equal.latents, encoder_paths, atol=0.03)
-    assert np.abs(encoder_paths - expected).max() > 0.2  # the encoder's q is far off
+    # The draws centre on the encoder's mean, far off: unweighted, they would fail above.
+    assert np.abs(encoder_paths - expected).max() > 5 * standard_error.max()
     assert (weighted.effective_samples > 1000).all()
     assert (weighted.effective_samples < 20000).all()
     np.testing.assert_allclose(equal.effective_samples, 20000, rtol=1e-4)

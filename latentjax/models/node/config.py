@@ -19,7 +19,7 @@ from latentjax.train.config import TrainConfig, knob
 __all__ = ["ADJOINTS", "ANCHORS", "Config", "READOUTS", "SOLVERS"]
 
 SOLVERS = ("tsit5", "dopri5", "kvaerno5", "euler", "heun")
-ADJOINTS = ("recursive", "backsolve")
+ADJOINTS = ("recursive", "backsolve", "forward")
 READOUTS = ("poisson", "gaussian")
 ANCHORS = ("first", "middle")
 
@@ -55,7 +55,9 @@ class Config:
       rtol, atol: tolerances of adaptive steps.
       max_steps: solver steps allowed per trial.
       adjoint: "recursive" (backpropagate through the solver with recursive checkpointing)
-        or "backsolve" (the continuous adjoint method: O(1) memory in the solve length).
+        or "backsolve" (the continuous adjoint method: O(1) memory in the solve length),
+        or "forward" (forward-mode only: `jax.jvp` / `jax.jacfwd` of a solve, e.g. the
+        Hessian of the Laplace proposal in `posterior`; it cannot train).
       throw: True raises `SolverError` (naming the trial, the time reached and `max_steps`)
         when a solve fails; False masks the failing trials out of the loss and reports
         `solver_failures` (the fraction of trials) in the training history.

@@ -25,6 +25,7 @@ Parameters: `{"encoder": ..., "field": {"layers": ...}, "readout": {"kernel" [K,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -177,6 +178,11 @@ def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, d
     `solver_failures` (fraction of the minibatch whose solve failed; those trials are left
     out). With `config.throw` a failed solve raises `SolverError` instead.
     """
+    if config.adjoint == "forward":
+        raise ValueError(
+            "node.loss: adjoint='forward' gives forward-mode derivatives only and cannot train; "
+            "use adjoint='recursive' or 'backsolve'"
+        )
     kl_weight = ramp(step, start=0, length=config.kl_ramp_steps)
     return _loss(params, batch, key, config, kl_weight, training=True)
 
@@ -217,18 +223,33 @@ def _refine_anchors(objective, mean, steps, lr):
     return jnp.where(keep, refined, mean)
 
 
-def _sample_weights(objective, states, mean, var, active, importance: bool):
-    """Weights `[samples]` of the anchor-state draws `states` `[samples, segments,
-    latent_dim]` from N(mean, var): equal, or with `importance` self-normalised importance
-    weights `p(y, z) / N(z; mean, var)` over the active anchors (then the weighted average
-    is the model's posterior predictive mean, whatever the encoder's approximation)."""
-    num_samples = states.shape[0]
-    if not importance:
-        return jnp.full(num_samples, 1.0 / num_samples)
-    log_proposal = jnp.sum(
-        jnp.where(active[:, None], gaussian_log_prob(states, mean, var), 0.0), axis=(-2, -1)
+def _laplace_draws(objective, hessian_objective, mean, active, noise):
+    """Anchor-state draws `[samples, segments, latent_dim]` from the Laplace approximation
+    N(mean, H^-1) of the posterior (`H`: the Hessian of `objective`, `-log p(y, z)`, at
+    `mean`, taken of `hessian_objective`, the same function solved with forward-mode
+    derivatives; eigenvalues below 1, the first anchor's prior precision, are raised to 1 so a
+    saddle or a flat direction still gives a proper proposal), and their self-normalised
+    importance weights `p(y, z) / N(z; mean, H^-1)` `[samples]`. `noise` `[samples,
+    segments, latent_dim]` are standard-normal draws.
+
+    Inactive anchors do not enter `p(y, z)`; N(mean, I) stands in for them on both sides of
+    the ratio, so they neither move the weights nor mix into the active directions."""
+
+    def target(flat, objective=objective):
+        states = flat.reshape(mean.shape)
+        inactive = jnp.where(active[:, None], 0.0, states - mean)
+        return objective(states) + 0.5 * jnp.sum(inactive**2)
+
+    hessian = jax.jacfwd(jax.jacfwd(functools.partial(target, objective=hessian_objective)))(
+        mean.reshape(-1)
     )
-    return jax.nn.softmax(-jax.vmap(objective)(states) - log_proposal)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(0.5 * (hessian + hessian.T))
+    scale = eigenvectors / jnp.sqrt(jnp.maximum(eigenvalues, 1.0))  # H^-1 = scale @ scale.T
+    flat_noise = noise.reshape(noise.shape[0], -1)
+    flat_states = mean.reshape(-1) + flat_noise @ scale.T
+    # log N(z; mean, H^-1) = -|noise|² / 2 + a constant shared by the draws
+    log_weights = -jax.vmap(target)(flat_states) + 0.5 * jnp.sum(flat_noise**2, axis=-1)
+    return flat_states.reshape(noise.shape), jax.nn.softmax(log_weights)
 
 
 def _trial_posterior(
@@ -258,9 +279,17 @@ def _trial_posterior(
         log_params = readout_log_params(params["readout"], config.readout, solution.states)
         return solution, readouts.expected_value(config.readout, log_params), t_first
 
-    states = mean + jnp.sqrt(var) * noise
+    if importance:
+        # The Hessian needs forward mode over reverse mode through the solve.
+        forward = dataclasses.replace(config, adjoint="forward")
+        hessian_objective = functools.partial(
+            _neg_log_joint, params, spikes, filled, mask, t_anchors, active, config=forward
+        )
+        states, weights = _laplace_draws(objective, hessian_objective, mean, active, noise)
+    else:
+        states = mean + jnp.sqrt(var) * noise
+        weights = jnp.full(noise.shape[0], 1.0 / noise.shape[0])
     solutions, rates, t_first = jax.vmap(sample_path)(states)
-    weights = _sample_weights(objective, states, mean, var, active, importance)
     failed = jnp.any(solutions.failed)
     first_failed = jnp.argmax(solutions.failed)
     return {
@@ -324,9 +353,11 @@ def posterior(
     The trajectory starts from the posterior means of the anchor states (deterministic; `key`
     is unused), or, with `num_samples > 1`, latents and rates are averaged over that many
     trajectories from anchor states drawn from `q(z(t_k) | y)` (the posterior predictive
-    mean under the encoder's approximation), or with `importance` weighted by `p(y, z) /
-    q(z)` (self-normalised importance sampling: the posterior predictive mean under the
-    model itself, which for a chaotic flow is not the flow of the mean). Each time is read
+    mean under the encoder's approximation), or with `importance` drawn from the Laplace
+    approximation N(m, H^-1) at the anchor means m (refined or not; H the Hessian of `-log
+    p(y, z)` there) and weighted by `p(y, z) / N(z; m, H^-1)` (self-normalised importance
+    sampling: the posterior predictive mean under the model itself, which for a chaotic flow
+    is not the flow of the mean). Each time is read
     from the solve of its nearest anchor, forward or backward, so `times` may interpolate
     between observations and extrapolate before and after them.
 
@@ -343,7 +374,8 @@ def posterior(
         the first anchor, the continuity prior at later ones; 0: the encoder's means, fully
         amortised); `refine_lr` is their learning rate. With `num_samples > 1` the draws are
         centred on the refined states.
-      importance: weight the `num_samples` draws by importance (see above).
+      importance: draw the `num_samples` anchor states from the Laplace approximation and
+        weight them by importance (see above; best with `refine_steps`, so `m` is the MAP).
 
     Returns:
       `Posterior` with `latents` `[trials, query, latent_dim]`, `rates` `[trials, query,

@@ -83,6 +83,8 @@ def _controller(config: Config):
 
 
 def _adjoint(config: Config):
+    if config.adjoint == "forward":
+        return diffrax.ForwardMode()
     if config.adjoint == "backsolve":
         return diffrax.BacksolveAdjoint(
             solver=_solver(config), stepsize_controller=_controller(config)
