@@ -2,19 +2,19 @@
 
 Both models see the same 30% of bins: the neural ODE as irregular observations (the kept bins
 compacted with their `times`), the sequential VAE on the original bin grid with the dropped
-bins masked. A random `--valid` fraction of the trials is held out for early stopping (the
-validation loss after every chunk, `TrainConfig(patience=...)`, best parameters kept). Each
-model then predicts rates at every original bin of every trial; the score is the rate R²
-against the true rates at the dropped bins only (never seen by either model). The neural
-ODE refines each trial's anchor state by `--refine-steps` MAP steps at inference
+bins masked. `--test` random trials are never used in training and `--valid` more are held
+out for early stopping (the validation loss after every chunk, `TrainConfig(patience=...)`,
+best parameters kept). Each model then predicts rates at every original bin of every trial;
+the score is the rate R² against the true rates at the dropped bins only (never seen by
+either model), of the test trials (out of sample), of the training trials and of all. The
+neural ODE refines each trial's anchor state by `--refine-steps` MAP steps at inference
 (`lj.infer(..., refine_steps=...)`) and is also scored on its encoder's mean alone. With
 several `--seeds` each seed draws its own data set, subsample, split and initialisation, and
 the table ends with each model's mean and standard deviation over the seeds; `--fits DIR`
 keeps each fit (`DIR/seed<seed>/<model>.pkl`) and reuses it when the script runs again.
 
     python scripts/node_lorenz.py            # full sizes (~15 min on 2 cores)
-    python scripts/node_lorenz.py --seeds 0 1 2 --segments 2 --continuity-std 0.5
-                                             # the recorded comparison (~1.5 h on 2 cores)
+    python scripts/node_lorenz.py --seeds 0 1 2   # the recorded comparison (~1 h on 2 cores)
     python scripts/node_lorenz.py --quick    # a smoke run at tiny sizes
     python scripts/node_lorenz.py --models node --latent-dim 4 --no-write   # one tuning run
 """
@@ -45,9 +45,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--steps", type=int, default=15000)
-    parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--trials", type=int, default=2400)
     parser.add_argument("--keep", type=float, default=0.3)
-    parser.add_argument("--valid", type=float, default=0.2, help="fraction of trials held out")
+    parser.add_argument("--valid", type=int, default=400, help="trials for early stopping")
+    parser.add_argument("--test", type=int, default=400, help="trials never used in training")
     parser.add_argument("--patience", type=int, default=20, help="validations (chunks)")
     parser.add_argument("--chunk", type=int, default=100, help="steps between validations")
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -70,7 +71,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--fits", help="folder caching each seed's fits (reused if present)")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.trials, args.width, args.chunk = 20, 16, 16, 10
+        args.steps, args.trials, args.valid, args.test = 20, 16, 3, 3
+        args.width, args.chunk = 16, 10
     return args
 
 
@@ -105,8 +107,7 @@ def _configs(args: argparse.Namespace, train: TrainConfig) -> dict:
 def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
     """Fit and score the models on the data set, subsample and split drawn with `seed`.
 
-    Returns the table rows (model, seed, scores, steps, loss, seconds), the configs and the
-    number of validation trials."""
+    Returns the table rows (model, seed, scores, steps, loss, seconds) and the configs."""
     data = lj.datasets.lorenz(seed=seed, num_trials=args.trials, num_bins=100,
                               num_neurons=30)  # fmt: skip
     sparse, index = lj.datasets.subsample(data.trials, args.keep, seed=seed,
@@ -126,8 +127,9 @@ def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
                      "seqvae": {}}  # fmt: skip
 
     order = np.random.default_rng(seed).permutation(args.trials)
-    num_valid = max(1, int(round(args.valid * args.trials)))
-    valid_idx, train_idx = np.sort(order[:num_valid]), np.sort(order[num_valid:])
+    test_idx = np.sort(order[: args.test])
+    valid_idx = np.sort(order[args.test : args.test + args.valid])
+    train_idx = np.sort(order[args.test + args.valid :])
     train = TrainConfig(learning_rate=args.lr, batch_size=min(32, len(train_idx)),
                         steps=args.steps, grad_clip=10.0, chunk_size=min(args.chunk, args.steps),
                         schedule="cosine", final_lr_fraction=0.1,
@@ -139,9 +141,10 @@ def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
                  "outside": dropped & ~inside}  # fmt: skip
         r2 = {part: lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=mask)
               for part, mask in parts.items()}  # fmt: skip
-        r2["valid"] = lj.metrics.rate_r2(
-            data.truth["rates"][valid_idx], post.rates[valid_idx], mask=dropped[valid_idx]
-        )
+        for split, idx in (("test", test_idx), ("train", train_idx)):
+            r2[split] = lj.metrics.rate_r2(
+                data.truth["rates"][idx], post.rates[idx], mask=dropped[idx]
+            )
         r2["latent"] = lj.metrics.latent_r2(data.truth["latents"], post.latents).mean
         return r2
 
@@ -172,15 +175,16 @@ def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
             readouts.append((f"{NAMES[model]}, encoder's mean only", {"times": data.trials.times}))
         for name, options in readouts:
             r2 = scores(lj.infer(fitted, observed[model], **options))
-            results.append((name, seed, r2["dropped"], r2["valid"], r2["kept"], r2["latent"],
-                            int(history["step"][best]), int(history["step"][-1]),
+            results.append((name, seed, r2["test"], r2["train"], r2["dropped"], r2["kept"],
+                            r2["latent"], int(history["step"][best]), int(history["step"][-1]),
                             float(history["valid_loss"][best]), seconds))  # fmt: skip
-            print(f"{name}, seed {seed}: rate R² dropped {r2['dropped']:.3f} (validation "
-                  f"trials {r2['valid']:.3f}; between the first and last kept bin "
+            print(f"{name}, seed {seed}: rate R² dropped {r2['dropped']:.3f} (test trials "
+                  f"{r2['test']:.3f}, training trials {r2['train']:.3f}; between the first "
+                  f"and last kept bin "
                   f"{r2['between']:.3f}, outside {r2['outside']:.3f}), kept {r2['kept']:.3f}, "
                   f"latent {r2['latent']:.3f}, best step {history['step'][best]}, "
                   f"{seconds:.0f} s", flush=True)  # fmt: skip
-    return results, configs, len(valid_idx)
+    return results, configs
 
 
 def _command_options() -> list[str]:
@@ -198,26 +202,44 @@ def _command_options() -> list[str]:
 def _table(results: list, seeds: list[int]) -> list[str]:
     """Markdown rows: one per model and seed, then (several seeds) each model's mean ± sd."""
     table = [
-        "| model | seed | rate R² at dropped bins | ... of validation trials | rate R² at kept "
-        "bins | latent R² (all bins) | best step | last step | best valid loss | fit seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | seed | rate R² at dropped bins of test trials | ... of training trials | "
+        "... of all trials | rate R² at kept bins | latent R² (all bins) | best step | last step "
+        "| best valid loss | fit seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    table += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e} | {f} | {g:.4f} "
-              f"| {h:.0f} |" for n, s, a, b, c, d, e, f, g, h in results]  # fmt: skip
+    table += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e:.3f} | {f} | {g} "
+              f"| {h:.4f} | {i:.0f} |" for n, s, a, b, c, d, e, f, g, h, i in results]  # fmt: skip
     if len(seeds) > 1:
         for name in dict.fromkeys(row[0] for row in results):
-            scores = np.array([row[2:6] for row in results if row[0] == name])
+            scores = np.array([row[2:7] for row in results if row[0] == name])
             cells = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in
                                zip(scores.mean(0), scores.std(0, ddof=1), strict=True))  # fmt: skip
             table.append(f"| **{name}, mean ± sd** | {len(scores)} seeds | {cells} | | | | |")
     return table
 
 
+def _paired_differences(results: list) -> str:
+    """The neural ODE's (first readout) test- and training-trial scores minus the sequential
+    VAE's, seed by seed; empty unless both models ran."""
+    by_name = {}
+    for row in results:
+        by_name.setdefault(row[0], []).append(row)
+    if NAMES["node"] not in by_name or NAMES["seqvae"] not in by_name:
+        return ""
+    ode, vae = (np.array([r[2:4] for r in by_name[NAMES[m]]]) for m in ("node", "seqvae"))
+    difference = ode - vae
+    seeds = ", ".join(f"seed {r[1]}: {d[0]:+.3f} / {d[1]:+.3f}"
+                      for r, d in zip(by_name[NAMES["node"]], difference, strict=True))  # fmt: skip
+    return (f"Neural ODE minus sequential VAE, rate R² at dropped bins of test / training "
+            f"trials, paired by seed: {seeds}; mean {difference[:, 0].mean():+.3f} / "
+            f"{difference[:, 1].mean():+.3f}.")  # fmt: skip
+
+
 def main() -> None:
     args = _arguments()
     results = []
     for seed in args.seeds:
-        rows, configs, num_valid = _run_seed(args, seed)
+        rows, configs = _run_seed(args, seed)
         results += rows
     table = _table(results, args.seeds)
     train = configs["node"].train
@@ -230,9 +252,10 @@ def main() -> None:
             f"`{command}`: for each seed ({', '.join(map(str, args.seeds))}), "
             f"`lj.datasets.lorenz` ({args.trials} trials x 100 bins x 30 neurons), "
             f"`lj.datasets.subsample(keep={args.keep})`, the split and the initialisation drawn "
-            f"from that seed; {num_valid} random trials held "
-            f"out for early stopping (validation loss every {train.chunk_size} steps, patience "
-            f"{args.patience}, best parameters kept), the rest trained for at most "
+            f"from that seed: {args.test} random test trials never used in training, "
+            f"{args.valid} held out for early stopping (validation loss every "
+            f"{train.chunk_size} steps, patience {args.patience}, best parameters kept), the "
+            f"rest ({args.trials - args.test - args.valid}) trained for at most "
             f"{args.steps} AdamW steps (lr {args.lr}, cosine decay to 10%, batch "
             f"{train.batch_size}). Neural ODE: latent_dim {node_config.latent_dim}, width "
             f"{node_config.hidden_dim}, time_scale {node_config.time_scale}, kl_scale "
@@ -248,10 +271,12 @@ def main() -> None:
             "the kept bins as irregular observations, the sequential VAE the same bins on the "
             "original grid with the dropped bins masked. Rate R² against the true rates "
             "(`lj.metrics.rate_r2`), per neuron, averaged, at the dropped bins (never seen) of "
-            "all trials, and of the validation trials alone.",
+            "the test trials (out of sample: new trials of the same system), of the training "
+            "trials (filling in the data the model was fitted to) and of all trials.",
             "",
             *table,
             "",
+            *([line, ""] if (line := _paired_differences(results)) else []),
             machine(),
         ]
     )
