@@ -235,20 +235,21 @@ def _laplace_draws(objective, hessian_objective, mean, active, noise):
     Inactive anchors do not enter `p(y, z)`; N(mean, I) stands in for them on both sides of
     the ratio, so they neither move the weights nor mix into the active directions."""
 
-    def target(flat, objective=objective):
-        states = flat.reshape(mean.shape)
-        inactive = jnp.where(active[:, None], 0.0, states - mean)
-        return objective(states) + 0.5 * jnp.sum(inactive**2)
+    def target(function):
+        def value(flat):
+            states = flat.reshape(mean.shape)
+            inactive = jnp.where(active[:, None], 0.0, states - mean)
+            return function(states) + 0.5 * jnp.sum(inactive**2)
 
-    hessian = jax.jacfwd(jax.jacfwd(functools.partial(target, objective=hessian_objective)))(
-        mean.reshape(-1)
-    )
+        return value
+
+    hessian = jax.jacfwd(jax.jacfwd(target(hessian_objective)))(mean.reshape(-1))
     eigenvalues, eigenvectors = jnp.linalg.eigh(0.5 * (hessian + hessian.T))
     scale = eigenvectors / jnp.sqrt(jnp.maximum(eigenvalues, 1.0))  # H^-1 = scale @ scale.T
     flat_noise = noise.reshape(noise.shape[0], -1)
     flat_states = mean.reshape(-1) + flat_noise @ scale.T
     # log N(z; mean, H^-1) = -|noise|² / 2 + a constant shared by the draws
-    log_weights = -jax.vmap(target)(flat_states) + 0.5 * jnp.sum(flat_noise**2, axis=-1)
+    log_weights = -jax.vmap(target(objective))(flat_states) + 0.5 * jnp.sum(flat_noise**2, -1)
     return flat_states.reshape(noise.shape), jax.nn.softmax(log_weights)
 
 
@@ -280,7 +281,7 @@ def _trial_posterior(
         return solution, readouts.expected_value(config.readout, log_params), t_first
 
     if importance:
-        # The Hessian needs forward mode over reverse mode through the solve.
+        # The Hessian is forward over forward mode: the default adjoint is reverse mode only.
         forward = dataclasses.replace(config, adjoint="forward")
         hessian_objective = functools.partial(
             _neg_log_joint, params, spikes, filled, mask, t_anchors, active, config=forward
