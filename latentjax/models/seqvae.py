@@ -23,6 +23,7 @@ Poisson read-out. GRUs, read-out likelihoods and Gaussian KL come from `lj.model
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +32,10 @@ import numpy as np
 from latentjax.data import Trials
 from latentjax.models._bin_dropout import bin_dropout
 from latentjax.models._linear_readout import init_readout, readout_log_params
+from latentjax.models._refine import check_refine_options, refine_to_map
 from latentjax.models.lfads import readouts
 from latentjax.models.lfads.network import GRU, gru_step, run_gru
-from latentjax.models.lfads.priors import gaussian_kl
+from latentjax.models.lfads.priors import gaussian_kl, gaussian_log_prob
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.schedules import ramp
@@ -141,31 +143,31 @@ def _gaussian(layer: dict, x):
     return mean, jnp.exp(log_var) + VAR_MIN
 
 
-def _trial(params, spikes, mask, key, config: Config, sample: bool) -> dict:
-    """Latents, read-out log-parameters and KL of one trial `[time, neurons]`."""
+def _encode(params, spikes, mask, config: Config) -> tuple[dict, dict]:
+    """Means and variances of q for one trial `[time, neurons]`: `{"initial": [initial_dim]}`,
+    plus `"inputs"` `[time, input_dim]` when `input_dim > 0`."""
     observed = mask[:, None]
     features = jnp.log1p(spikes) if config.readout == "poisson" else spikes
     x = jnp.concatenate([features * observed, observed.astype(features.dtype)], axis=-1)
     width = x.shape[-1]
     fwd = run_gru(_gru(params["encoder_fwd"], config.encoder_dim, width), x, CELL_CLIP)
     bwd = run_gru(_gru(params["encoder_bwd"], config.encoder_dim, width), x, CELL_CLIP, True)
-    initial_key, inputs_key = jax.random.split(key)
     z0_mean, z0_var = _gaussian(params["initial"], jnp.concatenate([fwd[-1], bwd[0]]))
-    noise = jax.random.normal(initial_key, z0_mean.shape) if sample else 0.0
-    z0 = z0_mean + jnp.sqrt(z0_var) * noise
-    kl = gaussian_kl(z0_mean, z0_var, 0.0, 0.0)
-
-    num_bins = spikes.shape[0]
+    means, variances = {"initial": z0_mean}, {"initial": z0_var}
     if config.input_dim:
         u_mean, u_var = _gaussian(params["inputs"], jnp.concatenate([fwd, bwd], axis=-1))
-        noise = jax.random.normal(inputs_key, u_mean.shape) if sample else 0.0
-        inputs = u_mean + jnp.sqrt(u_var) * noise
-        kl = kl + gaussian_kl(u_mean, u_var, 0.0, 0.0)
-    else:
-        inputs = jnp.zeros((num_bins, 1))
+        means["inputs"], variances["inputs"] = u_mean, u_var
+    return means, variances
+
+
+def _generate(params, latent_variables: dict, num_bins: int, config: Config):
+    """Latents `[time, latent_dim]` and read-out log-parameters from the initial state and
+    (with `input_dim > 0`) the inputs in `latent_variables` (as `_encode` returns them)."""
+    inputs = latent_variables.get("inputs", jnp.zeros((num_bins, 1)))
     generator = _gru(
         params["generator"], config.generator_dim, inputs.shape[-1], learned_initial_state=False
     )
+    z0 = latent_variables["initial"]
     g0 = z0 @ params["to_generator"]["kernel"] + params["to_generator"]["bias"]
     gates = inputs @ generator.input_kernel + generator.input_bias
 
@@ -175,20 +177,25 @@ def _trial(params, spikes, mask, key, config: Config, sample: bool) -> dict:
 
     _, states = jax.lax.scan(step, g0, gates)
     latents = states @ params["latents"]["kernel"] + params["latents"]["bias"]
-    return {
-        "latents": latents,
-        "log_params": readout_log_params(params["readout"], config.readout, latents),
-        "kl": kl,
-        "initial_mean": z0_mean,
-        "inputs": inputs[:, : config.input_dim],
-    }
+    return latents, readout_log_params(params["readout"], config.readout, latents)
+
+
+def _trial(params, spikes, mask, key, config: Config) -> dict:
+    """Read-out log-parameters from one draw of q, and the KL of q from the prior."""
+    means, variances = _encode(params, spikes, mask, config)
+    keys = dict(zip(("initial", "inputs"), jax.random.split(key), strict=True))
+    draws = {name: means[name] + jnp.sqrt(variances[name]) * jax.random.normal(keys[name],
+             means[name].shape) for name in means}  # fmt: skip
+    kl = sum(gaussian_kl(means[name], variances[name], 0.0, 0.0) for name in means)
+    _, log_params = _generate(params, draws, spikes.shape[0], config)
+    return {"log_params": log_params, "kl": kl}
 
 
 def _trial_terms(params, spikes, mask, key, config: Config, training: bool) -> dict:
     """Loss terms of one trial; `training` applies coordinated dropout (see `Config`)."""
     hidden_key, noise_key = jax.random.split(key)
     seen, weight = bin_dropout(hidden_key, mask, config.cd_rate, training)
-    out = _trial(params, spikes, seen, noise_key, config, sample=True)
+    out = _trial(params, spikes, seen, noise_key, config)
     log_lik = readouts.log_likelihood(config.readout, out["log_params"], spikes)
     return {
         "recon": -jnp.sum(log_lik * weight[:, None]),
@@ -228,33 +235,68 @@ def validation_loss(params, batch: Trials, key, config: Config, step) -> tuple[j
     return _loss(params, batch, key, config, 1.0, training=False)
 
 
-def _trial_posterior(params, spikes, mask, config: Config) -> dict:
-    out = _trial(params, spikes, mask, jax.random.PRNGKey(0), config, sample=False)
-    rates = readouts.expected_value(config.readout, out["log_params"])
-    return {**out, "rates": rates}
+def _neg_log_joint(params, spikes, mask, latent_variables: dict, config: Config):
+    """`-log p(y, z0, u)` of one trial's observed bins (priors N(0, I))."""
+    _, log_params = _generate(params, latent_variables, spikes.shape[0], config)
+    log_lik = readouts.log_likelihood(config.readout, log_params, spikes)
+    log_prior = sum(jnp.sum(gaussian_log_prob(x, 0.0, 1.0)) for x in latent_variables.values())
+    return -jnp.sum(log_lik * mask[:, None]) - log_prior
+
+
+def _trial_posterior(params, spikes, mask, refine_lr, config: Config, refine_steps: int) -> dict:
+    means, _ = _encode(params, spikes, mask, config)
+    if refine_steps:
+        objective = functools.partial(_neg_log_joint, params, spikes, mask, config=config)
+        means = refine_to_map(objective, means, refine_steps, refine_lr)
+    latents, log_params = _generate(params, means, spikes.shape[0], config)
+    return {
+        "latents": latents,
+        "rates": readouts.expected_value(config.readout, log_params),
+        "initial_mean": means["initial"],
+        "inputs": means.get("inputs", jnp.zeros((spikes.shape[0], 0))),
+    }
 
 
 _batched_posterior = jax.jit(
-    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, None)), static_argnames="config"
+    jax.vmap(_trial_posterior, in_axes=(None, 0, 0, None, None, None)),
+    static_argnames=("config", "refine_steps"),
 )
 
 
-def posterior(params, trials: Trials, config: Config, key) -> Posterior:
-    """Posterior-mean latents and rates on the bin grid (masked bins are predicted too).
+def posterior(
+    params, trials: Trials, config: Config, key, *, refine_steps: int = 0, refine_lr: float = 0.05
+) -> Posterior:
+    """Latents and rates on the bin grid (masked bins are predicted too) from the posterior
+    means of the initial state and inputs.
+
+    Args:
+      params, config: a fitted model (`FitResult.params`, `FitResult.config`).
+      trials: `Trials` `[trials, time, neurons]`.
+      key: unused (the read-out is deterministic).
+      refine_steps: Adam steps that refine each trial's initial state (and inputs) from the
+        encoder's means to the MAP of `p(y | z0, u) p(z0) p(u)` on the trial's observed bins
+        (0: the encoder's means, fully amortised); `refine_lr` is their learning rate.
 
     Returns `Posterior` with `latents` `[trials, time, latent_dim]`, `rates` `[trials, time,
     neurons]` (expected counts per bin; the mean signal for the Gaussian read-out) and extras
-    `initial_mean` `[trials, initial_dim]`, `inputs` `[trials, time, input_dim]`.
+    `initial_mean` `[trials, initial_dim]`, `inputs` `[trials, time, input_dim]` (refined,
+    with `refine_steps`).
     """
     del key
     _check_trials(config, trials, "posterior")
+    check_refine_options("seqvae.posterior", refine_steps, refine_lr)
     num_neurons = params["readout"]["bias"].shape[0]
     if trials.num_neurons != num_neurons:
         raise ValueError(
             f"seqvae.posterior: `trials` has {trials.num_neurons} neurons, the model {num_neurons}"
         )
     out = _batched_posterior(
-        params, jnp.asarray(trials.spikes, jnp.float32), jnp.asarray(trials.mask), config
+        params,
+        jnp.asarray(trials.spikes, jnp.float32),
+        jnp.asarray(trials.mask),
+        jnp.float32(refine_lr),
+        config,
+        refine_steps,
     )
     out = jax.tree.map(np.asarray, out)
     extras = {"initial_mean": out["initial_mean"], "inputs": out["inputs"]}

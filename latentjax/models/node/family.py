@@ -31,11 +31,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from latentjax.data import Trials
 from latentjax.models._bin_dropout import bin_dropout
 from latentjax.models._linear_readout import init_readout, readout_log_params
+from latentjax.models._refine import check_refine_options, refine_to_map
 from latentjax.models.lfads import readouts
 from latentjax.models.lfads.priors import gaussian_kl, gaussian_log_prob
 from latentjax.models.node.config import Config
@@ -205,24 +205,6 @@ def _neg_log_joint(params, spikes, filled, mask, t_anchors, active, states, conf
     return jnp.where(solution.failed, jnp.inf, value)
 
 
-def _refine_anchors(objective, mean, steps, lr):
-    """MAP estimate `[segments, latent_dim]` of one trial's anchor states: `steps` Adam steps
-    (learning rate `lr`) on `objective` (`_neg_log_joint` of the trial) from the encoder's
-    means `mean` (semi-amortised inference: closes part of the encoder's amortisation gap).
-    Falls back to `mean` if the refined states or their trajectory are not finite."""
-    optimizer = optax.adam(lr)
-
-    def step(carry, _):
-        states, opt_state = carry
-        updates, opt_state = optimizer.update(jax.grad(objective)(states), opt_state)
-        return (optax.apply_updates(states, updates), opt_state), None
-
-    (refined, _), _ = jax.lax.scan(step, (mean, optimizer.init(mean)), length=steps)
-    refined_value = objective(refined)
-    keep = jnp.isfinite(refined_value) & (refined_value <= objective(mean))
-    return jnp.where(keep, refined, mean)
-
-
 def _laplace_draws(objective, hessian_objective, mean, active, noise):
     """Anchor-state draws `[samples, segments, latent_dim]` from the Laplace approximation
     N(mean, H^-1) of the posterior (`H`: the Hessian of `objective`, `-log p(y, z)`, at
@@ -259,7 +241,7 @@ def _trial_posterior(
 ) -> dict:  # fmt: skip
     """Latents and read-out means at `query_times` `[Q]` (any increasing times, seconds) of
     one trial, averaged over anchor states `mean + sqrt(var) * noise` (`noise` `[S,
-    segments, K]`; zeros: the posterior mean; `mean` refined by `_refine_anchors` if
+    segments, K]`; zeros: the posterior mean; `mean` refined by `refine_to_map` if
     `refine_steps > 0`), with the weights of `_sample_weights`.
 
     Each time is read from the solve of its nearest anchor: backward before it, forward after
@@ -273,7 +255,7 @@ def _trial_posterior(
         _neg_log_joint, params, spikes, filled, mask, t_anchors, active, config=config
     )
     if refine_steps:
-        mean = _refine_anchors(objective, mean, refine_steps, refine_lr)
+        mean = refine_to_map(objective, mean, refine_steps, refine_lr)
 
     def sample_path(states):
         solution, _, t_first = _solve(params, states, t_anchors, active, query_times, config)
@@ -400,12 +382,7 @@ def posterior(
         raise ValueError(
             f"node.posterior: `trials` has {trials.num_neurons} neurons, the model {num_neurons}"
         )
-    if not isinstance(refine_steps, int) or isinstance(refine_steps, bool) or refine_steps < 0:
-        raise ValueError(
-            f"node.posterior: `refine_steps` must be an int >= 0, got {refine_steps!r}"
-        )
-    if not refine_lr > 0:
-        raise ValueError(f"node.posterior: `refine_lr` must be > 0, got {refine_lr!r}")
+    check_refine_options("node.posterior", refine_steps, refine_lr)
     if not isinstance(importance, bool):
         raise ValueError(f"node.posterior: `importance` must be a bool, got {importance!r}")
     query = _query_times(trials, times)
