@@ -178,9 +178,10 @@ def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
             readouts.append((f"{NAMES[model]}{AMORTISED}", amortised[model]))
         for name, options in readouts:
             r2 = scores(lj.infer(fitted, observed[model], **options))
-            results.append((name, seed, r2["test"], r2["train"], r2["dropped"], r2["kept"],
-                            r2["latent"], int(history["step"][best]), int(history["step"][-1]),
-                            float(history["valid_loss"][best]), seconds))  # fmt: skip
+            results.append((name, seed, r2["test"], r2["train"], r2["dropped"], r2["outside"],
+                            r2["kept"], r2["latent"], int(history["step"][best]),
+                            int(history["step"][-1]), float(history["valid_loss"][best]),
+                            seconds))  # fmt: skip
             print(f"{name}, seed {seed}: rate R² dropped {r2['dropped']:.3f} (test trials "
                   f"{r2['test']:.3f}, training trials {r2['train']:.3f}; between the first "
                   f"and last kept bin "
@@ -206,15 +207,16 @@ def _table(results: list, seeds: list[int]) -> list[str]:
     """Markdown rows: one per model and seed, then (several seeds) each model's mean ± sd."""
     table = [
         "| model | seed | rate R² at dropped bins of test trials | ... of training trials | "
-        "... of all trials | rate R² at kept bins | latent R² (all bins) | best step | last step "
-        "| best valid loss | fit seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "... of all trials | ... of all trials, outside the kept span | rate R² at kept bins | "
+        "latent R² (all bins) | best step | last step | best valid loss | fit seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    table += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e:.3f} | {f} | {g} "
-              f"| {h:.4f} | {i:.0f} |" for n, s, a, b, c, d, e, f, g, h, i in results]  # fmt: skip
+    table += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {e:.3f} | {f:.3f} | {g} "
+              f"| {h} | {i:.4f} | {j:.0f} |"
+              for n, s, a, b, c, d, e, f, g, h, i, j in results]  # fmt: skip
     if len(seeds) > 1:
         for name in dict.fromkeys(row[0] for row in results):
-            scores = np.array([row[2:7] for row in results if row[0] == name])
+            scores = np.array([row[2:8] for row in results if row[0] == name])
             cells = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in
                                zip(scores.mean(0), scores.std(0, ddof=1), strict=True))  # fmt: skip
             table.append(f"| **{name}, mean ± sd** | {len(scores)} seeds | {cells} | | | | |")
@@ -280,7 +282,8 @@ def main() -> None:
             "original grid with the dropped bins masked. Rate R² against the true rates "
             "(`lj.metrics.rate_r2`), per neuron, averaged, at the dropped bins (never seen) of "
             "the test trials (out of sample: new trials of the same system), of the training "
-            "trials (filling in the data the model was fitted to) and of all trials.",
+            "trials (filling in the data the model was fitted to), of all trials, and of all "
+            "trials before the first or after the last kept bin (extrapolation).",
             "",
             *table,
             "",
