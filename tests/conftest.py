@@ -1,4 +1,5 @@
-"""Shared test helpers: the real recordings in ../shared/data (skipped when absent)."""
+"""Shared test helpers: `SHARED_DATA`, the real recordings (`LATENTJAX_SHARED_DATA`, else
+../shared/data beside the checkout; tests that need them skip when absent)."""
 
 import os
 from pathlib import Path

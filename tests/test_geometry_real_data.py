@@ -6,18 +6,17 @@
 """
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+from conftest import SHARED_DATA
 from scipy.ndimage import gaussian_filter1d
 
 from latentjax import geometry
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HEAD_DIRECTION = DATA / "peyrache_hd" / "dataHD.mat"
-CHURCHLAND = DATA / "churchland2012" / "exampleData.mat"
+HEAD_DIRECTION = SHARED_DATA / "peyrache_hd" / "dataHD.mat"
+CHURCHLAND = SHARED_DATA / "churchland2012" / "exampleData.mat"
 
 
 def _load(path):

@@ -4,19 +4,15 @@ Data: ../shared/data/mc_maze_small_test (DANDI:000140; Churchland et al. 2010, 2
 2021, CC-BY-4.0). Skipped when absent.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 import latentjax as lj
 from latentjax import metrics
 from latentjax.metrics.nlb import smooth_spikes
 
-MC_MAZE_SMALL = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/mc_maze_small_test/sub-Jenkins_ses-small_desc-test_ecephys.nwb"
-)
+MC_MAZE_SMALL = SHARED_DATA / "mc_maze_small_test/sub-Jenkins_ses-small_desc-test_ecephys.nwb"
 
 
 @pytest.mark.skipif(not MC_MAZE_SMALL.exists(), reason=f"real data absent: {MC_MAZE_SMALL}")

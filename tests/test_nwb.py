@@ -2,13 +2,13 @@
 real NLB and pynapple files of ../shared/data (skipped when absent)."""
 
 import datetime
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pynwb
 import pytest
+from conftest import SHARED_DATA
 
 import latentjax as lj
 
@@ -21,15 +21,10 @@ TRIAL_STOPS = [1.5, 3.2, 4.9, 8.0]  # 10, 12, 9 and 15 bins of 0.1 s
 MOVE_ONSETS = [0.9, 2.4, 4.3, 7.0]
 
 
-def shared_data() -> Path:
-    root = os.environ.get("LATENTJAX_SHARED_DATA")
-    return Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 def real_file(relative: str) -> Path:
-    path = shared_data() / relative
+    path = SHARED_DATA / relative
     if not path.is_file():
-        pytest.skip(f"real data {relative} not found under {shared_data()} (LATENTJAX_SHARED_DATA)")
+        pytest.skip(f"real data {relative} not found under {SHARED_DATA} (LATENTJAX_SHARED_DATA)")
     return path
 
 
