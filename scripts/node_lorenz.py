@@ -65,7 +65,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--cd-rate", type=float, default=0.0, help="coordinated dropout (both)")
     parser.add_argument("--samples", type=int, default=1, help="node posterior samples")
     parser.add_argument("--importance", action="store_true", help="node: weight the samples")
-    parser.add_argument("--refine-steps", type=int, default=50, help="node anchor MAP steps")
+    parser.add_argument("--refine-steps", type=int, default=50, help="MAP steps per trial")
     parser.add_argument("--refine-lr", type=float, default=0.05)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one run per seed (data set, subsample, split and fit)")  # fmt: skip
@@ -106,7 +106,7 @@ def _configs(args: argparse.Namespace, train: TrainConfig) -> dict:
     }
 
 
-def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict, int]:
+def _run_seed(args: argparse.Namespace, seed: int) -> tuple[list, dict]:
     """Fit and score the models on the data set, subsample and split drawn with `seed`.
 
     Returns the table rows (model, seed, scores, steps, loss, seconds) and the configs."""

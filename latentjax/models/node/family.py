@@ -240,9 +240,10 @@ def _trial_posterior(
     importance: bool,
 ) -> dict:  # fmt: skip
     """Latents and read-out means at `query_times` `[Q]` (any increasing times, seconds) of
-    one trial, averaged over anchor states `mean + sqrt(var) * noise` (`noise` `[S,
-    segments, K]`; zeros: the posterior mean; `mean` refined by `refine_to_map` if
-    `refine_steps > 0`), with the weights of `_sample_weights`.
+    one trial, averaged over anchor states drawn with `noise` `[S, segments, K]` (zeros: the
+    posterior mean): `mean + sqrt(var) * noise` with equal weights, or with `importance` the
+    Laplace draws and importance weights of `_laplace_draws` (`mean` refined by
+    `refine_to_map` if `refine_steps > 0`).
 
     Each time is read from the solve of its nearest anchor: backward before it, forward after
     it."""
@@ -265,9 +266,7 @@ def _trial_posterior(
     if importance:
         # The Hessian is forward over forward mode: the default adjoint is reverse mode only.
         forward = dataclasses.replace(config, adjoint="forward")
-        hessian_objective = functools.partial(
-            _neg_log_joint, params, spikes, filled, mask, t_anchors, active, config=forward
-        )
+        hessian_objective = functools.partial(objective, config=forward)
         states, weights = _laplace_draws(objective, hessian_objective, mean, active, noise)
     else:
         states = mean + jnp.sqrt(var) * noise
