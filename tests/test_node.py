@@ -374,6 +374,7 @@ def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
     assert (np.abs(weighted.latents - expected) < 5 * standard_error).all()
     np.testing.assert_allclose(equal.latents, encoder_paths, atol=0.03)
     # The draws centre on the encoder's mean, far off: unweighted, they would fail above.
+    assert np.abs(encoder_paths - expected).max() > 0.2
     assert np.abs(encoder_paths - expected).max() > 5 * standard_error.max()
     assert (weighted.effective_samples > 1000).all()
     assert (weighted.effective_samples < 20000).all()
