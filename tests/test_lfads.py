@@ -13,7 +13,8 @@ from scipy import stats
 
 import latentjax as lj
 from latentjax.models import lfads
-from latentjax.models.lfads import augment, priors, readouts
+from latentjax.models.lfads import augment
+from latentjax.nn import priors, readouts
 
 TINY = lfads.Config.preset("tiny")
 loss = jax.jit(lfads.loss, static_argnums=3)

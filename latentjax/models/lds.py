@@ -46,7 +46,7 @@ from dynamax.linear_gaussian_ssm.inference import (
     lgssm_joint_sample,
 )
 
-from latentjax.models._kalman import (
+from latentjax.nn.kalman import (
     FilterResult,
     LatentPrior,
     Potentials,

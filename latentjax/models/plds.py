@@ -39,7 +39,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from latentjax.models import lds
-from latentjax.models._kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
+from latentjax.nn.kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig
 from latentjax.train.fitter import Fitter

@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
-from latentjax.models._bin_dropout import bin_dropout
-from latentjax.models._linear_readout import init_readout, readout_log_params
-from latentjax.models._refine import check_refine_options, refine_to_map
-from latentjax.models.lfads import readouts
-from latentjax.models.lfads.network import GRU, gru_step, run_gru
-from latentjax.models.lfads.priors import gaussian_kl, gaussian_log_prob
+from latentjax.nn import readouts
+from latentjax.nn.bin_dropout import bin_dropout
+from latentjax.nn.linear_readout import init_readout, readout_log_params
+from latentjax.nn.priors import gaussian_kl, gaussian_log_prob
+from latentjax.nn.recurrent import GRU, gru_step, run_gru
+from latentjax.nn.refine import check_refine_options, refine_to_map
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.schedules import ramp

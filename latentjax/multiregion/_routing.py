@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
-from latentjax.models.lfads.readouts import log_likelihood
 from latentjax.multiregion import _regions
+from latentjax.nn.readouts import log_likelihood
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig, knob
 

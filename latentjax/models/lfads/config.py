@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from latentjax.models.lfads.readouts import READOUTS
+from latentjax.nn.readouts import READOUTS
 from latentjax.train.config import TrainConfig, knob
 
 __all__ = ["Config"]

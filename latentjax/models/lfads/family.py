@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
-from latentjax.models.lfads import augment, priors, readouts
+from latentjax.models.lfads import augment
 from latentjax.models.lfads.config import Config
 from latentjax.models.lfads.network import Architecture, Core, Noise
+from latentjax.nn import priors, readouts
 from latentjax.results import Posterior
 from latentjax.train.schedules import ramp
 

@@ -30,7 +30,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Architecture", "Core", "CoreOutputs", "GRUWeights", "Noise", "gru_step", "run_gru"]
+from latentjax.nn.recurrent import GRU, gru_step, run_gru
+
+__all__ = ["Architecture", "Core", "CoreOutputs", "Noise"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,65 +73,6 @@ class CoreOutputs(NamedTuple):
     co_mean: jax.Array  # [bins, co_dim]
     co_var: jax.Array  # [bins, co_dim]
     inputs: jax.Array  # [bins, co_dim] sampled u_t
-
-
-class GRUWeights(NamedTuple):
-    input_kernel: jax.Array  # [input_dim, 3 * hidden] gates r, z, n
-    input_bias: jax.Array  # [3 * hidden]
-    hidden_kernel: jax.Array  # [hidden, 3 * hidden]
-    hidden_bias: jax.Array  # [3 * hidden]
-    initial_state: jax.Array | None  # [hidden] learned, or None (set by the caller)
-
-
-def _update_gate_bias(key, shape, dtype=jnp.float32):
-    """Zero biases except +1 on the update gate (the GRU starts by keeping its state)."""
-    hidden = shape[0] // 3
-    return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(1.0)
-
-
-class GRU(nn.Module):
-    """Declares one GRU's weights; the recurrences are the pure `gru_step` / `run_gru`."""
-
-    hidden_dim: int
-    learned_initial_state: bool = True
-
-    @nn.compact
-    def __call__(self, input_dim: int) -> GRUWeights:
-        h = self.hidden_dim
-        initial_state = None
-        if self.learned_initial_state:
-            initial_state = self.param("initial_state", nn.initializers.zeros, (h,))
-        input_init = nn.initializers.lecun_normal() if input_dim else nn.initializers.zeros
-        return GRUWeights(
-            self.param("input_kernel", input_init, (input_dim, 3 * h)),
-            self.param("input_bias", _update_gate_bias, (3 * h,)),
-            self.param("hidden_kernel", nn.initializers.orthogonal(), (h, 3 * h)),
-            self.param("hidden_bias", nn.initializers.zeros, (3 * h,)),
-            initial_state,
-        )
-
-
-def gru_step(weights: GRUWeights, input_gates, h, clip: float):
-    """One GRU update given the precomputed input gates `W x + b` `[3 * hidden]`."""
-    hidden_gates = h @ weights.hidden_kernel + weights.hidden_bias
-    xr, xz, xn = jnp.split(input_gates, 3, axis=-1)
-    hr, hz, hn = jnp.split(hidden_gates, 3, axis=-1)
-    r = jax.nn.sigmoid(xr + hr)
-    z = jax.nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * hn)
-    return jnp.clip(z * h + (1 - z) * n, -clip, clip)
-
-
-def run_gru(weights: GRUWeights, inputs, clip: float, reverse: bool = False):
-    """Hidden states `[time, hidden]` of a GRU over `inputs` `[time, input_dim]`."""
-    input_gates = inputs @ weights.input_kernel + weights.input_bias
-
-    def step(h, gates):
-        h = gru_step(weights, gates, h, clip)
-        return h, h
-
-    _, states = jax.lax.scan(step, weights.initial_state, input_gates, reverse=reverse)
-    return states
 
 
 def _dense(module: nn.Module, name: str, in_dim: int, out_dim: int, bias: bool = True):

@@ -28,8 +28,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from latentjax.models.lfads.network import GRU, gru_step
 from latentjax.models.node.config import Config
+from latentjax.nn.recurrent import GRU, gru_step
 
 __all__ = ["VAR_MIN", "encode", "init_encoder"]
 

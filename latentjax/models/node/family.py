@@ -33,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.data import Trials
-from latentjax.models._bin_dropout import bin_dropout
-from latentjax.models._linear_readout import init_readout, readout_log_params
-from latentjax.models._refine import check_refine_options, refine_to_map
-from latentjax.models.lfads import readouts
-from latentjax.models.lfads.priors import gaussian_kl, gaussian_log_prob
 from latentjax.models.node.config import Config
 from latentjax.models.node.encoder import encode, init_encoder
 from latentjax.models.node.solve import fill_times, integrate_segments, raise_on_failure
 from latentjax.models.node.vector_field import apply_field, init_field
+from latentjax.nn import readouts
+from latentjax.nn.bin_dropout import bin_dropout
+from latentjax.nn.linear_readout import init_readout, readout_log_params
+from latentjax.nn.priors import gaussian_kl, gaussian_log_prob
+from latentjax.nn.refine import check_refine_options, refine_to_map
 from latentjax.results import Posterior
 from latentjax.train.schedules import ramp
 
