@@ -4,8 +4,8 @@
     >>> data = lj.datasets.lorenz(seed=0)
 """
 
-from latentjax import data, datasets, geometry, metrics, models, multiregion, plot, train
-from latentjax.api import fit, infer, load_run, sweep
+from latentjax import data, datasets, family, geometry, metrics, models, multiregion, plot, train
+from latentjax.api import best, fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate
 from latentjax.results import FitResult, Posterior
@@ -16,9 +16,11 @@ __all__ = [
     "FitResult",
     "Posterior",
     "Trials",
+    "best",
     "data",
     "datasets",
     "evaluate",
+    "family",
     "fit",
     "geometry",
     "infer",

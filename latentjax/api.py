@@ -1,20 +1,22 @@
-"""`fit`, `infer`, `sweep`, `load_run`: one entry point for every model family.
+"""`fit`, `infer`, `sweep`, `load_run`, `best`: one entry point for every model family.
 
-A *family* is the module that defines a Config class, or the nearest package above it
-(`latentjax.models.lfads` for `latentjax.models.lfads.config.Config`), or anything registered
-with `register_family`; it offers `Config`, `init(key, config, trials) -> params`,
-`posterior(params, trials, config, key, **options) -> Posterior`, and either
-`loss(params, batch, key, config, step) -> (scalar, aux)` (trained by gradient; optional
-`validation_loss` with the same signature) or `fitter(config) -> Fitter` (EM, SVI, MCMC).
+The family of a config is the registered family whose `Config` it is (`latentjax.family`
+holds the contract and the one registry). Training data are one `Trials`, or a sequence of
+`Trials` (one per session, neuron counts may differ) for families that fit several sessions.
 
     >>> import latentjax as lj
     >>> train, test = lj.data.split(lj.datasets.lds(seed=0).trials)  # doctest: +SKIP
     >>> config = lj.models.lds.Config(latent_dim=3)                   # doctest: +SKIP
     >>> result = lj.fit(config, train, out="runs/lds")                # doctest: +SKIP
     >>> posterior = lj.infer(result, test)                            # doctest: +SKIP
-    >>> config = lj.models.lfads.Config()                             # doctest: +SKIP
-    >>> grid = {"train.learning_rate": [1e-3, 1e-2]}
-    >>> population = lj.sweep(config, train, seeds=(0, 1), grid=grid)  # doctest: +SKIP
+    >>> population = lj.sweep(config, train, valid=test, seeds=(0, 1),
+    ...                       grid={"latent_dim": [2, 4, 8]})          # doctest: +SKIP
+    >>> lj.best(population).config.latent_dim                         # doctest: +SKIP
+
+A sweep's grid may name any Config field: continuous knobs (`latentjax.train.knob`: learning
+rates, KL weights, ...) form one vmapped program; every combination of the other fields
+(sizes, `latent_dim`, choices) is a separate compiled group, with its own run folder
+`out/group-<i>` under a `sweep.json` that `load_run` reads.
 
 Populations on several devices and hosts: `sweep` shards the population axis over every
 device JAX sees (a `jax.sharding.Mesh` with axis "population"). To use several hosts, run the
@@ -24,19 +26,22 @@ same script on each with `jax.distributed.initialize()` called first; nothing el
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from latentjax import family as families
+from latentjax.configs import update_config
 from latentjax.data import Trials
 from latentjax.results import FitResult, Posterior
 from latentjax.train.checkpoint import Checkpoints
 from latentjax.train.config import (
+    OPTIMIZER_FIELDS,
     TrainConfig,
     check_grid,
     knob_values,
@@ -56,54 +61,9 @@ from latentjax.train.run import (
     member_history,
 )
 
-__all__ = ["fit", "infer", "load_run", "register_family", "sweep"]
+__all__ = ["best", "fit", "infer", "load_run", "sweep"]
 
-_FAMILIES: dict[type, Any] = {}
-
-
-def register_family(config_type: type, family: Any) -> None:
-    """Make `family` (a module or any object with the family functions) the family of
-    `config_type`, for families defined outside latentjax or outside the Config's module."""
-    if not isinstance(config_type, type):
-        raise ValueError(f"register_family: `config_type` must be a class, got {config_type!r}")
-    _check_family(family, config_type.__name__)
-    _FAMILIES[config_type] = family
-
-
-def _missing_functions(family: Any) -> list[str]:
-    missing = [f for f in ("init", "posterior") if not callable(getattr(family, f, None))]
-    if not callable(getattr(family, "loss", None)) and not callable(
-        getattr(family, "fitter", None)
-    ):
-        missing.append("loss or fitter")
-    return missing
-
-
-def _check_family(family: Any, name: str) -> None:
-    missing = _missing_functions(family)
-    if missing:
-        raise ValueError(
-            f"the family of {name} ({getattr(family, '__name__', family)!r}) lacks "
-            f"{', '.join(missing)}; see latentjax.api for the family contract"
-        )
-
-
-def family_of(config: Any) -> Any:
-    """The family module of a Config instance."""
-    if not dataclasses.is_dataclass(config) or isinstance(config, type):
-        raise ValueError(
-            f"config must be a family's Config instance (a dataclass), got {type(config).__name__}"
-        )
-    config_type = type(config)
-    if config_type not in _FAMILIES:
-        # The family is the module defining the Config, or the nearest package above it
-        # (a family written as a package, e.g. `models/lfads/config.py`).
-        parts = config_type.__module__.split(".")
-        modules = [importlib.import_module(".".join(parts[:n])) for n in range(len(parts), 0, -1)]
-        family = next((m for m in modules if not _missing_functions(m)), modules[0])
-        _check_family(family, config_type.__name__)
-        _FAMILIES[config_type] = family
-    return _FAMILIES[config_type]
+_SWEEP_RECORD = "sweep.json"
 
 
 def _train_config(config: Any) -> TrainConfig:
@@ -111,11 +71,44 @@ def _train_config(config: Any) -> TrainConfig:
     return train if isinstance(train, TrainConfig) else TrainConfig()
 
 
-def _check_trials(name: str, trials: Any, *, required: bool) -> None:
-    if trials is None and not required:
-        return
-    if not isinstance(trials, Trials):
-        raise ValueError(f"`{name}` must be lj.Trials, got {type(trials).__name__}")
+def _as_data(name: str, data: Any, registration, *, sessions: int | None = None):
+    """`Trials`, or a tuple of `Trials` (several sessions), checked; None stays None."""
+    if data is None or isinstance(data, Trials):
+        if sessions is not None and data is not None and sessions != 1:
+            raise ValueError(f"`{name}` must hold {sessions} sessions like `train`, got one Trials")
+        return data
+    if isinstance(data, Sequence) and not isinstance(data, str):
+        data = tuple(data)
+        if not data or not all(isinstance(t, Trials) for t in data):
+            raise ValueError(
+                f"`{name}` must be lj.Trials or a non-empty sequence of lj.Trials (sessions)"
+            )
+        if not registration.multi_session:
+            raise ValueError(
+                f"`{name}`: the family {registration.name!r} fits one session; pass one "
+                f"lj.Trials (families that fit several sessions: "
+                f"{', '.join(n for n in families.names() if families.get(n).multi_session)})"
+            )
+        if sessions is not None and len(data) != sessions:
+            raise ValueError(
+                f"`{name}` must hold {sessions} sessions like `train`, got {len(data)}"
+            )
+        return data
+    raise ValueError(
+        f"`{name}` must be lj.Trials (or a sequence of them), got {type(data).__name__}"
+    )
+
+
+def _num_sessions(data) -> int:
+    return len(data) if isinstance(data, tuple) else 1
+
+
+def _describe(data) -> dict | None:
+    """What `data.json` holds of one `Trials`, or of several sessions."""
+    if isinstance(data, tuple):
+        sessions = [describe_trials(t) for t in data]
+        return {"sessions": sessions, "fingerprint": digest([s["fingerprint"] for s in sessions])}
+    return describe_trials(data)
 
 
 class _Member(NamedTuple):
@@ -123,14 +116,66 @@ class _Member(NamedTuple):
     config: Any
 
 
+def _combinations(grid: Mapping[str, list]) -> list[dict]:
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
 def _members(config: Any, seeds: Sequence[int], grid: dict[str, list[float]]) -> list[_Member]:
-    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-    return [_Member(seed, with_knobs(config, combo)) for seed in seeds for combo in combos]
+    return [
+        _Member(seed, with_knobs(config, combo)) for seed in seeds for combo in _combinations(grid)
+    ]
 
 
-def _program(family: Any, config: Any, with_validation: bool) -> Program:
+def _field_exists(config: Any, path: str) -> bool:
+    head, _, rest = path.partition(".")
+    names = {f.name for f in dataclasses.fields(config)}
+    if head not in names:
+        return False
+    value = getattr(config, head)
+    if not rest:
+        return True
+    return dataclasses.is_dataclass(value) and _field_exists(value, rest)
+
+
+def _split_grid(registration, config, grid) -> tuple[dict, dict]:
+    """(knob grid, structural grid) of a sweep's `grid`; unknown or unused fields raise."""
+    if grid is None:
+        return {}, {}
+    if not isinstance(grid, Mapping):
+        raise ValueError(
+            f"grid must map Config fields to lists of values, got {type(grid).__name__}"
+        )
+    knobs = knob_values(config)
+    knob_grid, structural = {}, {}
+    for path, values in grid.items():
+        if not isinstance(path, str) or not _field_exists(config, path):
+            raise ValueError(
+                f"grid: {path!r} is not a field of {type(config).__name__}; knobs are "
+                f"{sorted(knobs)}, other fields form separate compiled groups"
+            )
+        if path in OPTIMIZER_FIELDS and not registration.uses_optimizer:
+            raise ValueError(
+                f"grid: the family {registration.name!r} is fitted by its own Fitter (EM, "
+                f"SVI or MCMC) and does not use {path!r}; a sweep over it would change nothing"
+            )
+        if path in knobs:
+            knob_grid[path] = values
+            continue
+        values = (
+            [values]
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence)
+            else list(values)
+        )
+        if not values:
+            raise ValueError(f"grid: {path!r} has no values")
+        structural[path] = values
+    return check_grid(config, knob_grid), structural
+
+
+def _program(registration, config: Any, with_validation: bool) -> Program:
+    family = registration.family
     train = _train_config(config)
-    if callable(getattr(family, "fitter", None)):
+    if not registration.trained_by_gradient:
         make_fitter = family.fitter
     elif isinstance(getattr(config, "train", None), TrainConfig):
         make_fitter = FamilyGradientFitter(family.loss)
@@ -139,14 +184,11 @@ def _program(family: Any, config: Any, with_validation: bool) -> Program:
             f"config: {type(config).__name__} is trained by gradient (its family has `loss`) "
             "and needs a field `train: latentjax.train.TrainConfig`"
         )
-    validation_loss = None
-    if with_validation:
-        validation_loss = getattr(family, "validation_loss", None) or getattr(family, "loss", None)
-        if validation_loss is None:
-            raise ValueError(
-                f"valid: the family {family.__name__} has no `validation_loss` (or `loss`) to "
-                "evaluate validation trials with; pass valid=None"
-            )
+    if with_validation and not callable(getattr(family, "validation_loss", None)):
+        raise ValueError(
+            f"valid: the family {registration.name!r} has no `validation_loss` to score "
+            "validation trials with"
+        )
     static = static_config(config)
     try:
         hash(static)
@@ -158,7 +200,7 @@ def _program(family: Any, config: Any, with_validation: bool) -> Program:
     return Program(
         make_fitter=make_fitter,
         config=static,
-        validation_loss=validation_loss,
+        validation_loss=family.validation_loss if with_validation else None,
         chunk_size=train.chunk_size,
         max_nonfinite=train.max_nonfinite,
     )
@@ -180,7 +222,7 @@ def _records(config, seeds, grid, pbt, steps, train, valid) -> tuple[dict, dict]
         "steps": steps,
         "hash": digest({"config": hashed, "population": population}),
     }
-    return config_record, {"train": describe_trials(train), "valid": describe_trials(valid)}
+    return config_record, {"train": _describe(train), "valid": _describe(valid)}
 
 
 def _stack(trees: list) -> Any:
@@ -207,23 +249,11 @@ def _member_results(members, params, knobs, log, failed, run_dir, pbt) -> list[F
     return results
 
 
-def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devices):
-    family = family_of(config)
-    _check_trials("train", train, required=True)
-    _check_trials("valid", valid, required=False)
-    if isinstance(seeds, (int, np.integer)):
-        seeds = (seeds,)
-    seeds = tuple(seeds)
-    if not seeds or not all(isinstance(s, (int, np.integer)) for s in seeds):
-        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
-    seeds = tuple(int(s) for s in seeds)
-    grid = check_grid(config, grid)
-    if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
-        raise ValueError(f"steps must be a positive int or None, got {steps!r}")
-    if pbt is not None and not isinstance(pbt, PBTConfig):
-        raise ValueError(f"pbt must be a latentjax.train.PBTConfig, got {type(pbt).__name__}")
-    if pbt is not None and not grid:
-        raise ValueError("pbt: give a `grid` of knobs for population-based training to explore")
+def _train_group(
+    registration, config, train, valid, *, seeds, grid, steps, out, progress, pbt, devices
+) -> list[FitResult]:
+    """One compiled population: every seed x every combination of the knob `grid`."""
+    family = registration.family
     loop_settings = _train_config(config)
     if steps is not None and isinstance(getattr(config, "train", None), TrainConfig):
         config = dataclasses.replace(
@@ -245,7 +275,7 @@ def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devi
         config_record, data_record = _records(config, seeds, grid, pbt, steps, train, valid)
         run.open(config_record, data_record)
     outcome = train_population(
-        _program(family, config, valid is not None),
+        _program(registration, config, valid is not None),
         _stack(params),
         knobs,
         np.stack(keys),
@@ -272,14 +302,100 @@ def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devi
     )
 
 
+def _check_seeds(seeds) -> tuple[int, ...]:
+    if isinstance(seeds, (int, np.integer)):
+        seeds = (seeds,)
+    seeds = tuple(seeds)
+    if not seeds or not all(isinstance(s, (int, np.integer)) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    return tuple(int(s) for s in seeds)
+
+
+def _sweep_order(seeds, grid, structural) -> list[tuple[int, int]]:
+    """(group, member within the group) of each member in the documented order: seeds
+    outermost, then the combinations of the whole grid in the order its keys were given."""
+    knob_keys = [k for k in grid if k not in structural]
+    group_combos = _combinations(structural)
+    knob_combos = _combinations({k: grid[k] for k in knob_keys})
+    order = []
+    for s in range(len(seeds)):
+        for combo in _combinations(grid):
+            group = group_combos.index({k: combo[k] for k in structural})
+            knob = knob_combos.index({k: combo[k] for k in knob_keys})
+            order.append((group, s * len(knob_combos) + knob))
+    return order
+
+
+def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devices):
+    registration = families.of_config(config)
+    if train is None:
+        raise ValueError("`train` must be lj.Trials (or a sequence of them), got None")
+    train = _as_data("train", train, registration)
+    valid = _as_data("valid", valid, registration, sessions=_num_sessions(train))
+    seeds = _check_seeds(seeds)
+    knob_grid, structural = _split_grid(registration, config, grid)
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
+        raise ValueError(f"steps must be a positive int or None, got {steps!r}")
+    if pbt is not None and not isinstance(pbt, PBTConfig):
+        raise ValueError(f"pbt must be a latentjax.train.PBTConfig, got {type(pbt).__name__}")
+    if pbt is not None and not knob_grid:
+        raise ValueError("pbt: give a `grid` of knobs for population-based training to explore")
+    if pbt is not None and structural:
+        raise ValueError(
+            f"pbt: exploit/explore runs inside one compiled population; the grid fields "
+            f"{sorted(structural)} are not knobs"
+        )
+    options = dict(
+        seeds=seeds, grid=knob_grid, steps=steps, progress=progress, pbt=pbt, devices=devices
+    )
+    if not structural:
+        return _train_group(registration, config, train, valid, out=out, **options)
+
+    groups = []
+    for index, combo in enumerate(_combinations(structural)):
+        group_config = update_config(config, combo)
+        group_out = None if out is None else os.path.join(out, f"group-{index}")
+        groups.append((combo, group_config, group_out))
+    order = _sweep_order(seeds, dict(grid), structural)
+    if out is not None:
+        _write_sweep_record(out, groups, order)
+    results = [
+        _train_group(registration, group_config, train, valid, out=group_out, **options)
+        for _, group_config, group_out in groups
+    ]
+    return [results[g][m] for g, m in order]
+
+
+def _write_sweep_record(out, groups, order) -> None:
+    record = {
+        "groups": [
+            {"dir": os.path.basename(group_out), "settings": config_to_json(dict(combo))}
+            for combo, _, group_out in groups
+        ],
+        "order": order,
+    }
+    path = os.path.join(out, _SWEEP_RECORD)
+    if os.path.exists(path):
+        with open(path) as file:
+            if json.load(file) != json.loads(json.dumps(record)):
+                raise ValueError(f"out: {out} holds a sweep over other groups; use another folder")
+        return
+    os.makedirs(out, exist_ok=True)
+    with open(path + ".tmp", "w") as file:
+        json.dump(record, file, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def fit(config, train, *, valid=None, seed=0, steps=None, out=None, progress=True) -> FitResult:
     """Fit one model of the family of `config` to `train`.
 
     Args:
       config: a family's `Config`; its type selects the family.
-      train: training `Trials` `[trials, time, neurons]`.
-      valid: validation `Trials`; with them the loss on `valid` is computed after every
-        chunk, the best parameters are kept and `TrainConfig.patience` stops early.
+      train: training `Trials` `[trials, time, neurons]`, or a sequence of `Trials` (one per
+        session; neuron counts may differ) for families that fit several sessions.
+      valid: validation `Trials` (as many sessions as `train`); with them the family's
+        `validation_loss` is computed after every chunk, the best parameters are kept and
+        `TrainConfig.patience` stops early.
       seed: seeds the initialisation, the step keys and the data order.
       steps: total steps (EM iterations); default `config.train.steps`.
       out: run folder; written (config.json, data.json, metrics.jsonl, checkpoints/) and, if
@@ -322,22 +438,26 @@ def sweep(
     pbt: PBTConfig | None = None,
     devices=None,
 ) -> list[FitResult]:
-    """Train a population (every seed x every combination of `grid` knob values) as one
-    vmapped program, sharded over `devices` (default: every device JAX sees, several hosts
-    included after `jax.distributed.initialize()`).
+    """Train a population: every seed x every combination of `grid` values.
+
+    Knobs (`latentjax.train.knob` fields) vary inside one vmapped program, sharded over
+    `devices` (default: every device JAX sees, several hosts included after
+    `jax.distributed.initialize()`); each combination of the other grid fields is its own
+    compiled group.
 
     Args:
       config, train, valid, steps, out, progress: as in `fit`.
       seeds: one member per seed and grid combination.
-      grid: `{knob path: [values]}`, e.g. `{"train.learning_rate": [1e-3, 3e-3]}`; only
-        continuous knobs (fields declared with `latentjax.train.knob`) can vary.
+      grid: `{Config field path: [values]}`, e.g. `{"train.learning_rate": [1e-3, 3e-3]}` or
+        `{"latent_dim": [2, 4, 8]}`. A field the family does not have, or does not use (the
+        optimiser settings of an EM family), raises.
       pbt: population-based training over the grid knobs (`latentjax.train.PBTConfig`).
       devices: the devices to shard the population over; the population is padded to a
         multiple of their number.
 
     Returns:
       One `FitResult` per member, seeds outermost, then grid combinations in order; each
-      config holds the member's (final) knob values and `history` their trajectory.
+      config holds the member's (final) values and `history` their trajectory.
     """
     return _train(
         config,
@@ -353,30 +473,70 @@ def sweep(
     )
 
 
-def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior:
+def best(results: Sequence[FitResult], *, score: str = "valid_loss") -> FitResult:
+    """The member of a sweep with the lowest `score` (default the held-out loss: the
+    validation negative log-likelihood per entry for EM families), failed members excluded.
+
+    Latent-dimension selection is `best(sweep(config, train, valid=valid,
+    grid={"latent_dim": [...]}))`.
+    """
+    results = list(results)
+    if not results or not all(isinstance(r, FitResult) for r in results):
+        raise ValueError("best: `results` must be a non-empty list of FitResult (from sweep)")
+    scores = []
+    for result in results:
+        if score not in result.history:
+            raise ValueError(
+                f"best: the results have no {score!r} in their history (fit with `valid=` for "
+                f"valid_loss); names: {sorted(result.history)}"
+            )
+        values = np.asarray(result.history[score], float)
+        failed = bool(np.asarray(result.history.get("failed", False)))
+        finite = values[np.isfinite(values)]
+        scores.append(np.inf if failed or not finite.size else finite.min())
+    if not np.isfinite(scores).any():
+        raise ValueError(f"best: no member has a finite {score!r}")
+    return results[int(np.argmin(scores))]
+
+
+def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[Posterior]:
     """The family's posterior of `trials` under a fitted model.
 
     Args:
       result: a `FitResult` from `fit`, `sweep` or `load_run`.
-      trials: `Trials` `[trials, time, neurons]` with the neurons the model was fitted on.
+      trials: `Trials` `[trials, time, neurons]` with the neurons the model was fitted on; for
+        a multi-session fit, a sequence with one `Trials` per session (or one `Trials` and
+        `session=s`).
       seed: seeds sampling-based posteriors.
       **options: passed to the family's `posterior`.
 
     Returns:
-      `Posterior` with `latents` `[trials, time, latents]` and `rates` `[trials, time, neurons]`.
+      `Posterior` with `latents` `[trials, time, latents]` and `rates` `[trials, time, neurons]`
+      (a list of them, one per session, for a sequence of sessions).
     """
     if not isinstance(result, FitResult):
         raise ValueError(f"result must be a FitResult, got {type(result).__name__}")
-    _check_trials("trials", trials, required=True)
-    family = family_of(result.config)
-    return family.posterior(
-        result.params, trials, result.config, jax.random.PRNGKey(seed), **options
-    )
+    registration = families.of_config(result.config)
+    trials = _as_data("trials", trials, registration)
+    key = jax.random.PRNGKey(seed)
+    if isinstance(trials, tuple):
+        return [
+            _posterior(registration, result, session_trials, key, session=s, **options)
+            for s, session_trials in enumerate(trials)
+        ]
+    return _posterior(registration, result, trials, key, **options)
 
 
-def _dummy_trials(record: dict | None) -> Trials | None:
+def _posterior(registration, result, trials, key, **options) -> Posterior:
+    posterior = registration.family.posterior(result.params, trials, result.config, key, **options)
+    return dataclasses.replace(posterior, family=registration.name)
+
+
+def _dummy_trials(record: dict | None):
     if record is None:
         return None
+    if "sessions" in record:
+        return tuple(_dummy_trials(session) for session in record["sessions"])
     num_trials, num_bins, _ = record["shape"]
     return Trials(
         np.zeros(record["shape"], np.dtype(record["dtypes"]["spikes"])),
@@ -392,7 +552,7 @@ def _dummy_trials(record: dict | None) -> Trials | None:
     )
 
 
-def _params_like(family, member: _Member, trials: Trials):
+def _params_like(family, member: _Member, trials):
     key = jax.random.PRNGKey(member.seed)
     try:
         return jax.eval_shape(lambda k: family.init(k, member.config, trials), key)
@@ -406,13 +566,25 @@ def load_run(run_dir) -> FitResult | list[FitResult]:
 
     Rebuilds the config from `config.json`, the parameter structure from the family's `init`
     on placeholder trials of the shapes in `data.json`, and restores the latest checkpoint.
+    A sweep over structural fields (`sweep.json`) is read group by group.
     """
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ValueError(f"run_dir must be a path, got {type(run_dir).__name__}")
+    sweep_path = os.path.join(run_dir, _SWEEP_RECORD)
+    if os.path.exists(sweep_path):
+        with open(sweep_path) as file:
+            record = json.load(file)
+        groups = [_load_group(os.path.join(run_dir, g["dir"])) for g in record["groups"]]
+        return [groups[g][m] for g, m in record["order"]]
+    results = _load_group(run_dir)
+    return results[0] if len(results) == 1 else results
+
+
+def _load_group(run_dir) -> list[FitResult]:
     run = RunDir(run_dir)
     config_record, data_record = run.read()
     config = config_from_json(config_record["config"])
-    family = family_of(config)
+    registration = families.of_config(config)
     population = config_record["population"]
     pbt = None if population["pbt"] is None else config_from_json(population["pbt"])
     members = _members(config, population["seeds"], population["grid"])
@@ -425,10 +597,10 @@ def load_run(run_dir) -> FitResult | list[FitResult]:
     padded = checkpoints.record(latest)["members"]
     members_padded = members + [members[-1]] * (padded - len(members))
 
-    program = _program(family, config, valid is not None)
+    program = _program(registration, config, valid is not None)
     params = jax.tree.map(
         lambda *likes: jax.ShapeDtypeStruct((padded, *likes[0].shape), likes[0].dtype),
-        *[_params_like(family, m, train) for m in members_padded],
+        *[_params_like(registration.family, m, train) for m in members_padded],
     )
     knobs = _stack([knob_values(m.config) for m in members_padded])
     knobs = {k: np.asarray(v, np.float32) for k, v in knobs.items()}
@@ -447,7 +619,7 @@ def load_run(run_dir) -> FitResult | list[FitResult]:
     final = loop.fitter_state.params if valid is None else loop.best_params
     log = MetricsLog.read(run.metrics_path, latest)
     knobs_final = {k: np.asarray(v) for k, v in restored["knobs"].items()}
-    results = _member_results(
+    return _member_results(
         members,
         jax.tree.map(np.asarray, final),
         knobs_final,
@@ -456,4 +628,3 @@ def load_run(run_dir) -> FitResult | list[FitResult]:
         run.path,
         pbt,
     )
-    return results[0] if len(results) == 1 else results

@@ -27,11 +27,14 @@ class Posterior:
         or None for families without an observation model.
       extras: family-specific arrays (`covariances`, `factors`, `inputs`, `coupling`, ...),
         also readable as attributes: `posterior.covariances`.
+      family: the registered name of the family that made it (set by `lj.infer`), so the
+        report and `lj.evaluate` can call that family's hooks; static under `jit`.
     """
 
     latents: Any
     rates: Any = None
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    family: str | None = dataclasses.field(default=None, metadata={"static": True})
 
     def __getattr__(self, name: str) -> Any:
         extras = self.__dict__.get("extras", {})

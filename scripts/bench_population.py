@@ -64,12 +64,15 @@ def loss(params, batch, key, config, step):
     return nll, {}
 
 
+validation_loss = loss
+
+
 def posterior(params, trials, config, key):
     log_rates = jax.vmap(_log_rates, in_axes=(None, 0, None))(params, trials.spikes, config)
     return lj.Posterior(latents=log_rates, rates=jnp.exp(log_rates))
 
 
-lj.api.register_family(Config, sys.modules[__name__])
+lj.family.register("bench_population", sys.modules[__name__])
 
 
 def make_trials(num_trials, num_bins, num_neurons, seed=0):

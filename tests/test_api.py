@@ -8,7 +8,6 @@ import pytest
 import train_toy as toy
 
 import latentjax as lj
-from latentjax.api import family_of
 from latentjax.train import TrainConfig
 
 
@@ -17,7 +16,12 @@ class Unhashable(toy.Config):
     sizes: list = dataclasses.field(default_factory=lambda: [1, 2])
 
 
-lj.api.register_family(Unhashable, toy)
+class UnhashableFamily:
+    Config = Unhashable
+    init, loss, validation_loss, posterior = toy.init, toy.loss, toy.validation_loss, toy.posterior
+
+
+lj.family.register("unhashable", UnhashableFamily)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +29,22 @@ def trials():
     return toy.make_trials()
 
 
-def test_family_is_the_module_or_package_of_the_config():
-    assert family_of(toy.Config()) is toy
-    assert family_of(toy.EMConfig()) is toy.EMFamily  # registered with register_family
+def test_the_registry_maps_configs_and_names_to_families():
+    assert lj.family.of_config(toy.Config()).family is toy
+    assert lj.family.of_config(toy.EMConfig()).family is toy.EMFamily
+    assert lj.family.get("lfads").family is lj.models.lfads
+    assert lj.family.of_config(lj.models.lfads.Config()).name == "lfads"
     with pytest.raises(ValueError, match="Config instance"):
-        family_of(toy.Config)
+        lj.family.of_config(toy.Config)
+    with pytest.raises(ValueError, match="unknown family 'nope'; choose from lds"):
+        lj.family.get("nope")
+
+    @dataclasses.dataclass(frozen=True)
+    class Unregistered:
+        rate: float = 1.0
+
+    with pytest.raises(ValueError, match="Config of no registered family"):
+        lj.fit(Unregistered(), toy.make_trials(), progress=False)
 
 
 def test_register_family_for_an_out_of_tree_family(trials):
@@ -38,35 +53,38 @@ def test_register_family_for_an_out_of_tree_family(trials):
         pass
 
     class Family:
+        Config = Shifted
         init = staticmethod(toy.init)
         loss = staticmethod(toy.loss)
+        validation_loss = staticmethod(toy.loss)
 
         @staticmethod
         def posterior(params, trials, config, key, *, shift=0.0):
             rates = toy.posterior(params, trials, config, key).rates + shift
             return lj.Posterior(latents=rates[..., :1], rates=rates)
 
-    lj.api.register_family(Shifted, Family)
+    lj.family.register("shifted", Family)
     result = lj.fit(Shifted(), trials, progress=False)
     shifted = lj.infer(result, trials, shift=1.0)
+    assert shifted.family == "shifted"
     # float32: (x + 1) - 1 differs from x by up to one ulp of 2, so not rtol=1e-7.
     np.testing.assert_allclose(shifted.rates - 1.0, lj.infer(result, trials).rates, atol=1e-6)
     np.testing.assert_allclose(shifted.rates[0, 0] - 1.0, result.params["mean"], rtol=1e-6)
 
 
 def test_invalid_arguments_name_what_is_wrong(trials):
-    with pytest.raises(ValueError, match="'train.momentum' is not a knob"):
+    with pytest.raises(ValueError, match="'train.momentum' is not a field of Config"):
         lj.sweep(toy.Config(), trials, grid={"train.momentum": [0.9]}, progress=False)
-    with pytest.raises(ValueError, match="'train.steps' is not a knob"):
-        lj.sweep(toy.Config(), trials, grid={"train.steps": [1, 2]}, progress=False)
+    with pytest.raises(ValueError, match="does not use 'train.learning_rate'"):
+        lj.sweep(toy.EMConfig(), trials, grid={"train.learning_rate": [0.1, 0.2]}, progress=False)
     with pytest.raises(ValueError, match="`train` must be lj.Trials"):
         lj.fit(toy.Config(), np.zeros((2, 3, 4)), progress=False)
     with pytest.raises(ValueError, match="seeds must be"):
         lj.sweep(toy.Config(), trials, seeds=(), progress=False)
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
         TrainConfig(chunk_size=0)
-    with pytest.raises(ValueError, match="lacks init, posterior, loss or fitter"):
-        lj.api.register_family(toy.Config, object())
+    with pytest.raises(ValueError, match="lacks Config, init, posterior, loss or fitter"):
+        lj.family.register("nothing", object())
 
     with pytest.raises(ValueError, match="must be hashable"):
         lj.fit(Unhashable(), trials, progress=False)

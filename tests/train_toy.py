@@ -5,12 +5,13 @@ squared error, `loss = mean((spikes - mean)^2) + l2 * |mean|^2`, whose minimiser
 closed form. `nan_from` / `nan_until` poison the gradient (NaN) on steps in that range.
 
 `EMConfig` / `EMFamily`: the same means fitted by a damped fixed-point iteration through a
-`Fitter` (the shape of an EM family), registered with `lj.api.register_family`.
+`Fitter` (the shape of an EM family). Both are registered with `lj.family.register`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import NamedTuple
 
 import jax
@@ -63,6 +64,10 @@ def loss(params, batch, key, config, step):
     return error + penalty, {"error": error}
 
 
+def validation_loss(params, batch, key, config, step):
+    return loss(params, batch, key, config, step)
+
+
 def posterior(params, trials, config, key):
     rates = jnp.broadcast_to(params["mean"], trials.spikes.shape)
     return lj.Posterior(latents=rates[..., :1], rates=rates)
@@ -94,6 +99,8 @@ class EMState(NamedTuple):
 
 
 class EMFamily:
+    Config = EMConfig
+
     @staticmethod
     def init(key, config, trials):
         return {"mean": jax.random.normal(key, (trials.num_neurons,))}
@@ -113,9 +120,14 @@ class EMFamily:
         return Fitter(init, step)
 
     @staticmethod
+    def validation_loss(params, trials, key, config, step):
+        return jnp.mean((trials.spikes - params["mean"]) ** 2), {}
+
+    @staticmethod
     def posterior(params, trials, config, key):
         rates = jnp.broadcast_to(params["mean"], trials.spikes.shape)
         return lj.Posterior(latents=rates[..., :1], rates=rates)
 
 
-lj.api.register_family(EMConfig, EMFamily)
+lj.family.register("toy", sys.modules[__name__])
+lj.family.register("toy_em", EMFamily)

@@ -14,9 +14,22 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["TrainConfig", "check_grid", "knob", "knob_values", "static_config", "with_knobs"]
+__all__ = [
+    "OPTIMIZER_FIELDS",
+    "TrainConfig", "check_grid", "knob", "knob_values", "static_config", "with_knobs"]
 
 SCHEDULES = ("constant", "cosine", "linear")
+
+OPTIMIZER_FIELDS = (
+    "train.learning_rate",
+    "train.weight_decay",
+    "train.batch_size",
+    "train.grad_clip",
+    "train.schedule",
+    "train.warmup_steps",
+    "train.final_lr_fraction",
+)
+"""The `TrainConfig` fields only a gradient Fitter reads (EM families ignore them)."""
 
 
 def knob(default: float) -> Any:

@@ -5,7 +5,9 @@ the optimiser state as arrays and may be traced knobs (one compiled program for 
 population); optional global-norm clipping; the learning rate follows
 `schedules.learning_rate_factor`. Minibatches come from a per-epoch permutation drawn inside
 the step from the step key at the first step of each epoch and kept in the state, so the data
-order is part of every checkpoint and a resumed fit sees the same batches.
+order is part of every checkpoint and a resumed fit sees the same batches. Data given as a
+tuple of sessions (`Trials` with different neuron counts) are minibatched session by session,
+each with its own permutation, and the loss receives a tuple of minibatches.
 
 A step whose loss or gradient is not finite leaves parameters and optimiser state unchanged
 (the step counter still advances) and reports `info["skipped"] = 1`.
@@ -30,7 +32,8 @@ __all__ = ["GradientState", "FamilyGradientFitter", "gradient_fitter", "tree_whe
 
 class GradientState(NamedTuple):
     """params: the parameter pytree; opt_state: optax state; step: int32 step counter;
-    order: `[trials]` int32 permutation of the training trials for the current epoch."""
+    order: `[trials]` int32 permutation of the training trials for the current epoch (a
+    tuple of them, one per session, when the data are a tuple of sessions)."""
 
     params: Any
     opt_state: Any
@@ -41,6 +44,14 @@ class GradientState(NamedTuple):
 def tree_where(condition, on_true, on_false):
     """Leafwise `jnp.where(condition, a, b)` over two pytrees of the same structure."""
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def _sessions(data) -> tuple:
+    return data if isinstance(data, tuple) else (data,)
+
+
+def _num_trials(session) -> int:
+    return jax.tree.leaves(session)[0].shape[0]
 
 
 def _optimizer(train: TrainConfig) -> optax.GradientTransformation:
@@ -60,7 +71,8 @@ def gradient_fitter(loss: Callable, train: TrainConfig) -> Fitter:
 
     Args:
       loss: pure function of the parameters, a minibatch (a pytree whose leaves have trials
-        first, e.g. `Trials` `[batch, time, neurons]`), a PRNG key and the traced step.
+        first, e.g. `Trials` `[batch, time, neurons]`, or a tuple of them, one per session), a
+        PRNG key and the traced step.
       train: optimiser settings; `learning_rate` and `weight_decay` may be tracers.
 
     Returns:
@@ -71,26 +83,32 @@ def gradient_fitter(loss: Callable, train: TrainConfig) -> Fitter:
     optimizer = _optimizer(train)
 
     def init(params, data):
-        num_trials = jax.tree.leaves(data)[0].shape[0]
-        order = jnp.arange(num_trials, dtype=jnp.int32)
+        order = tuple(jnp.arange(_num_trials(s), dtype=jnp.int32) for s in _sessions(data))
+        order = order if isinstance(data, tuple) else order[0]
         return GradientState(params, optimizer.init(params), jnp.zeros((), jnp.int32), order)
 
-    def step(state, data, key):
-        num_trials = jax.tree.leaves(data)[0].shape[0]
+    def minibatch(session, order, step, key):
+        num_trials = _num_trials(session)
         batch_size = min(train.batch_size or num_trials, num_trials)
-        steps_per_epoch = num_trials // batch_size
-        order_key, loss_key = jax.random.split(key)
-        position = state.step % steps_per_epoch
+        position = step % (num_trials // batch_size)
         order = jnp.where(
-            position == 0,
-            jax.random.permutation(order_key, num_trials).astype(jnp.int32),
-            state.order,
+            position == 0, jax.random.permutation(key, num_trials).astype(jnp.int32), order
         )
         if batch_size == num_trials:
-            batch = data
+            return session, order
+        index = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+        return jax.tree.map(lambda x: x[index], session), order
+
+    def step(state, data, key):
+        order_key, loss_key = jax.random.split(key)
+        if isinstance(data, tuple):  # sessions: each with its own epochs and permutation
+            pairs = [
+                minibatch(session, order, state.step, jax.random.fold_in(order_key, s))
+                for s, (session, order) in enumerate(zip(data, state.order, strict=True))
+            ]
+            batch, order = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
         else:
-            index = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
-            batch = jax.tree.map(lambda x: x[index], data)
+            batch, order = minibatch(data, state.order, state.step, order_key)
 
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params, batch, loss_key, state.step
