@@ -172,7 +172,7 @@ def _split_grid(registration, config, grid) -> tuple[dict, dict]:
     return check_grid(config, knob_grid), structural
 
 
-def _program(registration, config: Any, with_validation: bool) -> Program:
+def _program(registration, config: Any, with_validation: bool, steps: int | None = None) -> Program:
     family = registration.family
     train = _train_config(config)
     if not registration.trained_by_gradient:
@@ -201,7 +201,7 @@ def _program(registration, config: Any, with_validation: bool) -> Program:
         make_fitter=make_fitter,
         config=static,
         validation_loss=family.validation_loss if with_validation else None,
-        chunk_size=train.chunk_size,
+        chunk_size=min(train.chunk_size, steps or train.chunk_size),  # no idle steps
         max_nonfinite=train.max_nonfinite,
     )
 
@@ -275,7 +275,7 @@ def _train_group(
         config_record, data_record = _records(config, seeds, grid, pbt, steps, train, valid)
         run.open(config_record, data_record)
     outcome = train_population(
-        _program(registration, config, valid is not None),
+        _program(registration, config, valid is not None, steps),
         _stack(params),
         knobs,
         np.stack(keys),

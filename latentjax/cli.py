@@ -8,7 +8,6 @@ stderr and a non-zero exit code; `LATENTJAX_DEBUG=1` shows the traceback instead
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import textwrap
@@ -16,37 +15,27 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-FAMILIES = {
-    "lds": "latentjax.models.lds",
-    "plds": "latentjax.models.plds",
-    "gpfa": "latentjax.models.gpfa",
-    "smoothing": "latentjax.models.smoothing",
-    "lfads": "latentjax.models.lfads",
-    "seqvae": "latentjax.models.seqvae",
-    "node": "latentjax.models.node",
-    "coupled_lds": "latentjax.multiregion.coupled_lds",
-    "dlag": "latentjax.multiregion.dlag",
-    "gnn": "latentjax.multiregion.gnn",
-    "attention": "latentjax.multiregion.attention",
-}
-
 DATA_HELP = """trials to use: a .npz written by lj.io.save, an .nwb file in the NLB layout (with
 --bin-size and optionally --align/--window or --trial-length), or a built-in dataset name with
-optional sizes, e.g. `lorenz` or `lorenz:num_trials=40,num_bins=50`"""
+optional sizes, e.g. `lorenz` or `lorenz:num_trials=40,num_bins=50`. Default: for `fit` and
+`sweep` the built-in dataset that suits the family; for `infer` and `evaluate` the data the
+run was fitted on"""
+
+_DATA_RECORD = "command.json"
+"""What `fit`/`sweep` record in the run folder about the data flags (for infer/evaluate)."""
+
+_DATA_FLAGS = ("data", "bin_size", "align", "window", "trial_length", "data_seed")
 
 
 class CommandError(Exception):
     """A user error reported as one line."""
 
 
-def family_module(name: str):
-    """The module of a model family named on the command line."""
-    if name not in FAMILIES:
-        raise CommandError(f"unknown family {name!r}; choose from {', '.join(FAMILIES)}")
-    try:
-        return importlib.import_module(FAMILIES[name])
-    except ModuleNotFoundError as err:
-        raise CommandError(f"family {name!r} is not available in this version ({err})") from err
+def family_registration(name: str):
+    """The registered family named on the command line (a module name registers its own)."""
+    from latentjax import family
+
+    return family.resolve(name)
 
 
 def build_config(family: str, config_file: str | None, assignments) -> object:
@@ -55,7 +44,7 @@ def build_config(family: str, config_file: str | None, assignments) -> object:
 
     changes = load_toml(config_file) if config_file else {}
     changes.update(parse_assignments(assignments))
-    return make_config(family_module(family).Config, changes)
+    return make_config(family_registration(family).config_type, changes)
 
 
 def load_data(spec: str, args) -> tuple:
@@ -93,18 +82,55 @@ def load_data(spec: str, args) -> tuple:
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help=DATA_HELP)
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--bin-size", type=float, help="NWB: bin width in seconds")
     parser.add_argument("--align", help="NWB: trials-table column to align windows to")
     parser.add_argument(
         "--window", type=float, nargs=2, metavar=("BEFORE", "AFTER"), help="NWB: seconds"
     )
     parser.add_argument("--trial-length", type=float, help="NWB without trials: seconds")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of a built-in dataset")
+    parser.add_argument("--data-seed", type=int, help="seed of a built-in dataset (default 0)")
+
+
+def _fit_data(args) -> None:
+    """Fill `--data` with the family's default dataset when it is not given."""
+    if args.data is None:
+        args.data = family_registration(args.family).data
+    if args.data_seed is None:
+        args.data_seed = 0
+
+
+def _run_data(args) -> None:
+    """Fill the data flags of `infer`/`evaluate` from the run's `command.json` when `--data`
+    is not given."""
+    import json
+
+    if args.data is None:
+        path = Path(args.run) / _DATA_RECORD
+        if not path.exists():
+            raise CommandError(
+                f"--data: give the trials to use; {args.run} records no data of its own"
+            )
+        for name, value in json.loads(path.read_text()).items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    if args.data_seed is None:
+        args.data_seed = 0
+
+
+def _record_data(args, out) -> None:
+    import json
+
+    record = {name: getattr(args, name) for name in _DATA_FLAGS}
+    (Path(out) / _DATA_RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", help=f"model family: {', '.join(FAMILIES)}")
+    parser.add_argument(
+        "family",
+        help="model family: a registered name (see `latentjax families`) or a module that "
+        "registers one",
+    )
     parser.add_argument("--config", help="TOML file of Config fields ([train] table etc.)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
@@ -131,6 +157,7 @@ def cmd_fit(args) -> None:
     import latentjax as lj
 
     config = build_config(args.family, args.config, args.set)
+    _fit_data(args)
     trials, truth = load_data(args.data, args)
     train, valid = _split(trials, args.valid_fraction, args.seed)
     result = lj.fit(
@@ -142,6 +169,7 @@ def cmd_fit(args) -> None:
         out=args.out,
         progress=not args.no_progress,
     )
+    _record_data(args, args.out)
     from latentjax.report import complete_run
 
     outputs = complete_run(result, trials, truth=truth, seed=args.seed, report=not args.no_report)
@@ -156,6 +184,7 @@ def cmd_sweep(args) -> None:
     from latentjax.configs import parse_value
 
     config = build_config(args.family, args.config, args.set)
+    _fit_data(args)
     trials, _ = load_data(args.data, args)
     train, valid = _split(trials, args.valid_fraction, args.seed)
     grid = {}
@@ -175,6 +204,7 @@ def cmd_sweep(args) -> None:
         out=args.out,
         progress=not args.no_progress,
     )
+    _record_data(args, args.out)
     for index, result in enumerate(results):
         shown = [k for k in ("loss", "valid_loss", *grid) if np.ndim(result.history.get(k)) == 1]
         final = {k: float(result.history[k][-1]) for k in shown if len(result.history[k])}
@@ -187,7 +217,8 @@ def cmd_infer(args) -> None:
 
     import latentjax as lj
 
-    result = lj.load_run(args.run)
+    result = _one_result(lj.load_run(args.run), args.run)
+    _run_data(args)
     trials, _ = load_data(args.data, args)
     posterior = lj.infer(result, trials, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.run) / "posterior.npz"
@@ -198,7 +229,8 @@ def cmd_infer(args) -> None:
 def cmd_evaluate(args) -> None:
     import latentjax as lj
 
-    result = lj.load_run(args.run)
+    result = _one_result(lj.load_run(args.run), args.run)
+    _run_data(args)
     trials, truth = load_data(args.data, args)
     table = lj.evaluate(result, trials, truth=truth)
     from latentjax.report import write_evaluation
@@ -208,11 +240,30 @@ def cmd_evaluate(args) -> None:
     print(f"wrote {out}")
 
 
+def _one_result(results, run):
+    if isinstance(results, list):
+        raise CommandError(
+            f"--run: {run} holds a sweep of {len(results)} members; use lj.load_run in Python "
+            "and pick one (e.g. lj.best)"
+        )
+    return results
+
+
 def cmd_report(args) -> None:
     from latentjax.report import write_report
 
     path = write_report(args.run)
     print(f"wrote {path}")
+
+
+def cmd_families(args) -> None:
+    from latentjax import family
+
+    for name in family.names():
+        registration = family.get(name)
+        how = "gradient" if registration.trained_by_gradient else "fitter"
+        doc = (getattr(registration.family, "__doc__", "") or "").strip().splitlines()
+        print(f"{name:<12} {how:<8} data={registration.data:<12} {doc[0] if doc else ''}")
 
 
 def cmd_datasets(args) -> None:
@@ -315,6 +366,7 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("--run", required=True, help="run folder written by fit")
 
     add("datasets", cmd_datasets, "list the built-in synthetic datasets", "latentjax datasets")
+    add("families", cmd_families, "list the registered model families", "latentjax families")
 
     demo = add(
         "demo",

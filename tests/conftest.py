@@ -2,6 +2,7 @@
 ../shared/data beside the checkout; tests that need them skip when absent)."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # (about 15% faster on test_node + test_lfads; the compiled code is the same).
     flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+# One persistent XLA compilation cache for the test session, its xdist workers and the
+# command-line subprocesses they start: a program compiled by one is loaded by the others.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "latentjax-test-jax-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 SHARED_DATA = Path(
     os.environ.get("LATENTJAX_SHARED_DATA")
