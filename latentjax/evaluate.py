@@ -12,7 +12,7 @@ appear depends on what is available:
 | `rate_r2` | `truth["rates"]` is given and the posterior has rates | `rate_r2` |
 | `velocity_r2` | `trials.behavior` is present and there are >= 2 trials | `velocity_r2` |
 | `psth_r2` | `trials.conditions` is present and the posterior has rates | `psth_r2` |
-| `divergences`, `r_hat_max`, `ess_min` | extras `divergences`, `r_hat`, `ess` | sum, max, min |
+| MCMC `r_hat_max`, ... | the family has a `diagnostics` hook | `diagnostics(posterior)` |
 
 Held-out neurons (co-smoothing). `heldout` is a `Trials` of the same trials and bins as
 `trials`, holding the neurons withheld from the model. The posterior predicts their rates
@@ -29,17 +29,11 @@ import numpy as np
 
 from latentjax import metrics
 from latentjax.data import Trials
+from latentjax.family import hook
 from latentjax.metrics._checks import split_trials
 from latentjax.results import FitResult, Posterior
 
 __all__ = ["Evaluation", "evaluate"]
-
-_MCMC_DIAGNOSTICS = {
-    "divergences": ("divergences", np.sum),
-    "r_hat": ("r_hat_max", np.nanmax),
-    "ess": ("ess_min", np.nanmin),
-}
-"""Posterior extra -> (reported name, reduction over its entries)."""
 
 
 class Evaluation(dict):
@@ -212,7 +206,7 @@ def evaluate(
             all_rates, all_spikes, trials.conditions, dt=trials.dt, mask=mask
         )
 
-    for extra, (name, reduce) in _MCMC_DIAGNOSTICS.items():
-        if posterior.extras.get(extra) is not None:
-            results[name] = float(reduce(np.asarray(posterior.extras[extra])))
+    diagnostics = hook(posterior.family, "diagnostics")
+    if diagnostics is not None:
+        results.update({name: float(value) for name, value in diagnostics(posterior).items()})
     return results

@@ -49,6 +49,7 @@ __all__ = [
     "Family",
     "Registration",
     "get",
+    "hook",
     "names",
     "of_config",
     "register",
@@ -229,3 +230,11 @@ def of_config(config: Any) -> Registration:
             "no registered family; register its family with latentjax.family.register"
         )
     return registration
+
+
+def hook(name: str | None, hook_name: str) -> Callable | None:
+    """The optional hook `hook_name` (`figures`, `diagnostics`) of the family registered as
+    `name`, or None (no such family, or no such hook)."""
+    _load_built_in()
+    registration = _REGISTRY.get(name) if name is not None else None
+    return None if registration is None else getattr(registration.family, hook_name, None)

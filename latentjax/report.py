@@ -33,8 +33,10 @@ _FIGURE_ORDER = (
 )
 
 
-def make_figures(*, trials=None, posterior=None, truth=None, histories=None) -> dict:
-    """Name -> Figure for everything the inputs allow (see module docstring)."""
+def make_figures(*, trials=None, posterior=None, truth=None, histories=None, family=None) -> dict:
+    """Name -> Figure for everything the inputs allow (see module docstring), plus the
+    figures of the family's `figures(posterior, trials)` hook (`family`: its registered name,
+    default `posterior.family`)."""
     from latentjax import geometry, metrics, plot
 
     figures = {}
@@ -71,8 +73,11 @@ def make_figures(*, trials=None, posterior=None, truth=None, histories=None) -> 
                 dt=dt,
                 title=f"true (black) and inferred latents, held-out R² = {fitted.mean:.3f}",
             )
-    if "coupling" in getattr(posterior, "extras", {}) and hasattr(plot, "communication_graph"):
-        figures["communication"] = plot.communication_graph(posterior)
+    from latentjax.family import hook
+
+    family_figures = hook(family or posterior.family, "figures")
+    if family_figures is not None:
+        figures.update(family_figures(posterior, trials))
     return figures
 
 
@@ -122,6 +127,7 @@ def write_report(run_dir, *, trials=None, posterior=None, truth=None, result=Non
     run = Path(run_dir)
     if not run.is_dir():
         raise ValueError(f"write_report: `run_dir` {run} is not a folder")
+    family = _run_family(run)
     if posterior is None and (run / "posterior.npz").exists():
         with np.load(run / "posterior.npz") as arrays:
             posterior = Posterior.from_numpy(dict(arrays))
@@ -135,13 +141,24 @@ def write_report(run_dir, *, trials=None, posterior=None, truth=None, result=Non
     figure_dir = run / "figures"
     figure_dir.mkdir(exist_ok=True)
     for name, figure in make_figures(
-        trials=trials, posterior=posterior, truth=truth, histories=histories
+        trials=trials, posterior=posterior, truth=truth, histories=histories, family=family
     ).items():
         figure.savefig(figure_dir / f"{name}.png", dpi=100)
 
     path = run / "report.html"
     path.write_text(_html(run, sorted(figure_dir.glob("*.png"), key=_figure_rank)))
     return path
+
+
+def _run_family(run: Path) -> str | None:
+    """The registered name of the family of the run in `run`, from its `config.json`."""
+    from latentjax import family
+    from latentjax.train.run import config_from_json
+
+    record = _read_json(run / "config.json")
+    if record is None:
+        return None
+    return family.of_config(config_from_json(record["config"])).name
 
 
 def _figure_rank(path: Path) -> tuple[int, str]:

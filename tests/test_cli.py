@@ -1,6 +1,7 @@
 """Every `latentjax` subcommand on tiny data: outputs written, errors one line."""
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -9,12 +10,26 @@ import sys
 
 import numpy as np
 import pytest
+import train_toy as toy
 from matplotlib.image import imread
 
 import latentjax as lj
 from latentjax.cli import main
 
 TINY = "lorenz:num_trials=12,num_bins=30,num_neurons=8"
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedsSize(toy.Config):
+    size: int = dataclasses.field(kw_only=True)  # a required setting without a default
+
+
+class NeedsSizeFamily:
+    Config = NeedsSize
+    init, loss, validation_loss, posterior = toy.init, toy.loss, toy.validation_loss, toy.posterior
+
+
+lj.family.register("needs_size", NeedsSizeFamily)
 
 
 def run(capsys, *argv):
@@ -171,7 +186,7 @@ def test_demo_quick_writes_report(tmp_path, capsys):
     "argv, message",
     [
         (["fit", "nosuch", "--data", TINY, "--out", "x"], "unknown family 'nosuch'"),
-        (["fit", "lds", "--data", TINY, "--out", "x"], "needs `latent_dim`"),
+        (["fit", "needs_size", "--data", TINY, "--out", "x"], "needs `size` (e.g. --set size=...)"),
         (
             ["fit", "lds", "--data", "missing.npz", "--out", "x", "--set", "latent_dim=2"],
             "no such file",
@@ -211,32 +226,10 @@ def test_console_script_help(capsys):
         [sys.executable, "-m", "latentjax.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    commands = ("fit", "sweep", "infer", "evaluate", "report", "datasets", "demo")
+    commands = ("fit", "sweep", "infer", "evaluate", "report", "families", "datasets", "demo")
     for command in commands:
         assert command in result.stdout
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "example" in capsys.readouterr().out
-
-
-@pytest.mark.slow  # ~1 min each; test_multiregion and test_dlag cover both families
-@pytest.mark.parametrize("family", ["dlag", "coupled_lds"])
-def test_fit_multiregion_families(family, tmp_path, capsys):
-    """The multi-region families train from the command line on built-in region data."""
-    steps = {"dlag": ["--steps", "2"], "coupled_lds": ["--set", "num_warmup=5", "--steps", "10"]}
-    code, _, err = run(
-        capsys,
-        "fit",
-        family,
-        "--data",
-        "multiregion:num_trials=8,num_bins=20,neurons_per_region=6",
-        "--out",
-        str(tmp_path / family),
-        *steps[family],
-        "--valid-fraction",
-        "0",
-        "--no-progress",
-    )
-    assert code == 0, err
-    assert (tmp_path / family / "report.html").exists()

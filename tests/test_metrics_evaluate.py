@@ -91,8 +91,12 @@ def test_mcmc_diagnostics_and_latent_only_posteriors():
         "r_hat": np.array([1.0, 1.07]),
         "ess": np.array([350.0, 90.0]),
     }
-    result = lj.evaluate(lj.Posterior(np.zeros((4, 10, 2)), extras=extras), trials)
+    posterior = lj.Posterior(np.zeros((4, 10, 2)), extras=extras, family="coupled_lds")
+    result = lj.evaluate(posterior, trials)  # from coupled_lds's `diagnostics` hook
     assert result == {"divergences": 3.0, "r_hat_max": 1.07, "ess_min": 90.0}
+    # evaluate itself reads no family's extras: without the family, no diagnostics
+    unnamed = lj.Posterior(np.zeros((4, 10, 2)), extras=extras)
+    assert str(lj.evaluate(unnamed, trials)) == "(no metric applies)"
     assert str(lj.evaluate(lj.Posterior(np.zeros((4, 10, 2))), trials)) == "(no metric applies)"
 
 
