@@ -102,7 +102,7 @@ class Config:
         with different seeds start from different dynamics.
     """
 
-    latent_dim: int
+    latent_dim: int = 3
     train: TrainConfig = TrainConfig(steps=100, chunk_size=25)
     init: str = "pca"
     transform: str = "none"

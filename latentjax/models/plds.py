@@ -67,7 +67,7 @@ class Config:
       init_jitter: scale of the random perturbation of the initial dynamics (knob).
     """
 
-    latent_dim: int
+    latent_dim: int = 3
     link: str = "exp"
     train: TrainConfig = TrainConfig(steps=50, chunk_size=10)
     newton_iters: int = 5
