@@ -62,7 +62,6 @@ __all__ = [
     "Config",
     "EMState",
     "FilterResult",
-    "LatentDimSelection",
     "Params",
     "SmootherResult",
     "canonicalize",
@@ -73,7 +72,6 @@ __all__ = [
     "params_from_arrays",
     "posterior",
     "sample",
-    "select_latent_dim",
     "smoother",
 ]
 
@@ -707,91 +705,3 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
         rates=rates,
         extras={"covariances": smoothed.covariances, "log_likelihood": smoothed.log_likelihood},
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Model selection
-
-
-@functools.partial(jax.jit, static_argnames=("config", "num_iters"))
-def _fit_restarts(params, trials, config: Config, num_iters: int):
-    """EM from a stack of initial params `[restarts, ...]`: one vmapped compiled scan."""
-    em = fitter(config)
-
-    def one(initial):
-        def body(state, _):
-            return em.step(state, trials, None)
-
-        state, info = jax.lax.scan(body, em.init(initial, trials), None, length=num_iters)
-        return state.params, info["log_likelihood"]
-
-    return jax.vmap(one)(params)
-
-
-class LatentDimSelection(NamedTuple):
-    """Held-out log-likelihood of every latent dimensionality and restart.
-
-    Attributes:
-      dims: `[D]` latent dimensionalities tried; seeds: `[S]` restart seeds.
-      valid_log_likelihood: `[D, S]` held-out log-likelihood per observed entry.
-      best_dim: the dimensionality with the highest mean over restarts.
-      params: `{dim: Params}` of the best restart of each dimensionality.
-    """
-
-    dims: tuple
-    seeds: tuple
-    valid_log_likelihood: np.ndarray
-    best_dim: int
-    params: dict
-
-    def spread(self) -> np.ndarray:
-        """`[D]` standard deviation over restarts."""
-        return self.valid_log_likelihood.std(axis=1)
-
-
-def select_latent_dim(
-    train, valid, dims, seeds=(0, 1, 2), *, config: Config | None = None, num_iters: int = 100
-) -> LatentDimSelection:
-    """Fit every latent dimensionality in `dims` from every seed (restarts vmapped, one compile
-    per dimensionality) and choose by held-out log-likelihood on `valid`.
-
-    Args:
-      train, valid: `Trials` with the same neurons.
-      dims: latent dimensionalities to try.
-      seeds: restart seeds (random perturbations of the initial dynamics, `init_jitter`).
-      config: settings shared by every fit (its `latent_dim` is replaced); default `Config`.
-      num_iters: EM iterations per fit.
-
-    Example:
-      >>> choice = lds.select_latent_dim(train, valid, dims=(2, 4, 8))   # doctest: +SKIP
-      >>> choice.best_dim, choice.spread()                               # doctest: +SKIP
-    """
-    dims, seeds = tuple(int(d) for d in dims), tuple(int(s) for s in seeds)
-    if not dims or min(dims) < 1:
-        raise ValueError(f"select_latent_dim: `dims` must be positive ints, got {dims}")
-    if not seeds:
-        raise ValueError("select_latent_dim: `seeds` must hold at least one seed")
-    if train.num_neurons != valid.num_neurons:
-        raise ValueError(
-            f"select_latent_dim: `valid` has {valid.num_neurons} neurons, `train` has "
-            f"{train.num_neurons}"
-        )
-    if not isinstance(num_iters, (int, np.integer)) or num_iters < 1:
-        raise ValueError(
-            f"select_latent_dim: `num_iters` must be a positive int, got {num_iters!r}"
-        )
-    base = Config(latent_dim=1) if config is None else config
-    num_entries = float(np.sum(valid.mask)) * valid.num_neurons
-    scores, best_params = np.zeros((len(dims), len(seeds))), {}
-    for i, dim in enumerate(dims):
-        dim_config = dataclasses.replace(base, latent_dim=dim)
-        initial = [init(jax.random.PRNGKey(s), dim_config, train) for s in seeds]
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *initial)
-        fitted, _ = _fit_restarts(stacked, train, dim_config, int(num_iters))
-        for j in range(len(seeds)):
-            member = jax.tree.map(lambda leaf, j=j: leaf[j], fitted)
-            scores[i, j] = float(log_likelihood(member, valid, dim_config).sum()) / num_entries
-        best = int(np.nanargmax(scores[i]))
-        best_params[dim] = jax.tree.map(lambda leaf, best=best: leaf[best], fitted)
-    best_dim = dims[int(np.nanargmax(np.nanmean(scores, axis=1)))]
-    return LatentDimSelection(dims, seeds, scores, best_dim, best_params)
