@@ -105,10 +105,13 @@ __all__ = [
     "SampledParams",
     "Statistics",
     "VariationalParams",
+    "diagnostics",
+    "figures",
     "fitter",
     "init",
     "model",
     "posterior",
+    "uses_optimizer",
 ]
 
 _INFERENCE = ("nuts", "svi")
@@ -126,7 +129,8 @@ class Config:
         `noise_correction`, more lags let the noisy own past predict the region's state
         better, so fewer spurious edges).
       inference: "nuts" (MCMC, small problems) or "svi" (mean-field variational, large ones).
-      num_warmup: NUTS warm-up transitions; `train.steps - num_warmup` draws are kept.
+      num_warmup: NUTS warm-up transitions; `train.steps - num_warmup` draws are kept. None:
+        half of `train.steps`, as Stan's default (see `nuts_warmup`).
       num_chains: NUTS chains (R-hat needs >= 2).
       target_accept: NUTS target acceptance probability (dual averaging).
       max_tree_depth: NUTS maximum tree depth.
@@ -147,7 +151,7 @@ class Config:
     delays: tuple[int, ...] = (1, 2, 3)
     own_lags: int = 1
     inference: str = "nuts"
-    num_warmup: int = 300
+    num_warmup: int | None = None
     num_chains: int = 2
     target_accept: float = 0.95
     max_tree_depth: int = 8
@@ -167,10 +171,11 @@ class Config:
                     f"coupled_lds.Config: `{name}` must be a positive int, got {value!r}"
                 )
 
+        if self.num_warmup is not None:
+            positive_int("num_warmup")
         for name in (
             "latent_dim",
             "own_lags",
-            "num_warmup",
             "num_chains",
             "max_tree_depth",
             "svi_draws",
@@ -212,13 +217,18 @@ class Config:
             raise ValueError(
                 f"coupled_lds.Config: `coupling_scale` must be > 0, got {self.coupling_scale!r}"
             )
-        if self.inference == "nuts" and self.train.steps <= self.num_warmup:
+        if self.inference == "nuts" and self.train.steps <= self.nuts_warmup:
             raise ValueError(
                 f"coupled_lds.Config: `train.steps` ({self.train.steps}) must exceed `num_warmup` "
-                f"({self.num_warmup}) for NUTS: the draws kept are steps - num_warmup"
+                f"({self.nuts_warmup}) for NUTS: the draws kept are steps - num_warmup"
             )
         if self.inference == "svi" and self.train.batch_size is not None:
             raise ValueError("coupled_lds.Config: SVI uses every trial; set train.batch_size=None")
+
+    @property
+    def nuts_warmup(self) -> int:
+        """NUTS warm-up transitions: `num_warmup`, or half of `train.steps` when None."""
+        return self.train.steps // 2 if self.num_warmup is None else self.num_warmup
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +449,7 @@ def init(key, config: Config, trials) -> SampledParams | VariationalParams:
         loc = {name: jnp.zeros(shape) for name, shape in shapes.items()}
         log_scale = {name: jnp.full(shape, -2.0) for name, shape in shapes.items()}
         return VariationalParams(projection, loc, log_scale)
-    chains, draws = config.num_chains, config.train.steps - config.num_warmup
+    chains, draws = config.num_chains, config.train.steps - config.nuts_warmup
     jitter = {
         name: jax.random.uniform(keys[name], (chains, *shape), minval=-0.1, maxval=0.1)
         for name, shape in shapes.items()
@@ -528,7 +538,7 @@ def _nuts_kernels(config: Config, num_regions: int):
     def initialise(position, stats, key):
         return init_kernel(
             position,
-            config.num_warmup,
+            config.nuts_warmup,
             target_accept_prob=config.target_accept,
             max_tree_depth=config.max_tree_depth,
             model_args=(stats,),
@@ -558,7 +568,7 @@ def _nuts_fitter(config: Config) -> Fitter:
         chains = jax.vmap(lambda c: sample_kernel(c, model_args=(stats,)))(chains)
 
         draws = params.diverging.shape[1]
-        index = chains.i[0] - 1 - config.num_warmup
+        index = chains.i[0] - 1 - config.nuts_warmup
         keep = (index >= 0) & (index < draws)
         slot = jnp.clip(index, 0, draws - 1)
 
@@ -739,3 +749,27 @@ def posterior(params, trials, config: Config, key=None, **options) -> Posterior:
         extras.update(divergences=diverging.sum(axis=1), r_hat=r_hat, ess=ess)
     rates = _regions.reconstruct(params.projection, latents, trials.continuous)
     return Posterior(latents=latents, rates=rates, extras=extras)
+
+
+uses_optimizer = True
+"""SVI reads `train.learning_rate` (NUTS ignores it), so a sweep over it is allowed."""
+
+
+def figures(posterior: Posterior, trials) -> dict:
+    """Family figures for the report: the inferred communication graph."""
+    from latentjax.plot.communication import communication_graph
+
+    return {"communication": communication_graph(posterior)}
+
+
+def diagnostics(posterior: Posterior) -> dict[str, float]:
+    """MCMC diagnostics for `lj.evaluate` (NUTS fits): total divergent transitions, the
+    largest split R-hat and the smallest effective sample size over every parameter."""
+    extras = posterior.extras
+    if extras.get("divergences") is None:
+        return {}
+    return {
+        "divergences": float(np.sum(extras["divergences"])),
+        "r_hat_max": float(np.nanmax(extras["r_hat"])),
+        "ess_min": float(np.nanmin(extras["ess"])),
+    }
