@@ -216,3 +216,20 @@ def test_fit_recovers_true_edges(name):
 def test_fit_recovers_true_edges_more_seeds(name, seed):
     true, absent = _fit_and_check(name, seed=seed, num_trials=100, num_bins=100, steps=800)
     assert true > 1.5 * absent, (true, absent)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_validation_loss_is_the_poisson_nll_per_observed_entry_without_the_penalty(name, small):
+    from scipy.stats import poisson
+
+    family = FAMILIES[name]
+    config = _config(family, 1, edge_penalty=0.5)
+    params = family.init(jax.random.PRNGKey(3), config, small)
+    rates = np.asarray(family.posterior(params, small, config).rates, np.float64)
+    logpmf = poisson.logpmf(np.asarray(small.spikes), rates)
+    expected = -logpmf[np.asarray(small.mask)].mean()
+    got, aux = family.validation_loss(params, small, None, config, 0)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    total, parts = family.loss(params, small, None, config, 0)
+    assert float(parts["penalty"]) > 0
+    np.testing.assert_allclose(float(total) - float(parts["penalty"]), float(got), rtol=1e-5)

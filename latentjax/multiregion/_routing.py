@@ -42,7 +42,15 @@ from latentjax.nn.readouts import log_likelihood
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig, knob
 
-__all__ = ["RoutingConfig", "init_shared", "loss", "membership", "posterior", "predict"]
+__all__ = [
+    "RoutingConfig",
+    "init_shared",
+    "loss",
+    "membership",
+    "posterior",
+    "predict",
+    "validation_loss",
+]
 
 # route(routing_params, states [R, K]) -> (weights [R, R] >= 0 (s -> r), record per bin)
 Route = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
@@ -155,16 +163,28 @@ def predict(params: dict, trials: Trials, route: Route):
     )
 
 
-def loss(params: dict, batch: Trials, route: Route, penalty: Callable) -> tuple:
-    """Mean negative Poisson log-likelihood per observed bin and neuron, plus
-    `penalty(weights [B, T, R, R])`; aux `{"nll", "penalty"}`."""
+def _nll(params: dict, batch: Trials, route: Route):
+    """Mean negative Poisson log-likelihood per observed bin and neuron, and the weights."""
     log_rates, _, _, weights, _ = predict(params, batch, route)
     spikes = jnp.asarray(batch.spikes, jnp.float32)
     mask = jnp.asarray(batch.mask, jnp.float32)[..., None]
     ll = log_likelihood("poisson", log_rates[..., None, :], spikes)
-    nll = -jnp.sum(ll * mask) / (jnp.sum(mask) * spikes.shape[-1])
+    return -jnp.sum(ll * mask) / (jnp.sum(mask) * spikes.shape[-1]), weights
+
+
+def loss(params: dict, batch: Trials, route: Route, penalty: Callable) -> tuple:
+    """Mean negative Poisson log-likelihood per observed bin and neuron, plus
+    `penalty(weights [B, T, R, R])`; aux `{"nll", "penalty"}`."""
+    nll, weights = _nll(params, batch, route)
     edge_penalty = penalty(weights)
     return nll + edge_penalty, {"nll": nll, "penalty": edge_penalty}
+
+
+def validation_loss(params: dict, trials: Trials, route: Route) -> tuple:
+    """The held-out negative Poisson log-likelihood per observed bin and neuron (no edge
+    penalty: that is a training-only term); aux `{"nll"}`."""
+    nll, _ = _nll(params, trials, route)
+    return nll, {"nll": nll}
 
 
 def check_posterior_trials(caller: str, params: dict, trials) -> None:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from latentjax.multiregion import _routing
 from latentjax.results import Posterior
 
-__all__ = ["Config", "edge_strengths", "init", "loss", "posterior"]
+__all__ = ["Config", "edge_strengths", "init", "loss", "posterior", "validation_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,11 @@ def loss(params: dict, batch, key, config: Config, step) -> tuple:
         return config.edge_penalty * jnp.sum(edge_strengths(params))
 
     return _routing.loss(params, batch, _route, penalty)
+
+
+def validation_loss(params: dict, trials, key, config: Config, step) -> tuple:
+    """Held-out negative Poisson log-likelihood per observed bin and neuron (no penalty)."""
+    return _routing.validation_loss(params, trials, _route)
 
 
 def posterior(params: dict, trials, config: Config, key=None) -> Posterior:
