@@ -48,6 +48,7 @@ __all__ = [
     "init",
     "posterior",
     "smooth_spikes",
+    "validation_loss",
 ]
 
 
@@ -58,7 +59,8 @@ class Config:
     Attributes:
       kernel_sd: standard deviation of the Gaussian kernel, seconds (NLB uses 0.03 to 0.06).
       heldout_neurons: indices (into the training trials' neurons) of the held-out neurons
-        whose rates the GLM predicts; e.g. the NLB held-out units.
+        whose rates the GLM predicts; e.g. the NLB held-out units. Empty (the default): the
+        model only smooths, and its validation score is the leave-one-bin-out prediction.
       truncate: the kernel reaches `truncate` standard deviations each side.
       log_offset: added to the smoothed rates before the log (nlb_tools uses 1e-4).
       train: loop settings; `train.steps` Newton iterations of the GLM.
@@ -126,6 +128,13 @@ def _convolve_time(values: jax.Array, kernel: np.ndarray) -> jax.Array:
     return jax.vmap(convolve, in_axes=(1, None), out_axes=1)(padded, jnp.asarray(kernel))
 
 
+def _leave_centre_out(kernel: np.ndarray) -> np.ndarray:
+    """The kernel without its centre tap: each bin predicted from its neighbours only."""
+    kernel = kernel.copy()
+    kernel[kernel.shape[0] // 2] = 0.0
+    return kernel
+
+
 def _smooth_trial(spikes: jax.Array, mask: jax.Array, kernel: np.ndarray) -> jax.Array:
     """Mask-normalised smoothing of one trial `[time, neurons]`."""
     observed = mask.astype(spikes.dtype)[:, None]
@@ -134,9 +143,10 @@ def _smooth_trial(spikes: jax.Array, mask: jax.Array, kernel: np.ndarray) -> jax
     return jnp.where(weight > 0, total / jnp.where(weight > 0, weight, 1.0), 0.0)
 
 
-def _smooth(spikes, mask, dt: float, kernel_sd: float, truncate: float) -> jax.Array:
+def _smooth(spikes, mask, dt: float, kernel_sd: float, truncate: float, *, leave_out=False):
     spikes = jnp.asarray(spikes, dtype=jnp.result_type(float))
     kernel = _kernel(dt, kernel_sd, truncate)
+    kernel = _leave_centre_out(kernel) if leave_out else kernel
     return jax.vmap(_smooth_trial, in_axes=(0, 0, None))(spikes, jnp.asarray(mask), kernel)
 
 
@@ -238,12 +248,7 @@ def _check_trials(function: str, config: Config, trials: Any) -> None:
         raise ValueError(f"smoothing.{function}: `trials` must be lj.Trials, got {type(trials)}")
     if trials.continuous:
         raise ValueError(f"smoothing.{function}: `trials` must hold spike counts")
-    if not config.heldout_neurons:
-        raise ValueError(
-            f"smoothing.{function}: `config.heldout_neurons` is empty; name the held-out "
-            "neurons whose rates the GLM predicts"
-        )
-    if (
+    if config.heldout_neurons and (
         max(config.heldout_neurons) >= trials.num_neurons
         or len(config.heldout_neurons) >= trials.num_neurons
     ):
@@ -286,6 +291,31 @@ def fitter(config: Config) -> Fitter:
         return ReadoutState(ReadoutParams(weights, bias)), {"loss": values.sum()}
 
     return Fitter(init_state, step)
+
+
+def validation_loss(params: ReadoutParams, trials: Trials, key, config: Config, step):
+    """Held-out Poisson negative log-likelihood per observed entry (log y! included).
+
+    With held-out neurons: their GLM rates on `trials` (the co-smoothing score, as nlb_tools
+    selects the kernel). Without: every neuron's rate predicted from its neighbouring bins
+    (the smoothed spikes with the kernel's centre left out), a cross-validated score of
+    `kernel_sd`. aux `{"nll"}`.
+    """
+    del key, step
+    spikes = jnp.asarray(trials.spikes, dtype=jnp.result_type(float))
+    heldin, heldout = _split_neurons(config, spikes.shape[2])
+    if heldout.size:
+        features = _features(spikes[:, :, heldin], trials.mask, trials.dt, config)
+        rates, counts = jnp.exp(features @ params.weights + params.bias), spikes[:, :, heldout]
+    else:
+        smoothed = _smooth(
+            spikes, trials.mask, trials.dt, config.kernel_sd, config.truncate, leave_out=True
+        )
+        rates, counts = smoothed + config.log_offset, spikes
+    observed = jnp.asarray(trials.mask, spikes.dtype)[..., None]
+    nll = rates - counts * jnp.log(rates) + jax.scipy.special.gammaln(counts + 1)
+    nll = jnp.sum(nll * observed) / (jnp.sum(observed) * counts.shape[-1])
+    return nll, {"nll": nll}
 
 
 def posterior(
