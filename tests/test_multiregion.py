@@ -94,26 +94,17 @@ def test_coupled_lds_config_validation():
         coupled_lds.init(None, coupled_lds.Config(latent_dim=3, projection="none"), trials)
 
 
-def test_coupled_lds_likelihood_matches_direct_regression():
-    """The sufficient-statistics likelihood equals a direct lagged-regression Gaussian density."""
-    import jax.numpy as jnp
+def _direct_log_likelihoods(latents, sites, delays=(1, 2)):
+    """`[R, C]` log-likelihood of each target region and delay combination, by a direct
+    lagged regression (own lag 1, 2 latents per region, 3 regions, largest lag 2)."""
     from scipy.stats import norm
 
-    rng = np.random.default_rng(0)
-    latents = rng.standard_normal((3, 20, 6))
-    mask = np.ones((3, 20), bool)
-    config = coupled_lds.Config(delays=(1, 2), own_lags=1)
-    stats = coupled_lds.statistics(jnp.asarray(latents), jnp.asarray(mask), 2)
-    sites = {
-        "own_dynamics": jnp.asarray(rng.standard_normal((3, 2, 2))),
-        "coupling": jnp.asarray(rng.standard_normal((3, 3, 2, 2))),
-        "noise_scale": jnp.asarray(rng.uniform(0.5, 2.0, (3, 2))),
-    }
-    log_lik = np.asarray(coupled_lds.combination_log_likelihoods(sites, stats, config))
-    lags, _, _ = coupled_lds._combinations(3, 2, (1, 2), 1)
+    lags, _, _ = coupled_lds._combinations(3, 2, delays, 1)
+    num_bins = latents.shape[1]
+    log_lik = np.zeros(lags.shape[:2])
     for target in range(3):
         for combo in range(lags.shape[1]):
-            predicted = np.zeros((3, 18, 2))
+            predicted = np.zeros((latents.shape[0], num_bins - 2, 2))
             for source in range(3):
                 lag = 1 if source == target else lags[target, combo, source]
                 block = np.asarray(
@@ -121,12 +112,73 @@ def test_coupled_lds_likelihood_matches_direct_regression():
                     if source == target
                     else sites["coupling"][source, target]
                 )
-                predicted += latents[:, 2 - lag : 20 - lag, 2 * source : 2 * source + 2] @ block.T
+                window = latents[:, 2 - lag : num_bins - lag, 2 * source : 2 * source + 2]
+                predicted += window @ block.T
             observed = latents[:, 2:, 2 * target : 2 * target + 2]
-            expected = norm.logpdf(
-                observed, predicted, np.asarray(sites["noise_scale"][target])
-            ).sum()
-            np.testing.assert_allclose(log_lik[target, combo], expected, rtol=1e-4)
+            scale = np.asarray(sites["noise_scale"][target])
+            log_lik[target, combo] = norm.logpdf(observed, predicted, scale).sum()
+    return log_lik
+
+
+def _random_sites(rng):
+    import jax.numpy as jnp
+
+    return {
+        "own_dynamics": jnp.asarray(rng.standard_normal((3, 2, 2))),
+        "coupling": jnp.asarray(rng.standard_normal((3, 3, 2, 2))),
+        "noise_scale": jnp.asarray(rng.uniform(0.5, 2.0, (3, 2))),
+    }
+
+
+def test_coupled_lds_likelihood_matches_direct_regression():
+    """The sufficient-statistics likelihood equals a direct lagged-regression Gaussian density."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((3, 20, 6))
+    mask = np.ones((3, 20), bool)
+    config = coupled_lds.Config(delays=(1, 2), own_lags=1)
+    stats = coupled_lds.statistics(jnp.asarray(latents), jnp.asarray(mask), 2)
+    sites = _random_sites(rng)
+    log_lik = np.asarray(coupled_lds.combination_log_likelihoods(sites, stats, config))
+    np.testing.assert_allclose(log_lik, _direct_log_likelihoods(latents, sites), rtol=1e-4)
+
+
+@pytest.mark.parametrize("inference", ["svi", "nuts"])
+def test_coupled_lds_validation_loss_is_the_posterior_predictive_nll_per_entry(inference):
+    """SVI with a point-mass posterior: -log p(latents | theta) per entry; NUTS with no draw
+    kept yet: -log of the mean over the two chains' current states."""
+    import jax
+    import jax.numpy as jnp
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(1)
+    latents = rng.standard_normal((3, 20, 6))
+    trials = lj.Trials(latents, 0.01, regions=np.repeat(["R0", "R1", "R2"], 2), continuous=True)
+    config = coupled_lds.Config(
+        latent_dim=2, delays=(1, 2), own_lags=1, projection="none", noise_correction=False,
+        inference=inference, train=lj.train.TrainConfig(steps=4),
+    )  # fmt: skip
+    params = coupled_lds.init(jax.random.PRNGKey(0), config, trials)
+    draws = [_random_sites(rng) for _ in range(1 if inference == "svi" else 2)]
+    unconstrained = {
+        name: jnp.stack([d[name] if name != "noise_scale" else jnp.log(d[name]) for d in draws])
+        for name in draws[0]
+    }
+    if inference == "svi":
+        loc = {name: value[0] for name, value in unconstrained.items()}
+        log_scale = {name: jnp.full_like(value, -30.0) for name, value in loc.items()}
+        params = params._replace(loc=loc, log_scale=log_scale)
+    else:
+        assert int(params.drawn) == 0
+        params = params._replace(position=unconstrained)
+    got, _ = coupled_lds.validation_loss(params, trials, jax.random.PRNGKey(1), config, 0)
+
+    per_draw = [
+        np.sum(logsumexp(_direct_log_likelihoods(latents, d), axis=-1) - np.log(4)) for d in draws
+    ]  # 2 sources x 2 delays: 4 combinations per target
+    expected = -(logsumexp(per_draw) - np.log(len(draws))) / (3 * 18 * 6)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-4)
 
 
 def _check_recovery(posterior, truth):

@@ -112,6 +112,7 @@ __all__ = [
     "model",
     "posterior",
     "uses_optimizer",
+    "validation_loss",
 ]
 
 _INFERENCE = ("nuts", "svi")
@@ -668,6 +669,52 @@ def _diagnostics(values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     """Split R-hat and ESS of every scalar in `{name: [chains, draws, ...]}` (concatenated)."""
     flat = np.concatenate([v.reshape(v.shape[0], v.shape[1], -1) for v in values.values()], -1)
     return split_gelman_rubin(flat), effective_sample_size(flat)
+
+
+_VALIDATION_DRAWS = 16
+"""Draws of the variational posterior (SVI) in the validation score."""
+
+
+def validation_loss(params, trials, key, config: Config, step) -> tuple:
+    """Held-out negative log posterior predictive density of the region latents of `trials`,
+    per latent entry: `-log mean_s p(latents | theta_s) / (rows * R * K)`, with each
+    `p(latents | theta)` the model's likelihood (delay combinations marginalised, as in
+    `model`). NUTS: the draws kept so far and every chain's current state; SVI:
+    `_VALIDATION_DRAWS` draws of the variational posterior. aux `{"nll"}`.
+    """
+    del step
+    stats = _data_statistics(params.projection, trials, config)
+    if isinstance(params, SampledParams):
+        chains, draws = params.diverging.shape
+        kept = jnp.broadcast_to(jnp.arange(draws) < params.drawn, (chains, draws)).reshape(-1)
+        unconstrained = {
+            name: jnp.concatenate(
+                [value.reshape(chains * draws, *value.shape[2:]), params.position[name]]
+            )
+            for name, value in params.samples.items()
+        }
+        valid = jnp.concatenate([kept, jnp.ones(chains, bool)])
+    else:
+        keys = jax.random.split(key, len(params.loc))
+        unconstrained = {
+            name: params.loc[name]
+            + jnp.exp(params.log_scale[name])
+            * jax.random.normal(k, (_VALIDATION_DRAWS, *params.loc[name].shape))
+            for name, k in zip(sorted(params.loc), keys, strict=True)
+        }
+        valid = jnp.ones(_VALIDATION_DRAWS, bool)
+    num_regions, latent_dim = unconstrained["own_dynamics"].shape[1:3]
+    sites = constrain(unconstrained, num_regions, config)
+
+    def log_likelihood(draw):
+        per_combination = combination_log_likelihoods(draw, stats, config)  # [R, C]
+        marginal = jax.nn.logsumexp(per_combination, axis=-1) - jnp.log(per_combination.shape[-1])
+        return marginal.sum()
+
+    log_lik = jax.vmap(log_likelihood)(sites)
+    predictive = jax.nn.logsumexp(jnp.where(valid, log_lik, -jnp.inf)) - jnp.log(valid.sum())
+    nll = -predictive / (stats.rows * num_regions * latent_dim)
+    return nll, {"nll": nll}
 
 
 def posterior(params, trials, config: Config, key=None, **options) -> Posterior:
