@@ -538,8 +538,16 @@ def _dummy_trials(record: dict | None):
     if "sessions" in record:
         return tuple(_dummy_trials(session) for session in record["sessions"])
     num_trials, num_bins, _ = record["shape"]
+    # placeholder values with some variance, so that host-code inits (PCA, factor analysis)
+    # called on them to learn the parameter shapes do not meet a singular matrix
+    rng = np.random.default_rng(0)
+    values = (
+        rng.normal(size=record["shape"])
+        if record["continuous"]
+        else rng.poisson(1.0, record["shape"])
+    )
     return Trials(
-        np.zeros(record["shape"], np.dtype(record["dtypes"]["spikes"])),
+        values.astype(np.dtype(record["dtypes"]["spikes"])),
         record["dt"],
         behavior=None
         if record["behavior_dims"] is None

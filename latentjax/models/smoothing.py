@@ -238,9 +238,10 @@ def _design(config: Config, data: Trials) -> tuple[jax.Array, jax.Array, jax.Arr
     heldin, heldout = _split_neurons(config, data.spikes.shape[2])
     spikes = jnp.asarray(data.spikes, dtype=jnp.result_type(float))
     features = _features(spikes[:, :, heldin], data.mask, data.dt, config)
-    counts = spikes[:, :, heldout].reshape(-1, heldout.shape[0])
-    observed = jnp.asarray(data.mask, spikes.dtype).reshape(-1)
-    return features.reshape(-1, heldin.shape[0]), counts, observed
+    num_bins = spikes.shape[0] * spikes.shape[1]
+    counts = spikes[:, :, heldout].reshape(num_bins, heldout.shape[0])
+    observed = jnp.asarray(data.mask, spikes.dtype).reshape(num_bins)
+    return features.reshape(num_bins, heldin.shape[0]), counts, observed
 
 
 def _check_trials(function: str, config: Config, trials: Any) -> None:

@@ -666,8 +666,12 @@ def _per_draw(sites: dict, stats: Statistics, config: Config):
 
 
 def _diagnostics(values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Split R-hat and ESS of every scalar in `{name: [chains, draws, ...]}` (concatenated)."""
+    """Split R-hat and ESS of every scalar in `{name: [chains, draws, ...]}` (concatenated);
+    NaN with fewer than 4 draws per chain (split R-hat needs two halves of two)."""
     flat = np.concatenate([v.reshape(v.shape[0], v.shape[1], -1) for v in values.values()], -1)
+    if flat.shape[1] < 4:
+        nan = np.full(flat.shape[2:], np.nan)
+        return nan, nan
     return split_gelman_rubin(flat), effective_sample_size(flat)
 
 
