@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +45,7 @@ from dynamax.linear_gaussian_ssm.inference import (
     lgssm_joint_sample,
 )
 
+from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import (
     FilterResult,
     LatentPrior,
@@ -54,13 +54,19 @@ from latentjax.nn.kalman import (
     filter_potentials,
     smooth_potentials,
 )
+from latentjax.nn.linear_gaussian import (
+    augment,
+    emission_potentials,
+    prior_m_step,
+    second_moment,
+    subspace_init,
+)
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig
 from latentjax.train.fitter import Fitter
 
 __all__ = [
     "Config",
-    "EMState",
     "FilterResult",
     "Params",
     "SmootherResult",
@@ -243,22 +249,10 @@ def _latent_prior(params: Params, inputs) -> LatentPrior:
 
 def _potentials(params: Params, signals, bin_mask, inputs, entry_mask=None) -> Potentials:
     """Observation potentials of one trial `[T, N]` (entry_mask `[T, N]` or None)."""
-    emissions = params.emissions
-    weights_c, inverse_noise = emissions.weights, 1.0 / emissions.cov
-    centred = signals - emissions.bias - inputs @ emissions.input_weights.T
-    weight = bin_mask.astype(centred.dtype)
-    if entry_mask is None:
-        observed = jnp.broadcast_to(weight[:, None], centred.shape)
-        precision = weights_c.T @ (inverse_noise[:, None] * weights_c)
-    else:
-        observed = weight[:, None] * entry_mask
-        precision = jnp.einsum("tn,nk,nl->tkl", observed * inverse_noise, weights_c, weights_c)
-    centred = jnp.where(observed > 0, centred, 0.0)
-    scaled = observed * inverse_noise * centred
-    constant = -0.5 * (
-        observed @ (jnp.log(emissions.cov) + jnp.log(2 * jnp.pi)) + jnp.sum(scaled * centred, -1)
+    e = params.emissions
+    return emission_potentials(
+        e.weights, e.bias, e.input_weights, e.cov, signals, bin_mask, inputs, entry_mask
     )
-    return Potentials(precision, weight, scaled @ weights_c, constant)
 
 
 @functools.partial(jax.jit, static_argnames=("parallel", "smooth"))
@@ -380,32 +374,6 @@ def _check_trials(config: Config, trials, caller: str) -> None:
         raise ValueError(f"{caller}: transform='sqrt' is for spike counts, not continuous signals")
 
 
-def _clip_eigenvalues(matrix, floor):
-    values, vectors = jnp.linalg.eigh(0.5 * (matrix + matrix.T))
-    return (vectors * jnp.maximum(values, floor)) @ vectors.T
-
-
-def _regress_dynamics(latents, valid, inputs, min_variance):
-    """Least-squares F, b, B, Q from latent paths `[B, T, K]` over valid transitions `[B, T-1]`."""
-    num_latents = latents.shape[-1]
-    design = jnp.concatenate(
-        [latents[:, :-1], jnp.ones_like(latents[:, :-1, :1]), inputs[:, 1:]], axis=-1
-    )
-    weights = valid[..., None].astype(latents.dtype)
-    gram = jnp.einsum("bti,btj->ij", weights * design, design)
-    cross = jnp.einsum("bti,btj->ij", weights * latents[:, 1:], design)
-    ridge = 1e-6 * jnp.eye(gram.shape[0])
-    coefficients = jnp.linalg.solve(gram + ridge, cross.T).T
-    residual = latents[:, 1:] - design @ coefficients.T
-    noise = jnp.einsum("bti,btj->ij", weights * residual, residual) / jnp.maximum(weights.sum(), 1)
-    return (
-        coefficients[:, :num_latents],
-        coefficients[:, num_latents],
-        coefficients[:, num_latents + 1 :],
-        _clip_eigenvalues(noise, min_variance),
-    )
-
-
 def init(key, config: Config, trials) -> Params:
     """Initial parameters from PCA or factor analysis of the observed bins.
 
@@ -414,57 +382,16 @@ def init(key, config: Config, trials) -> Params:
     """
     _check_trials(config, trials, "lds.init")
     signals, bin_mask, inputs = _signals(trials, config)
-    num_latents = config.latent_dim
-    weight = bin_mask[..., None].astype(signals.dtype)
-    count = weight.sum()
-    offset = jnp.sum(weight * signals, axis=(0, 1)) / count
-    centred = (signals - offset) * weight
-    covariance = jnp.einsum("bti,btj->ij", centred, centred) / count
-    variance = jnp.diagonal(covariance)
-    if config.init == "fa":
-        from sklearn.decomposition import FactorAnalysis
-
-        observed = np.asarray(signals)[np.asarray(bin_mask)]
-        analysis = FactorAnalysis(n_components=num_latents, random_state=0).fit(observed)
-        loadings = jnp.asarray(analysis.components_.T, signals.dtype)
-        noise = jnp.asarray(analysis.noise_variance_, signals.dtype)
-        posterior_map = jnp.linalg.solve(
-            jnp.eye(num_latents) + loadings.T @ (loadings / noise[:, None]),
-            (loadings / noise[:, None]).T,
-        )
-    else:
-        values, vectors = jnp.linalg.eigh(covariance)
-        loadings = vectors[:, ::-1][:, :num_latents]
-        explained = jnp.sum(loadings**2 * values[::-1][:num_latents], axis=1)
-        noise = jnp.maximum(variance - explained, 0.1 * variance)
-        posterior_map = loadings.T
-    noise = jnp.maximum(noise, config.min_variance)
-    latents = (signals - offset) @ posterior_map.T
-    valid = bin_mask[:, 1:] & bin_mask[:, :-1]
-    dynamics, bias, input_weights, dynamics_cov = _regress_dynamics(
-        latents, valid, inputs, config.min_variance
-    )
-    dynamics = dynamics + config.init_jitter * jax.random.normal(
-        key, dynamics.shape, dynamics.dtype
-    ) / jnp.sqrt(num_latents)
-    first = latents[:, 0]
-    initial_mean = first.mean(0)
-    initial_cov = _clip_eigenvalues(
-        jnp.cov(first.T, bias=True).reshape(num_latents, num_latents) + dynamics_cov,
-        config.min_variance,
-    )
-    num_inputs = inputs.shape[-1]
+    model = subspace_init(
+        key, signals, bin_mask, inputs, config.latent_dim, config.init, config.min_variance,
+        config.init_jitter,
+    )  # fmt: skip
     return _make_params(
-        initial_mean,
-        initial_cov,
-        dynamics,
-        bias,
-        input_weights,
-        dynamics_cov,
-        loadings,
-        offset,
-        jnp.zeros((signals.shape[-1], num_inputs), signals.dtype),
-        noise,
+        *model[:6],
+        model.loadings,
+        model.offset,
+        jnp.zeros((signals.shape[-1], inputs.shape[-1]), signals.dtype),
+        model.noise,
     )
 
 
@@ -484,68 +411,14 @@ def _e_step(params: Params, signals, bin_mask, inputs, parallel: bool) -> Smooth
     return jax.lax.cond(jnp.all(bin_mask == bin_mask[:1]), shared_mask, own_masks, None)
 
 
-def _transition_mask(bin_mask):
-    """`[B, T-1]`: transitions up to each trial's last observed bin (trailing padding skipped)."""
-    num_bins = bin_mask.shape[1]
-    last = jnp.max(jnp.where(bin_mask, jnp.arange(num_bins), 0), axis=1)
-    return jnp.arange(1, num_bins)[None, :] <= last[:, None]
-
-
-def _augment(latent_means, extra):
-    """`[..., K + 1 + U]` regressors [z, 1, u]."""
-    return jnp.concatenate([latent_means, jnp.ones_like(latent_means[..., :1]), extra], -1)
-
-
-def _second_moment(augmented, latent_covs, weights):
-    """Weighted E[x x^T] of regressors x = [z, 1, u] with Cov(z) = `latent_covs`."""
-    num_latents = latent_covs.shape[-1]
-    moment = jnp.einsum("bt,bti,btj->ij", weights, augmented, augmented)
-    return moment.at[:num_latents, :num_latents].add(
-        jnp.einsum("bt,btij->ij", weights, latent_covs)
-    )
-
-
-def prior_m_step(smoothed: SmootherResult, bin_mask, inputs, min_variance):
-    """Closed-form M-step of the Gauss-Markov prior from smoothed marginals `[B, T, ...]`.
-
-    Returns `(initial_mean, initial_cov, dynamics, bias, input_weights, dynamics_cov)`;
-    transitions count up to each trial's last observed bin.
-    """
-    means, covs = smoothed.means, smoothed.covariances
-    num_latents = means.shape[-1]
-    transitions = _transition_mask(bin_mask).astype(means.dtype)
-    previous = _augment(means[:, :-1], inputs[:, 1:])
-    gram = _second_moment(previous, covs[:, :-1], transitions)
-    cross = jnp.einsum("bt,bti,btj->ij", transitions, means[:, 1:], previous)
-    cross = cross.at[:, :num_latents].add(
-        jnp.einsum("bt,btji->ij", transitions, smoothed.cross_covariances)
-    )
-    next_moment = jnp.einsum("bt,bti,btj->ij", transitions, means[:, 1:], means[:, 1:])
-    next_moment = next_moment + jnp.einsum("bt,btij->ij", transitions, covs[:, 1:])
-    coefficients = jnp.linalg.solve(gram, cross.T).T
-    dynamics_cov = (next_moment - coefficients @ cross.T) / jnp.maximum(transitions.sum(), 1)
-
-    initial_mean = means[:, 0].mean(0)
-    spread = means[:, 0] - initial_mean
-    initial_cov = covs[:, 0].mean(0) + spread.T @ spread / means.shape[0]
-    return (
-        initial_mean,
-        _clip_eigenvalues(initial_cov, min_variance),
-        coefficients[:, :num_latents],
-        coefficients[:, num_latents],
-        coefficients[:, num_latents + 1 :],
-        _clip_eigenvalues(dynamics_cov, min_variance),
-    )
-
-
 def _m_step(smoothed: SmootherResult, signals, bin_mask, inputs, min_variance) -> Params:
     """Closed-form maximiser of the expected complete-data log-likelihood (with floors)."""
     means, covs = smoothed.means, smoothed.covariances
     num_latents = means.shape[-1]
     # emissions: regress y_t on [z_t, 1, u_t] over observed bins
     observed = bin_mask.astype(means.dtype)
-    design = _augment(means, inputs)
-    gram = _second_moment(design, covs, observed)
+    design = augment(means, inputs)
+    gram = second_moment(design, covs, observed)
     cross = jnp.einsum("bt,btn,bti->ni", observed, signals, design)
     coefficients = jnp.linalg.solve(gram, cross.T).T
     residual = jnp.einsum("bt,btn->n", observed, signals**2) - jnp.sum(coefficients * cross, 1)
@@ -606,40 +479,30 @@ def canonicalize(params: Params, trials, config: Config) -> Params:
     return _change_basis(params, _canonical_transform(params.emissions.weights, cov))
 
 
-class EMState(NamedTuple):
-    """EM state: the current `params`."""
-
-    params: Params
-
-
 def fitter(config: Config) -> Fitter:
-    """Exact EM as a `Fitter` (pure; the engine calls it inside compiled code, with the
-    knobs of `config` as tracers).
+    """Exact EM as a `Fitter` (`latentjax.nn.em`; the engine calls it inside compiled code,
+    with the knobs of `config` as tracers).
 
-    `step(state, trials, key)` runs one E-step (vmapped smoother) and one M-step and returns
-    info `{"loss": -log p(y) per observed entry, "log_likelihood": log p(y)}` evaluated at the
-    parameters before the update.
+    Each step runs one E-step (vmapped smoother) and one M-step (then the canonical basis);
+    info `{"loss": -log p(y) per observed entry, "log_likelihood": log p(y)}` evaluated at
+    the parameters before the update.
     """
 
-    def init_state(params, trials):
-        return EMState(params)
-
-    def step(state, trials, key):
-        del key
+    def e_step(params, trials, carry):
         signals, bin_mask, inputs = _signals(trials, config)
-        smoothed = _e_step(state.params, signals, bin_mask, inputs, config.parallel)
+        smoothed = _e_step(params, signals, bin_mask, inputs, config.parallel)
+        entries = jnp.sum(bin_mask) * signals.shape[-1]
+        return EStep(smoothed, jnp.sum(smoothed.log_likelihood), entries)
+
+    def m_step(params, smoothed, trials):
+        signals, bin_mask, inputs = _signals(trials, config)
         new_params = _m_step(smoothed, signals, bin_mask, inputs, config.min_variance)
         cov = _latent_covariance(
             smoothed.means, smoothed.covariances, bin_mask.astype(signals.dtype)
         )
-        transform = _canonical_transform(new_params.emissions.weights, cov)
-        new_params = _change_basis(new_params, transform)
-        total = jnp.sum(smoothed.log_likelihood)
-        num_entries = jnp.sum(bin_mask) * signals.shape[-1]
-        info = {"loss": -total / num_entries, "log_likelihood": total}
-        return EMState(new_params), info
+        return _change_basis(new_params, _canonical_transform(new_params.emissions.weights, cov))
 
-    return Fitter(init_state, step)
+    return em_fitter(e_step, m_step)
 
 
 def log_likelihood(params: Params, trials, config: Config):

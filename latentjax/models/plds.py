@@ -38,13 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
-from latentjax.models import lds
+from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
+from latentjax.nn.linear_gaussian import emission_potentials, prior_m_step, subspace_init
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig
 from latentjax.train.fitter import Fitter
 
-__all__ = ["Config", "EMState", "Params", "fitter", "init", "posterior"]
+__all__ = ["Config", "Params", "fitter", "init", "posterior", "validation_loss"]
 
 _LINKS = ("exp", "softplus")
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
@@ -236,25 +237,40 @@ def init(key, config: Config, trials) -> Params:
     dynamics and latent paths; a Poisson regression of the counts on those paths gives the
     emissions."""
     _check_trials(config, trials, "plds.init")
-    gaussian_config = lds.Config(
-        latent_dim=config.latent_dim,
-        transform="sqrt",
-        min_variance=config.min_variance,
-        init_jitter=config.init_jitter,
+    counts, bin_mask = _counts(trials)
+    signals = jnp.sqrt(counts)
+    inputs = jnp.zeros(counts.shape[:2] + (0,), counts.dtype)
+    gaussian = subspace_init(
+        key, signals, bin_mask, inputs, config.latent_dim, "pca", config.min_variance,
+        config.init_jitter,
+    )  # fmt: skip
+    prior = LatentPrior(
+        gaussian.initial_mean,
+        gaussian.initial_cov,
+        gaussian.dynamics,
+        jnp.broadcast_to(gaussian.bias, (counts.shape[1], config.latent_dim)),
+        gaussian.dynamics_cov,
     )
-    gaussian = lds.init(key, gaussian_config, trials)
-    latents = lds.posterior(gaussian, trials, gaussian_config).latents
+
+    def smoothed_means(signal, mask):
+        no_inputs = jnp.zeros((signal.shape[0], 0), signal.dtype)
+        potentials = emission_potentials(
+            gaussian.loadings, gaussian.offset, jnp.zeros((signal.shape[1], 0)), gaussian.noise,
+            signal, mask, no_inputs,
+        )  # fmt: skip
+        return smooth_potentials(prior, potentials).means
+
+    latents = jax.vmap(smoothed_means)(signals, bin_mask)
     scale = jnp.std(latents, axis=(0, 1)) + 1e-6
     latents = latents / scale
-    counts, bin_mask = _counts(trials)
     weight = bin_mask[..., None]
     mean_rate = jnp.sum(weight * counts, (0, 1)) / jnp.sum(weight)
     params = Params(
-        initial_mean=gaussian.initial.mean / scale,
-        initial_cov=gaussian.initial.cov / jnp.outer(scale, scale),
-        dynamics=gaussian.dynamics.weights * (1 / scale)[:, None] * scale[None, :],
-        dynamics_bias=gaussian.dynamics.bias / scale,
-        dynamics_cov=gaussian.dynamics.cov / jnp.outer(scale, scale),
+        initial_mean=gaussian.initial_mean / scale,
+        initial_cov=gaussian.initial_cov / jnp.outer(scale, scale),
+        dynamics=gaussian.dynamics * (1 / scale)[:, None] * scale[None, :],
+        dynamics_bias=gaussian.bias / scale,
+        dynamics_cov=gaussian.dynamics_cov / jnp.outer(scale, scale),
         emissions=jnp.zeros((trials.num_neurons, config.latent_dim), counts.dtype),
         emissions_bias=jnp.log(mean_rate + 1e-3),
     )
@@ -263,32 +279,34 @@ def init(key, config: Config, trials) -> Params:
     return params._replace(emissions=emissions, emissions_bias=bias)
 
 
-class EMState(NamedTuple):
-    """Laplace-EM state: `params` and the posterior modes `latents` `[B, T, K]` (warm start)."""
-
-    params: Params
-    latents: jax.Array
+def _laplace_e_step(params: Params, trials, start, config: Config) -> EStep:
+    """Laplace E-step warm-started at `start` `[B, T, K]`; statistics (smoothed, counts, mask)."""
+    counts, bin_mask = _counts(trials)
+    smoothed = _laplace(params, counts, bin_mask, start, config, config.newton_iters)
+    entries = jnp.sum(bin_mask) * counts.shape[-1]
+    total = jnp.sum(smoothed.log_likelihood)
+    return EStep((smoothed, counts, bin_mask), total, entries, smoothed.means)
 
 
 def fitter(config: Config) -> Fitter:
-    """Laplace-EM as a `Fitter`. `info["log_likelihood"]` is the Laplace approximation of
+    """Laplace-EM as a `Fitter` (`latentjax.nn.em`): the E-step warm-starts from the previous
+    iteration's posterior modes. `info["log_likelihood"]` is the Laplace approximation of
     log p(y) at the parameters before the update; `info["loss"]` its negative per entry."""
 
-    def init_state(params, trials):
+    def init_carry(params, trials):
         counts, _ = _counts(trials)
-        return EMState(params, jnp.zeros(counts.shape[:2] + (config.latent_dim,), counts.dtype))
+        return jnp.zeros(counts.shape[:2] + (config.latent_dim,), counts.dtype)
 
-    def step(state, trials, key):
-        del key
-        counts, bin_mask = _counts(trials)
-        smoothed = _laplace(
-            state.params, counts, bin_mask, state.latents, config, config.newton_iters
-        )
+    def e_step(params, trials, latents):
+        return _laplace_e_step(params, trials, latents, config)
+
+    def m_step(params, statistics, trials):
+        smoothed, counts, bin_mask = statistics
         inputs = jnp.zeros(counts.shape[:2] + (0,), counts.dtype)
-        m0, p0, dynamics, bias, _, dynamics_cov = lds.prior_m_step(
+        m0, p0, dynamics, bias, _, dynamics_cov = prior_m_step(
             smoothed, bin_mask, inputs, config.min_variance
         )
-        params = state.params._replace(
+        params = params._replace(
             initial_mean=m0,
             initial_cov=p0,
             dynamics=dynamics,
@@ -298,15 +316,21 @@ def fitter(config: Config) -> Fitter:
         emissions, emissions_bias = _emission_m_step(
             params, smoothed.means, smoothed.covariances, counts, bin_mask, config
         )
-        params = params._replace(emissions=emissions, emissions_bias=emissions_bias)
-        total = jnp.sum(smoothed.log_likelihood)
-        num_entries = jnp.sum(bin_mask) * counts.shape[-1]
-        return EMState(params, smoothed.means), {
-            "loss": -total / num_entries,
-            "log_likelihood": total,
-        }
+        return params._replace(emissions=emissions, emissions_bias=emissions_bias)
 
-    return Fitter(init_state, step)
+    return em_fitter(e_step, m_step, init_carry)
+
+
+def validation_loss(params: Params, trials, key, config: Config, step):
+    """Held-out negative log-likelihood per observed entry: the Laplace approximation of
+    -log p(y) (at the posterior mode, found by `posterior_newton_iters` cold-started Newton
+    steps) divided by the observed entries. aux `{"log_likelihood"}`."""
+    del key, step
+    counts, bin_mask = _counts(trials)
+    start = jnp.zeros(counts.shape[:2] + (config.latent_dim,), counts.dtype)
+    smoothed = _laplace(params, counts, bin_mask, start, config, config.posterior_newton_iters)
+    total = jnp.sum(smoothed.log_likelihood)
+    return -total / (jnp.sum(bin_mask) * counts.shape[-1]), {"log_likelihood": total}
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
