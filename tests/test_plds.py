@@ -89,6 +89,9 @@ def test_laplace_posterior_matches_dense_optimum(link):
         np.testing.assert_allclose(posterior.covariances[0], marginals, atol=1e-5)
         laplace = objective(optimum.x) + 0.5 * np.linalg.slogdet(2 * np.pi * covariance)[1]
         np.testing.assert_allclose(posterior.log_likelihood[0], laplace, atol=1e-5)
+        # the validation score: the same Laplace log p(y), negated, per observed entry
+        score, _ = plds.validation_loss(params, trials, None, config, 0)
+        np.testing.assert_allclose(float(score), -laplace / (mask.sum() * 6), rtol=1e-6)
 
 
 def poisson_readout_bits_per_spike(train_latents, train_counts, test_latents, test_counts):
