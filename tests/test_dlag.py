@@ -143,6 +143,13 @@ def test_e_step_equals_dense_joint_gaussian_with_missing_bin():
             np.asarray(post.covariance)[np.ix_(internal, internal)], covariance, atol=1e-8
         )
         np.testing.assert_allclose(post.log_likelihood, log_lik, rtol=1e-10)
+        # the validation score: the same exact marginal, negated, per observed entry
+        trials = _trials(y, regions, 0.02, mask=mask[None])
+        config = dlag.Config(
+            across_dim=2, within_dim=1, sqrt_transform=False, gp_noise_variance=GP_NOISE
+        )
+        score, _ = dlag.validation_loss(jax.tree.map(jnp.asarray, params), trials, None, config, 0)
+        np.testing.assert_allclose(float(score), -log_lik / (mask.sum() * 7), rtol=1e-10)
 
 
 def _trials(y, regions, dt, mask=None):

@@ -8,6 +8,7 @@ import scipy.stats
 
 import latentjax as lj
 from latentjax.models import gpfa
+from latentjax.nn import gp
 
 
 def simulate_gpfa(rng, num_trials, num_bins, num_neurons, timescales, dt, noise=0.2):
@@ -77,6 +78,11 @@ def test_e_step_equals_dense_joint_gaussian_with_missing_bins():
         np.testing.assert_allclose(post.mean, mean, atol=1e-10)
         np.testing.assert_allclose(post.covariance, covariance, atol=1e-10)
         np.testing.assert_allclose(post.log_likelihood, log_lik, rtol=1e-12)
+        # the validation score: the same exact marginal, negated, per observed entry
+        trials = lj.Trials(y, dt=0.02, times=times[None], mask=mask[None], continuous=True)
+        config = gpfa.Config(latent_dim=2, sqrt_transform=False, gp_noise_variance=1e-3)
+        score, _ = gpfa.validation_loss(params, trials, None, config, 0)
+        np.testing.assert_allclose(float(score), -log_lik / (mask.sum() * 4), rtol=1e-12)
 
 
 def test_timescale_derivatives_match_autodiff():
@@ -86,10 +92,10 @@ def test_timescale_derivatives_match_autodiff():
         factors = rng.normal(size=(3, 2, 12, 4))
         moments = jnp.asarray(factors @ factors.swapaxes(-1, -2) / 4)
         theta = jnp.log(jnp.array([0.05, 0.3]))
-        value, first, second = gpfa._timescale_terms(theta, times, moments, 1e-3)
+        value, first, second = gp.timescale_terms(theta, times, moments, 1e-3)
 
         def total(theta):
-            return gpfa._timescale_value(theta, times, moments, 1e-3).sum()
+            return gp._timescale_value(theta, times, moments, 1e-3).sum()
 
         np.testing.assert_allclose(value.sum(), total(theta), rtol=1e-12)
         np.testing.assert_allclose(first, jax.grad(total)(theta), rtol=1e-9)
@@ -167,12 +173,12 @@ def test_expected_clipped_square_matches_monte_carlo():
     mean, variance = np.array([-0.3, 0.2, 1.5]), np.array([0.2, 0.3, 0.1])
     samples = mean + np.sqrt(variance) * rng.normal(size=(400_000, 3))
     np.testing.assert_allclose(
-        gpfa._expected_clipped(mean, variance, True),
+        gp.expected_clipped(mean, variance, True),
         np.mean(np.maximum(samples, 0) ** 2, axis=0),
         rtol=1e-2,
     )
     np.testing.assert_allclose(
-        gpfa._expected_clipped(mean, variance, False),
+        gp.expected_clipped(mean, variance, False),
         np.mean(np.maximum(samples, 0), axis=0),
         rtol=1e-2,
     )

@@ -15,7 +15,7 @@ default) or the raw signal. Delays are bounded, `|D_rj| <= max_delay`.
 
 Latent layout. Each region keeps its own (delayed) copy of every across latent,
 `x_j^(r)(t) = x_j(t - D_rj)`, so the observation model is GPFA's with a block-structured
-loading matrix and latents in `G = A + W` groups of `R` copies (`latentjax.models.gpfa`):
+loading matrix and latents in `G = A + W` groups of `R` copies (`latentjax.nn.gp`):
 group `j < A` holds `x_j^(1..R)`, whose prior covariance between region `r` at `t` and region
 `r'` at `t'` is `(1 - s2) exp(-(t - D_rj - t' + D_r'j)^2 / (2 tau_j^2)) + s2 [r = r', t = t']`;
 group `A + k` holds `w_1k .. w_Rk`, independent across regions. Internal latent index
@@ -66,11 +66,20 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from latentjax.data import Trials
-from latentjax.models import gpfa
+from latentjax.nn import gp
+from latentjax.nn.em import EStep, em_fitter
 from latentjax.results import Posterior
 from latentjax.train import Fitter, TrainConfig
 
-__all__ = ["Config", "DLAGParams", "EMState", "fitter", "init", "posterior", "trial_posterior"]
+__all__ = [
+    "Config",
+    "DLAGParams",
+    "fitter",
+    "init",
+    "posterior",
+    "trial_posterior",
+    "validation_loss",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +128,7 @@ class Config:
                 raise ValueError(
                     f"dlag.Config: `{name}` must be a positive number of seconds, got {value!r}"
                 )
-        gpfa.check_em_knobs("dlag.Config", self.gp_noise_variance, self.min_variance_fraction)
+        gp.check_em_knobs("dlag.Config", self.gp_noise_variance, self.min_variance_fraction)
 
 
 class DLAGParams(NamedTuple):
@@ -142,12 +151,6 @@ class DLAGParams(NamedTuple):
     log_across_timescales: jax.Array
     log_within_timescales: jax.Array
     delays: jax.Array
-
-
-class EMState(NamedTuple):
-    """State of the EM `Fitter`: just the parameters."""
-
-    params: DLAGParams
 
 
 def _region_index(caller: str, trials: Trials) -> np.ndarray:
@@ -190,7 +193,7 @@ def _prior_cholesky(params: DLAGParams, times, gp_noise_variance) -> jax.Array:
     ]
     if num_within:
         log_within = params.log_within_timescales.T.reshape(-1)  # [W * R], index k * R + r
-        within = gpfa._kernel_factors(log_within, times, gp_noise_variance)[1]  # smooth part
+        within = gp.kernel_factors(log_within, times, gp_noise_variance)[1]  # smooth part
         within = within.reshape(num_within, num_regions, times.shape[0], times.shape[0])
         eye = jnp.eye(num_regions, dtype=within.dtype)
         size = num_regions * times.shape[0]
@@ -201,7 +204,7 @@ def _prior_cholesky(params: DLAGParams, times, gp_noise_variance) -> jax.Array:
 
 def trial_posterior(
     params: DLAGParams, y, times, mask, region_index, gp_noise_variance
-) -> gpfa.TrialPosterior:
+) -> gp.TrialPosterior:
     """Exact E-step for one trial.
 
     Args:
@@ -212,21 +215,19 @@ def trial_posterior(
       gp_noise_variance: the GP noise variance `s2`.
 
     Returns:
-      `gpfa.TrialPosterior`: mean `[time, G * R]` of the internal latents `p = g * R + r`
+      `gp.TrialPosterior`: mean `[time, G * R]` of the internal latents `p = g * R + r`
       (`g < A`: across latent `g` as seen by region `r`; `g = A + k`: within latent `k` of
       region `r`), covariance `[G R T, G R T]` (index `p * T + t`), and `log p(y_observed)`.
     """
     chol_prior = _prior_cholesky(params, times, gp_noise_variance)
     loadings = _full_loadings(params, region_index)
-    return gpfa._grouped_posterior(
-        loadings, params.offset, params.noise_variance, chol_prior, y, mask
-    )
+    return gp.grouped_posterior(loadings, params.offset, params.noise_variance, chol_prior, y, mask)
 
 
-def _trial_moments(params, y, times, mask, region_index, gp_noise_variance) -> gpfa._Moments:
+def _trial_moments(params, y, times, mask, region_index, gp_noise_variance) -> gp.Moments:
     post = trial_posterior(params, y, times, mask, region_index, gp_noise_variance)
     num_groups = params.across_loadings.shape[1] + params.within_loadings.shape[1]
-    return gpfa._posterior_moments(post, y, mask, num_groups)
+    return gp.posterior_moments(post, y, mask, num_groups)
 
 
 def _across_prior_value(theta, times, second_moments, dt, gp_noise_variance):
@@ -239,7 +240,7 @@ def _across_prior_value(theta, times, second_moments, dt, gp_noise_variance):
     def per_trial(trial_times, moment):
         chol = jnp.linalg.cholesky(_theta_kernel(theta, trial_times, dt, gp_noise_variance))
         solved = jsl.cho_solve((chol, True), moment)
-        return -0.5 * (gpfa._log_det(chol) + jnp.trace(solved))
+        return -0.5 * (gp.log_det(chol) + jnp.trace(solved))
 
     return jax.vmap(per_trial)(times, second_moments).sum()
 
@@ -257,7 +258,7 @@ def _across_prior_terms(theta, times, second_moments, dt, gp_noise_variance):
     `f_ij = -(2 tr(A K_i A S A K_j) - tr(A K_i A K_j) + tr((A - A S A) K_ij)) / 2`.
     The kernel's derivatives come from autodiff of the elementwise kernel; the Cholesky
     factorisation is never differentiated (XLA:CPU can deadlock on that gradient inside the
-    engine's compiled loop, see `gpfa._timescale_terms`).
+    engine's compiled loop, see `gp.timescale_terms`).
     """
 
     def kernel(th, trial_times):
@@ -311,7 +312,7 @@ def _update_across(params, times, second_moments, dt, config: Config):
         [_MAX_LOG_TIMESCALE_STEP] + [_MAX_DELAY_STEP_BINS] * (num_regions - 1), theta.dtype
     )
     bound = config.max_delay / dt
-    factors = jnp.asarray(gpfa._LINE_SEARCH, theta.dtype)
+    factors = jnp.asarray(gp.LINE_SEARCH, theta.dtype)
     moments = jnp.swapaxes(second_moments, 0, 1)  # [A, trials, RT, RT]
     s2 = config.gp_noise_variance
 
@@ -334,14 +335,14 @@ def _update_across(params, times, second_moments, dt, config: Config):
     return theta[:, 0], delays
 
 
-def _m_step(params, moments: gpfa._Moments, times, dt, region_index, config: Config):
+def _m_step(params, moments: gp.Moments, times, dt, region_index, config: Config):
     num_regions, num_within = params.log_within_timescales.shape
     num_neurons, num_across = params.across_loadings.shape
     num_bins = times.shape[1]
     total = jax.tree.map(lambda m: m.sum(0), moments)
     own_region = np.arange(num_regions)[None, :] == np.asarray(region_index)[:, None]  # [N, R]
     support = np.repeat(own_region[:, None, :], num_across + num_within, axis=1)
-    loadings, offset, noise_variance = gpfa._observation_update(
+    loadings, offset, noise_variance = gp.observation_update(
         total, config.min_variance_fraction, jnp.asarray(support.reshape(num_neurons, -1))
     )
     loadings = loadings.reshape(num_neurons, num_across + num_within, num_regions)
@@ -359,7 +360,7 @@ def _m_step(params, moments: gpfa._Moments, times, dt, region_index, config: Con
         diagonal = jnp.moveaxis(diagonal, 0, 2).reshape(
             -1, num_within * num_regions, num_bins, num_bins
         )
-        log_within = gpfa._update_timescales(
+        log_within = gp.update_timescales(
             log_within.T.reshape(-1), times, diagonal, config.gp_noise_variance, config.newton_steps
         )
         log_within = log_within.reshape(num_within, num_regions).T
@@ -412,20 +413,14 @@ def init(key: jax.Array, config: Config, trials: Trials) -> DLAGParams:
     region_index = _check_trials("init", config, trials)
     num_regions = int(region_index.max()) + 1
     across_key, within_key = jax.random.split(key)
-    start = gpfa.init(
-        across_key,
-        gpfa.Config(
-            latent_dim=config.across_dim,
-            sqrt_transform=config.sqrt_transform,
-            initial_timescale=config.initial_timescale,
-            min_variance_fraction=config.min_variance_fraction,
-        ),
-        trials,
+    y = gp.observations(trials.spikes, config.sqrt_transform)
+    start_loadings, start_offset, start_noise = gp.ppca_init(
+        y, trials.mask, config.across_dim, config.min_variance_fraction
     )
-    y = np.asarray(gpfa._observations(trials.spikes, config.sqrt_transform), np.float64)
+    y = np.asarray(y, np.float64)
     observed = y[np.asarray(trials.mask)]  # [bins, N]
     residual_cov = np.cov(observed, rowvar=False).reshape(trials.num_neurons, -1)
-    across = np.asarray(start.loadings, np.float64)
+    across = np.asarray(start_loadings, np.float64)
     residual_cov = residual_cov - across @ across.T
     within = np.zeros((trials.num_neurons, config.within_dim))
     for region in range(num_regions):
@@ -434,15 +429,16 @@ def init(key: jax.Array, config: Config, trials: Trials) -> DLAGParams:
         top = slice(None, -config.within_dim - 1, -1) if config.within_dim else slice(0, 0)
         within[rows] = eigenvectors[:, top] * np.sqrt(np.maximum(eigenvalues[top], 1e-6) / 2)
     floor = np.maximum(config.min_variance_fraction * np.diag(residual_cov), 1e-6)
-    noise_variance = np.maximum(np.asarray(start.noise_variance) - np.sum(within**2, 1), floor)
-    dtype = start.loadings.dtype
+    noise_variance = np.maximum(np.asarray(start_noise) - np.sum(within**2, 1), floor)
+    dtype = start_loadings.dtype
+    across_jitter = 0.1 * jax.random.normal(across_key, (config.across_dim,), dtype)
     jitter = 0.1 * jax.random.normal(within_key, (num_regions, config.within_dim), dtype)
     return DLAGParams(
-        across_loadings=start.loadings,
+        across_loadings=start_loadings,
         within_loadings=jnp.asarray(within, dtype),
-        offset=start.offset,
+        offset=start_offset,
         noise_variance=jnp.asarray(noise_variance, dtype),
-        log_across_timescales=start.log_timescales,
+        log_across_timescales=jnp.log(config.initial_timescale) + across_jitter,
         log_within_timescales=jnp.log(config.initial_timescale) + jitter,
         delays=jnp.asarray(
             _initial_delays(
@@ -450,7 +446,7 @@ def init(key: jax.Array, config: Config, trials: Trials) -> DLAGParams:
                 np.asarray(trials.mask),
                 region_index,
                 across,
-                np.asarray(start.offset),
+                np.asarray(start_offset),
                 int(config.max_delay / trials.dt),
             )
             * trials.dt,
@@ -498,29 +494,43 @@ def _initial_delays(y, mask, region_index, loadings, offset, max_lag: int) -> np
 
 
 def fitter(config: Config) -> Fitter:
-    """The EM `Fitter`: each step is one E-step (all trials, vmapped) and one M-step.
-
-    `info` holds `log_likelihood` (of the parameters entering the step, summed over trials,
-    on the transformed scale) and `loss`, its negative.
+    """The EM `Fitter` (`latentjax.nn.em`): each step is one E-step (all trials, vmapped)
+    and one M-step. `info` holds `log_likelihood` (of the parameters entering the step,
+    summed over trials, on the transformed scale) and `loss`, its negative per observed entry.
     """
 
-    def init_state(params: DLAGParams, data: Trials) -> EMState:
-        del data
-        return EMState(params)
+    def e_step(params, data, carry):
+        moments, entries = _moments(params, data, config)
+        return EStep(moments, moments.log_likelihood.sum(), entries)
 
-    def step(state: EMState, data: Trials, key: jax.Array) -> tuple[EMState, dict]:
-        del key  # EM is deterministic
+    def m_step(params, moments, data):
         region_index = _region_index("fitter", data)
-        y = gpfa._observations(data.spikes, config.sqrt_transform)
-        times = jnp.asarray(data.times, y.dtype)
-        moments = jax.vmap(_trial_moments, in_axes=(None, 0, 0, 0, None, None))(
-            state.params, y, times, jnp.asarray(data.mask), region_index, config.gp_noise_variance
-        )
-        params = _m_step(state.params, moments, times, data.dt, region_index, config)
-        log_likelihood = moments.log_likelihood.sum()
-        return EMState(params), {"loss": -log_likelihood, "log_likelihood": log_likelihood}
+        times = jnp.asarray(data.times, moments.sum_y.dtype)
+        return _m_step(params, moments, times, data.dt, region_index, config)
 
-    return Fitter(init_state, step)
+    return em_fitter(e_step, m_step)
+
+
+def _moments(params, data: Trials, config: Config):
+    """Per-trial E-step moments of `data`, and the number of observed entries."""
+    region_index = _region_index("fitter", data)
+    y = gp.observations(data.spikes, config.sqrt_transform)
+    times = jnp.asarray(data.times, y.dtype)
+    mask = jnp.asarray(data.mask)
+    moments = jax.vmap(_trial_moments, in_axes=(None, 0, 0, 0, None, None))(
+        params, y, times, mask, region_index, config.gp_noise_variance
+    )
+    return moments, jnp.sum(mask) * y.shape[-1]
+
+
+def validation_loss(params: DLAGParams, trials: Trials, key, config: Config, step):
+    """Held-out negative log-likelihood per observed entry: the exact marginal
+    `-log p(y_observed)` (on the transformed scale) of `trials` divided by its observed
+    entries. aux `{"log_likelihood"}`."""
+    del key, step
+    moments, entries = _moments(params, trials, config)
+    total = moments.log_likelihood.sum()
+    return -total / entries, {"log_likelihood": total}
 
 
 def posterior(
@@ -569,7 +579,7 @@ def posterior(
 
 @functools.partial(jax.jit, static_argnames="sqrt_transform")
 def _posterior(params, spikes, times, mask, region_index, gp_noise_variance, *, sqrt_transform):
-    y = gpfa._observations(spikes, sqrt_transform)
+    y = gp.observations(spikes, sqrt_transform)
     times = jnp.asarray(times, y.dtype)
     num_regions, num_within = params.log_within_timescales.shape
     num_across = params.across_loadings.shape[1]
@@ -583,7 +593,7 @@ def _posterior(params, spikes, times, mask, region_index, gp_noise_variance, *, 
 
     def per_trial(y, times, mask):
         post = trial_posterior(params, y, times, mask, region_index, gp_noise_variance)
-        return post.mean, gpfa._time_covariances(post.covariance, num_latents), post.log_likelihood
+        return post.mean, gp.time_covariances(post.covariance, num_latents), post.log_likelihood
 
     means, covariances, log_likelihood = jax.vmap(per_trial)(y, times, jnp.asarray(mask))
     predicted = means @ loadings.T + params.offset
@@ -594,7 +604,7 @@ def _posterior(params, spikes, times, mask, region_index, gp_noise_variance, *, 
     groups = means.reshape(num_trials, num_bins, num_across + num_within, num_regions)
     return Posterior(
         latents=means[..., reported],
-        rates=gpfa._expected_clipped(predicted, predicted_variance, sqrt_transform),
+        rates=gp.expected_clipped(predicted, predicted_variance, sqrt_transform),
         extras={
             "across_latents": jnp.swapaxes(groups[:, :, :num_across], 2, 3),
             "covariances": covariances[..., reported[:, None], reported[None, :]],
