@@ -512,25 +512,18 @@ def fitter(config: Config) -> Fitter:
 
 
 def _moments(params, data: Trials, config: Config):
-    """Per-trial E-step moments of `data`, and the number of observed entries."""
     region_index = _region_index("fitter", data)
-    y = gp.observations(data.spikes, config.sqrt_transform)
-    times = jnp.asarray(data.times, y.dtype)
-    mask = jnp.asarray(data.mask)
-    moments = jax.vmap(_trial_moments, in_axes=(None, 0, 0, 0, None, None))(
-        params, y, times, mask, region_index, config.gp_noise_variance
-    )
-    return moments, jnp.sum(mask) * y.shape[-1]
+    return gp.moments_of_trials(
+        _trial_moments, params, data, config.sqrt_transform, region_index,
+        config.gp_noise_variance,
+    )  # fmt: skip
 
 
 def validation_loss(params: DLAGParams, trials: Trials, key, config: Config, step):
     """Held-out negative log-likelihood per observed entry: the exact marginal
     `-log p(y_observed)` (on the transformed scale) of `trials` divided by its observed
     entries. aux `{"log_likelihood"}`."""
-    del key, step
-    moments, entries = _moments(params, trials, config)
-    total = moments.log_likelihood.sum()
-    return -total / entries, {"log_likelihood": total}
+    return gp.held_out_score(*_moments(params, trials, config))
 
 
 def posterior(

@@ -28,8 +28,10 @@ __all__ = [
     "check_em_knobs",
     "expected_clipped",
     "grouped_posterior",
+    "held_out_score",
     "kernel_factors",
     "log_det",
+    "moments_of_trials",
     "observation_update",
     "observations",
     "posterior_moments",
@@ -321,3 +323,23 @@ def ppca_init(y, mask, latent_dim: int, min_variance_fraction):
     floor = jnp.maximum(min_variance_fraction * jnp.diag(covariance), 1e-6)
     noise_variance = jnp.maximum(jnp.diag(covariance) - jnp.sum(loadings**2, axis=1), floor)
     return loadings, mean, noise_variance
+
+
+def moments_of_trials(trial_moments, params, data, sqrt_transform: bool, *shared):
+    """Moments of every trial of `data` (a `Trials`) and the number of observed entries.
+
+    `trial_moments(params, y [T, N], times [T], mask [T], *shared) -> Moments` is vmapped
+    over trials; `shared` are passed unbatched."""
+    y = observations(data.spikes, sqrt_transform)
+    times = jnp.asarray(data.times, y.dtype)
+    mask = jnp.asarray(data.mask)
+    in_axes = (None, 0, 0, 0) + (None,) * len(shared)
+    moments = jax.vmap(trial_moments, in_axes=in_axes)(params, y, times, mask, *shared)
+    return moments, jnp.sum(mask) * y.shape[-1]
+
+
+def held_out_score(moments: Moments, entries):
+    """The validation score of a GP-latent model: the exact marginal `-log p(y_observed)`
+    summed over trials, per observed entry; aux `{"log_likelihood"}`."""
+    total = moments.log_likelihood.sum()
+    return -total / entries, {"log_likelihood": total}
