@@ -44,6 +44,7 @@ def write_nwb(
     unit_location=None,
     link_groups=False,
     epochs=None,
+    obs_intervals=None,
 ):
     """An NWB file in the NLB layout: units linked to electrodes (located "M1" or "PMd") of the
     groups `electrode_group_M1` and `electrode_group_PMd`, or (`link_groups`) to the groups."""
@@ -70,6 +71,8 @@ def write_nwb(
             columns = {"heldout": HELDOUT[row]} if heldout else {}
             if unit_location is not None:
                 columns["location"] = unit_location[row]
+            if obs_intervals is not None:
+                columns["obs_intervals"] = obs_intervals[row]
             if link_groups:
                 columns["electrode_group"] = groups[UNIT_REGIONS[row]]
             else:
@@ -194,6 +197,42 @@ def test_no_trials_table_needs_trial_length(untrialled_file, spike_times):
             )
 
 
+def test_windows_past_the_trial_are_masked_with_no_spike(nlb_file, spike_times):
+    # Trial 2 runs 4.0..4.9 s; the window 4.0..5.1 s around its onset (4.3 s) reaches 0.2 s
+    # past its stop, where the recording may hold nothing, or another trial; trial 0 too.
+    trials = lj.io.load_nwb(nlb_file, bin_size=BIN, align="move_onset_time", window=(-0.3, 0.8))
+    assert trials.shape == (4, 11, 5)
+    np.testing.assert_array_equal(trials.mask, np.arange(11) < np.array([9, 11, 9, 11])[:, None])
+    assert (trials.spikes[2, 9:] == 0).all()
+    counts = np.stack([histogram_counts(times, 4.0, 11) for times in spike_times], axis=1)
+    assert counts[9:].sum() > 0  # there are spikes there to leave out
+    np.testing.assert_array_equal(trials.spikes[2, :9], counts[:9])
+
+
+def test_bins_outside_obs_intervals_are_masked(tmp_path, spike_times):
+    gaps = [[[0.0, 3.0], [3.5, 9.0]]] * 4 + [[[0.0, 3.0], [3.5, 7.2]]]  # the last unit stops
+    path = write_nwb(
+        tmp_path / "obs.nwb", spike_times, trials=False, behavior=False, obs_intervals=gaps
+    )
+    trials = lj.io.load_nwb(path, bin_size=BIN, trial_length=1.0)
+    expected = np.ones((trials.num_trials, 10), dtype=bool)
+    expected[3, :5] = False  # 3.0..3.5 s: no unit recorded
+    expected[7, 2:] = False  # 7.2.. s: the last unit no longer recorded
+    np.testing.assert_array_equal(trials.mask, expected)
+    assert (trials.spikes[~expected] == 0).all()
+    np.testing.assert_array_equal(trials.spikes[3, 5:, 0], histogram_counts(spike_times[0], 3.5, 5))
+    with pytest.raises(ValueError, match="3..3.1 s of trial 3, lies outside the units' obs_int"):
+        lj.io.load_nwb(path, bin_size=BIN, trial_length=1.0, strict=True)
+
+
+def test_trial_length_on_a_trials_table_needs_ignore_trials(nlb_file, spike_times):
+    with pytest.raises(ValueError, match="has a trials table.*`ignore_trials=True`"):
+        lj.io.load_nwb(nlb_file, bin_size=BIN, trial_length=2.0)
+    trials = lj.io.load_nwb(nlb_file, bin_size=BIN, trial_length=2.0, ignore_trials=True)
+    assert trials.shape == (4, 20, 5) and trials.mask.all()
+    np.testing.assert_array_equal(trials.spikes[1, :, 2], histogram_counts(spike_times[2], 2.0, 20))
+
+
 def test_trial_length_tiles_the_epochs(tmp_path, spike_times):
     path = write_nwb(
         tmp_path / "epochs.nwb", spike_times, trials=False, behavior=False, epochs=[(2.0, 7.5)]
@@ -210,9 +249,15 @@ def test_trial_length_tiles_the_epochs(tmp_path, spike_times):
         ({"bin_size": BIN, "align": "move_onset_time"}, "`align` and `window` go together"),
         ({"bin_size": BIN, "align": "move_onset_time", "window": (0.5, -0.3)}, "before < after"),
         ({"bin_size": BIN, "align": "go_cue_time", "window": (-0.3, 0.5)}, "no column 'go_cue"),
-        ({"bin_size": BIN, "align": "move_onset_time", "window": (-1.0, 0.5)}, "outside the rec"),
-        ({"bin_size": BIN, "align": "move_onset_time", "window": (0, 9.0)}, "outside the rec"),
+        (
+            {"bin_size": BIN, "align": "move_onset_time", "window": (-1.0, 0.5), "strict": True},
+            "`strict`: 24 bin.*of trials row id 0, lies outside the trial's start_time",
+        ),
+        ({"bin_size": BIN, "align": "move_onset_time", "window": (5.0, 6.0)}, "no recorded bin"),
         ({"bin_size": BIN, "trial_length": 1.0, "align": "move_onset_time"}, "either"),
+        ({"bin_size": BIN, "trial_length": 1.0}, "has a trials table.*ignore_trials=True"),
+        ({"bin_size": BIN, "ignore_trials": True}, "`ignore_trials` goes with `trial_length`"),
+        ({"bin_size": BIN, "strict": "yes"}, "`strict` must be True or False"),
         ({"bin_size": 2.0}, "shorter than one bin"),
     ],
 )
@@ -272,6 +317,44 @@ def test_mc_maze_small_aligned_to_movement_onset(mc_maze_path):
             )
     assert trials.spikes.sum() == flat.size  # the windows cover every spike of this split
     assert not lj.io.nwb_heldout_units(mc_maze_path).any()  # the test split holds none out
+
+
+def test_mc_maze_small_window_past_the_trial_end(mc_maze_path):
+    # Trials run 0.7 s from 0.25 s before movement onset, 0.1 s apart: 0.60 s after onset
+    # reaches 0.1 s into the unrecorded gap, then 0.05 s into the next trial.
+    trials = lj.io.load(mc_maze_path, bin_size=0.005, align="move_onset_time", window=(-0.25, 0.6))
+    assert trials.shape == (100, 170, 107)
+    np.testing.assert_array_equal(trials.mask, np.broadcast_to(np.arange(170) < 140, (100, 170)))
+    assert not trials.spikes[:, 140:].any()  # neither the gap nor the next trial's spikes
+    with h5py.File(mc_maze_path, "r") as file:
+        flat = file["units/spike_times"][:]
+        ends = file["units/spike_times_index"][:]
+        onsets = file["intervals/trials/move_onset_time"][:]
+    per_unit = np.split(flat, ends[:-1])
+    for b in (0, 42, 98):
+        edges = onsets[b] - 0.25 + np.arange(171) * 0.005
+        counts = np.stack([np.histogram(t, bins=edges)[0] for t in per_unit], axis=1)
+        assert counts[160:].sum() > 0  # the next trial does spike there
+        np.testing.assert_array_equal(trials.spikes[b, :140], counts[:140])
+    with pytest.raises(ValueError, match="`strict`.*outside the trial's start_time..stop_time"):
+        lj.io.load(
+            mc_maze_path, bin_size=0.005, align="move_onset_time", window=(-0.25, 0.6), strict=True
+        )
+
+
+def test_mc_maze_small_cut_into_trials_masks_the_gaps(mc_maze_path):
+    with pytest.raises(ValueError, match="ignore_trials"):
+        lj.io.load_nwb(mc_maze_path, bin_size=0.005, trial_length=1.0)
+    trials = lj.io.load_nwb(mc_maze_path, bin_size=0.005, trial_length=1.0, ignore_trials=True)
+    with h5py.File(mc_maze_path, "r") as file:
+        flat = file["units/spike_times"][:]
+        intervals = file["units/obs_intervals"][:]  # the same for every unit here: the trials
+    lefts = (np.arange(trials.num_trials)[:, None] + np.arange(200) * 0.005)[..., None]
+    observed = ((lefts >= intervals[:, 0] - 1e-9) & (lefts + 0.005 <= intervals[:, 1] + 1e-9)).any(
+        -1
+    )
+    np.testing.assert_array_equal(trials.mask, observed)
+    assert trials.spikes.sum() == np.sum(flat < trials.num_trials)  # every spike is in a trial
 
 
 def test_pynapple_file_cut_into_trials():

@@ -7,7 +7,12 @@ What is read (with `pynwb`):
   dropped; shorter trials are padded and `mask` is False on the padding), or a fixed `window`
   around the column named by `align` (e.g. `move_onset_time`). Files without a trials table
   are cut into consecutive trials of `trial_length` seconds (over the epochs table if there is
-  one, else from 0 to the end of the recording).
+  one, else from 0 to the end of the recording); on a file with a trials table this needs
+  `ignore_trials=True`.
+- what was recorded: a bin is kept (`mask` True) only when it lies inside its trial's
+  `start_time`..`stop_time` (a `window` that runs past them does not reach into the gap or the
+  next trial) and inside the `obs_intervals` of every unit (when the units table has them).
+  Other bins have `mask` False and zero counts; `strict=True` refuses them instead.
 - behaviour: `TimeSeries` found anywhere in the file by name (NLB: `hand_vel` in
   `processing/behavior`), linearly interpolated at the bin centres into `behavior`.
 - regions: from a `region` or `location` column of the units table, else through each unit's
@@ -48,6 +53,7 @@ __all__ = ["load_nwb", "nwb_heldout_units"]
 _BIN_SLACK = 1e-6
 _AUTO_BEHAVIOR = ("hand_vel",)
 _GROUP_PREFIX = "electrode_group_"
+_SPAN = ("start_time", "stop_time")
 
 
 def load_nwb(
@@ -59,6 +65,8 @@ def load_nwb(
     trial_length: float | None = None,
     behavior: str | Sequence[str] | None = None,
     regions: str | Sequence | None = None,
+    strict: bool = False,
+    ignore_trials: bool = False,
 ) -> Trials:
     """Bin the spikes of an NWB file into `Trials` `[trials, time, units]`.
 
@@ -70,11 +78,15 @@ def load_nwb(
         with a warning.
       window: `(before, after)` seconds around the `align` event, e.g. `(-0.25, 0.45)`.
       trial_length: seconds per trial when cutting the recording into consecutive trials
-        (needed when the file has no trials table; ignores the trials table otherwise).
+        (needed when the file has no trials table; a file with one needs `ignore_trials`).
       behavior: names of `TimeSeries` to read into `behavior` `[trials, time, dims]`
         (their columns concatenated); default: `hand_vel` when the file has it; `()` for none.
       regions: region labels of the units: default from the file (see the module docstring);
         a units-table column name, or one label per unit.
+      strict: refuse (ValueError) a trial with a bin outside its trial's start..stop or the
+        units' `obs_intervals`, instead of masking that bin.
+      ignore_trials: with `trial_length`, cut the recording into consecutive trials although
+        the file has a trials table (the units' `obs_intervals` still mask the gaps).
 
     Returns:
       `Trials` with `spikes` int32 counts `[trials, time, units]`, `dt = bin_size`, `mask`,
@@ -82,10 +94,15 @@ def load_nwb(
     """
     pynwb = _import_pynwb()
     bin_size = _positive_seconds("bin_size", bin_size)
+    for name, flag in (("strict", strict), ("ignore_trials", ignore_trials)):
+        if not isinstance(flag, bool | np.bool_):
+            raise ValueError(f"load_nwb: `{name}` must be True or False, got {flag!r}")
     if trial_length is not None:
         trial_length = _positive_seconds("trial_length", trial_length)
         if align is not None or window is not None:
             raise ValueError("load_nwb: give either `trial_length` or `align` and `window`")
+    elif ignore_trials:
+        raise ValueError("load_nwb: `ignore_trials` goes with `trial_length`")
     if (align is None) != (window is None):
         raise ValueError(
             "load_nwb: `align` and `window` go together, e.g. "
@@ -97,19 +114,28 @@ def load_nwb(
     with _open(path, pynwb) as nwb:
         unit_ids, spike_times = _read_units(nwb)
         recording_end = _recording_end(nwb, spike_times)
+        spans = None  # the [start, stop] `[trials, 2]` of the trial each window belongs to
         if trial_length is not None:
+            if nwb.trials is not None and len(nwb.trials) and not ignore_trials:
+                raise ValueError(
+                    f"load_nwb: {str(path)!r} has a trials table; `trial_length` would cut "
+                    "across its trials and the gaps between them: load the trials (drop "
+                    "`trial_length`), or pass `ignore_trials=True` to cut the recording anyway"
+                )
             starts, durations, references = _tile_recording(nwb, trial_length, recording_end)
+            row_ids = np.arange(len(starts))
         elif nwb.trials is None:
             raise ValueError(
                 f"load_nwb: {str(path)!r} has no trials table; pass `trial_length` (seconds) "
                 "to cut the recording into consecutive trials"
             )
         elif align is not None:
-            starts, durations, references = _aligned_windows(
-                nwb.trials, align, window, recording_end
+            starts, durations, references, spans, row_ids = _aligned_windows(
+                nwb.trials, align, window
             )
         else:
-            starts, durations, references = _trial_rows(nwb.trials)
+            starts, durations, references, row_ids = _trial_rows(nwb.trials)
+            spans = np.stack([starts, starts + durations], axis=1)
         num_bins = np.floor(durations / bin_size + _BIN_SLACK).astype(int)
         if num_bins.min() < 1:
             raise ValueError(
@@ -117,8 +143,19 @@ def load_nwb(
                 f"({durations.min():g} s < bin_size {bin_size:g} s)"
             )
         edges = starts[:, None] + np.arange(num_bins.max() + 1) * bin_size
-        mask = np.arange(num_bins.max()) < num_bins[:, None]
+        requested = np.arange(num_bins.max()) < num_bins[:, None]
+        in_trial, observed = _recorded_bins(edges, spans, _read_obs_intervals(nwb.units))
+        if strict:
+            _refuse_unrecorded(requested, in_trial, observed, edges, row_ids, trial_length)
+        mask = requested & in_trial & observed
+        empty = ~mask.any(axis=1)
+        if empty.any():
+            raise ValueError(
+                f"load_nwb: trial {int(np.argmax(empty))} has no recorded bin (all outside its "
+                "trial's start_time..stop_time or the units' obs_intervals); check `window`"
+            )
         spikes = _bin_counts(spike_times, edges)
+        spikes[~mask] = 0
         times = edges[:, :-1] - references[:, None]
         centres = edges[:, :-1] + bin_size / 2
         behavior_values = _read_behavior(nwb, behavior, centres, mask)
@@ -245,10 +282,10 @@ def _trial_rows(trials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         )
     if starts.min() < 0:
         raise ValueError("load_nwb: the trials table holds a negative start_time")
-    return starts, stops - starts, starts
+    return starts, stops - starts, starts, np.asarray(trials.id[:])
 
 
-def _aligned_windows(trials, align: str, window, recording_end: float):
+def _aligned_windows(trials, align: str, window):
     """Fixed windows `[event + before, event + after)` around the `align` column."""
     if align not in trials.colnames:
         raise ValueError(
@@ -265,16 +302,12 @@ def _aligned_windows(trials, align: str, window, recording_end: float):
         )
     row_ids = np.asarray(trials.id[:])[~missing]
     events = events[~missing]
+    spans = np.stack(
+        [np.asarray(trials[column].data[:], dtype=np.float64)[~missing] for column in _SPAN],
+        axis=1,
+    )
     before, after = window
-    outside = (events + before < 0) | (events + after > recording_end + _BIN_SLACK)
-    if outside.any():
-        row = int(np.argmax(outside))
-        raise ValueError(
-            f"load_nwb: the window {window} around trials.{align} of trials row id "
-            f"{row_ids[row]} ({events[row]:g} s) falls outside the recording "
-            f"(0 to {recording_end:g} s)"
-        )
-    return events + before, np.full(events.shape, after - before), events
+    return events + before, np.full(events.shape, after - before), events, spans, row_ids
 
 
 def _tile_recording(nwb, trial_length: float, recording_end: float):
@@ -292,6 +325,63 @@ def _tile_recording(nwb, trial_length: float, recording_end: float):
         )
     starts = span_start + np.arange(num_trials) * trial_length
     return starts, np.full(num_trials, trial_length), starts
+
+
+def _read_obs_intervals(units) -> list[np.ndarray] | None:
+    """Each unit's merged, sorted observation intervals `[k, 2]`; None without the column."""
+    if "obs_intervals" not in units.colnames:
+        return None
+    flat = np.asarray(units.obs_intervals.data[:], dtype=np.float64).reshape(-1, 2)
+    ends = np.asarray(units.obs_intervals_index.data[:], dtype=np.int64)
+    return [_merge(intervals) for intervals in np.split(flat, ends[:-1])]
+
+
+def _merge(intervals: np.ndarray) -> np.ndarray:
+    """Sorted, non-overlapping union of `intervals` `[k, 2]`."""
+    merged: list[list[float]] = []
+    for start, stop in intervals[np.argsort(intervals[:, 0])]:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return np.asarray(merged, dtype=np.float64).reshape(-1, 2)
+
+
+def _recorded_bins(edges: np.ndarray, spans, obs_intervals) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each bin `[trials, time]` lies inside its trial's span, and inside the
+    observation intervals of every unit."""
+    lefts, rights = edges[:, :-1], edges[:, 1:]
+    slack = _BIN_SLACK * float(np.min(rights - lefts))
+    in_trial = np.ones(lefts.shape, dtype=bool)
+    if spans is not None:
+        in_trial = (lefts >= spans[:, :1] - slack) & (rights <= spans[:, 1:] + slack)
+    observed = np.ones(lefts.shape, dtype=bool)
+    units = [intervals for intervals in obs_intervals or () if len(intervals)]  # [] : unknown
+    unique = {intervals.tobytes(): intervals for intervals in units}
+    for intervals in unique.values():
+        row = np.searchsorted(intervals[:, 0], lefts + slack, side="right") - 1
+        inside = intervals[np.maximum(row, 0), 1] >= rights - slack
+        observed &= (row >= 0) & inside
+    return in_trial, observed
+
+
+def _refuse_unrecorded(requested, in_trial, observed, edges, row_ids, trial_length) -> None:
+    """`strict`: a ValueError naming the first trial with a requested bin not recorded."""
+    bad = requested & ~(in_trial & observed)
+    if not bad.any():
+        return
+    trial, step = np.argwhere(bad)[0]
+    where = f"trial {trial}" if trial_length is not None else f"trials row id {row_ids[trial]}"
+    reason = (
+        "outside the trial's start_time..stop_time"
+        if not in_trial[trial, step]
+        else "outside the units' obs_intervals"
+    )
+    raise ValueError(
+        f"load_nwb: `strict`: {int(bad.sum())} bin(s) were not recorded; the first, "
+        f"{edges[trial, step]:g}..{edges[trial, step + 1]:g} s of {where}, lies {reason} "
+        "(pass strict=False to mask them, or choose a shorter `window`)"
+    )
 
 
 def _bin_counts(spike_times: list[np.ndarray], edges: np.ndarray) -> np.ndarray:
