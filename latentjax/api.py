@@ -229,7 +229,12 @@ def _stack(trees: list) -> Any:
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
 
 
-def _member_results(members, params, knobs, log, failed, run_dir, pbt) -> list[FitResult]:
+def _member_results(members, params, knobs, log, run_dir, pbt) -> list[FitResult]:
+    """One FitResult per member; `history["failed"]` and `history["failure"]` (why, or "")
+    come from the last metrics line (a member stopped by failed steps)."""
+    last = log[-1] if log else {}
+    failed = last.get("failed", [False] * len(members))
+    reasons = last.get("failure", [None] * len(members))
     results = []
     for index, member in enumerate(members):
         config = member.config
@@ -238,6 +243,7 @@ def _member_results(members, params, knobs, log, failed, run_dir, pbt) -> list[F
         history = member_history(log, index)
         history["seed"] = np.asarray(member.seed)
         history["failed"] = np.asarray(bool(failed[index]))
+        history["failure"] = np.asarray(reasons[index] or "")
         results.append(
             FitResult(
                 params=jax.tree.map(lambda x, i=index: jax.numpy.asarray(x[i]), params),
@@ -296,7 +302,6 @@ def _train_group(
         outcome.params,
         outcome.knobs,
         outcome.log,
-        outcome.failed,
         None if run is None else run.path,
         pbt,
     )
@@ -632,7 +637,6 @@ def _load_group(run_dir) -> list[FitResult]:
         jax.tree.map(np.asarray, final),
         knobs_final,
         log,
-        np.zeros(len(members), bool),
         run.path,
         pbt,
     )

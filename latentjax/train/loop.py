@@ -160,10 +160,15 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
         return state, (scalars, active & ~nonfinite, counted)
 
     steps_before = state.nonfinite_steps
-    state, (infos, good, _) = jax.lax.scan(one_step, state, None, length=program.chunk_size)
-    num_good = jnp.maximum(good.sum(), 1)
+    state, (infos, good, counted) = jax.lax.scan(one_step, state, None, length=program.chunk_size)
+
+    def mean_over(steps, values):
+        return jnp.where(steps.any(), jnp.where(steps, values, 0.0).sum() / steps.sum(), jnp.nan)
+
+    # a family's failure counters (`*_failures`) count on failed steps too; the rest are means
+    # over the steps that were applied
     summary = {
-        name: jnp.where(good.any(), jnp.where(good, values, 0.0).sum() / num_good, jnp.nan)
+        name: mean_over(good | counted if name.endswith("_failures") else good, values)
         for name, values in infos.items()
     }
     summary["nonfinite_steps"] = state.nonfinite_steps - steps_before
@@ -203,13 +208,12 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
 
 class TrainOutcome(NamedTuple):
     """params: final (or, with validation data, best) parameters, host arrays with a leading
-    `[members]` axis; knobs: final knob values `{path: [members]}`; log: the metrics lines;
-    failed: `[members]` bool, members stopped by non-finite steps."""
+    `[members]` axis; knobs: final knob values `{path: [members]}`; log: the metrics lines
+    (each says which members have `failed`, stopped by failed steps, and their `failure`)."""
 
     params: Any
     knobs: dict
     log: list
-    failed: np.ndarray
 
 
 def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int) -> dict:
@@ -224,6 +228,18 @@ def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int
         line[name] = [_json_number(v) for v in np.asarray(values).tolist()]
     line["knobs"] = {path: np.asarray(v).tolist() for path, v in knobs.items()}
     return line
+
+
+def _failure_reason(summary: dict, member: int, max_nonfinite: int) -> str:
+    """Why a member stopped: its consecutive non-finite steps, and the family's own failure
+    counters (`*_failures` entries of the Fitter's info, e.g. node's `solver_failures`)."""
+    reason = f"{max_nonfinite} consecutive steps with a non-finite loss, gradient or state"
+    counters = [
+        f"{name}={float(values[member]):.3g}"
+        for name, values in summary.items()
+        if name.endswith("_failures") and np.nan_to_num(values[member]) > 0
+    ]
+    return reason + (f" ({', '.join(counters)})" if counters else "")
 
 
 def _json_number(value):
@@ -312,6 +328,7 @@ def train_population(
         log = MetricsLog.resume(run.metrics_path, latest)
 
     failed = np.zeros(size, bool)
+    reasons: list[str | None] = [None] * size
     bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step")
     chunk_index = step // program.chunk_size
     try:
@@ -328,6 +345,10 @@ def train_population(
             line = _line(step, summary, knobs_host, seconds, step - previous)
 
             failed = summary["consecutive_nonfinite"] >= program.max_nonfinite
+            for member in np.flatnonzero(failed):
+                if reasons[member] is None:  # the chunk where it failed says why
+                    reasons[member] = _failure_reason(summary, member, program.max_nonfinite)
+            line["failed"], line["failure"] = failed.tolist(), list(reasons)
             if failed.all():
                 log.append(line)
                 if checkpoints is not None:
@@ -378,4 +399,4 @@ def train_population(
             checkpoints.close()
 
     final = population.to_host(state.fitter_state.params if valid is None else state.best_params)
-    return TrainOutcome(final, population.to_host(knobs_device), log.lines, failed)
+    return TrainOutcome(final, population.to_host(knobs_device), log.lines)

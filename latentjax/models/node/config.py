@@ -58,8 +58,11 @@ class Config:
         or "backsolve" (the continuous adjoint method: O(1) memory in the solve length),
         or "forward" (forward-mode only: `jax.jvp` / `jax.jacfwd` of a solve, e.g. the
         Hessian of the Laplace proposal in `posterior`; it cannot train).
-      throw: True raises `SolverError` (naming the trial, the time reached and `max_steps`)
-        when a solve fails; False masks the failing trials out of the loss and reports
+      throw: True: inference raises `SolverError` (naming the trial, the time reached and
+        `max_steps`) when a solve fails, and in training a step with a failed solve is a
+        failed step (NaN loss: skipped by the engine, and after `train.max_nonfinite` in a
+        row the member is marked failed, its parameters the last finite ones). False masks
+        the failing trials out (NaN in the posterior, left out of the loss) and reports
         `solver_failures` (the fraction of trials) in the training history.
     Knobs:
       kl_scale: weight of the KL term (1.0 is the ELBO).

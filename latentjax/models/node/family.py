@@ -147,18 +147,6 @@ def _loss(params, batch: Trials, key, config: Config, kl_weight, training: bool)
         config,
         training,
     )
-    if config.throw:
-        raise_failed = functools.partial(
-            raise_on_failure, max_steps=config.max_steps, solver=config.solver,
-            where="minibatch trial",
-        )  # fmt: skip
-        jax.debug.callback(
-            raise_failed,
-            terms["failed"],
-            terms["reached"],
-            terms["end"],
-            terms["max_steps_reached"],
-        )
     entries = jnp.maximum(jnp.sum(terms["entries"]), 1.0)
     recon = jnp.sum(terms["recon"]) / entries
     kl = jnp.sum(terms["kl"]) / entries
@@ -167,7 +155,10 @@ def _loss(params, batch: Trials, key, config: Config, kl_weight, training: bool)
         "kl": kl,
         "solver_failures": jnp.mean(terms["failed"].astype(jnp.float32)),
     }
-    return recon + config.kl_scale * kl_weight * kl, aux
+    value = recon + config.kl_scale * kl_weight * kl
+    if config.throw:  # a failed step: the engine skips it, and stops the member if it persists
+        value = jnp.where(jnp.any(terms["failed"]), jnp.nan, value)
+    return value, aux
 
 
 def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, dict]:
@@ -175,8 +166,11 @@ def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, d
     dropout when `cd_rate > 0`.
 
     Returns (scalar, aux) with aux `recon` and `kl` (per entry, unweighted) and
-    `solver_failures` (fraction of the minibatch whose solve failed; those trials are left
-    out). With `config.throw` a failed solve raises `SolverError` instead.
+    `solver_failures` (fraction of the minibatch whose solve failed). Without
+    `config.throw` the failed trials are left out; with it the loss is NaN, so the engine
+    skips the step and, after `train.max_nonfinite` of them in a row, marks the member
+    failed (a population's other members go on; a single fit stops with `NonFiniteError`).
+    Raising from inside the compiled step would stop a whole population.
     """
     if config.adjoint == "forward":
         raise ValueError(
