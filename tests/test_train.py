@@ -157,6 +157,7 @@ def test_run_folder_round_trip_and_refusal(trials, tmp_path):
         "checkpoints",
         "config.json",
         "data.json",
+        "lock",
         "metrics.jsonl",
     ]
     loaded = lj.load_run(tmp_path / "run")

@@ -1,18 +1,26 @@
-"""The run folder: `config.json`, `data.json`, `metrics.jsonl` and `checkpoints/`.
+"""The run folder: `config.json`, `data.json`, `metrics.jsonl`, `checkpoints/` and `lock`.
 
 `config.json` records the config with its class path (nested dataclasses and tuples
 included) so `load_run` can rebuild it, the population (seeds, grid, PBT settings), and a
 hash of all of it; `data.json` records the shapes, labels and a fingerprint of the training
-and validation trials; `metrics.jsonl` holds one JSON line per chunk.
+and validation trials; `metrics.jsonl` holds one JSON line per chunk: a run resumed from its
+last checkpoint (or restarted with none) first drops the lines logged after it, so the file
+holds exactly one line per step logged, whatever killed the run before. `lock` names the
+process training in the folder; while it runs (holding an advisory lock on that file, which
+the system releases when the process ends, however it ends) another is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import fcntl
 import hashlib
 import importlib
 import json
 import os
+import socket
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,17 +118,33 @@ def describe_trials(trials) -> dict | None:
 
 
 class MetricsLog:
-    """One JSON line per chunk, in memory and (with a run folder) in `metrics.jsonl`."""
+    """One JSON line per chunk, in memory and (with a run folder) in `metrics.jsonl`.
+
+    The file holds the lines of this log: the first `append` replaces whatever an earlier,
+    interrupted run left there with `lines` (none for a run started from step 0)."""
 
     def __init__(self, path: str | None = None, lines: list[dict] | None = None):
         self.path = path
         self.lines = list(lines or [])
+        self._written = False  # whether the file holds exactly `lines`
 
     def append(self, line: dict) -> None:
         self.lines.append(line)
-        if self.path is not None and jax.process_index() == 0:
-            with open(self.path, "a") as file:
-                file.write(json.dumps(line) + "\n")
+        if self.path is None or jax.process_index() != 0:
+            return
+        if not self._written:
+            self._rewrite()
+            return
+        with open(self.path, "a") as file:
+            file.write(json.dumps(line) + "\n")
+
+    def _rewrite(self) -> None:
+        """Replace the file by `lines` (atomically: a kill leaves the old or the new file)."""
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as file:
+            file.writelines(json.dumps(line) + "\n" for line in self.lines)
+        os.replace(temporary, self.path)
+        self._written = True
 
     @staticmethod
     def read(path: str, up_to_step: int) -> list[dict]:
@@ -141,11 +165,10 @@ class MetricsLog:
     def resume(cls, path: str, up_to_step: int) -> MetricsLog:
         """The log of a run restored at `up_to_step`: later lines (written after the
         checkpoint by a run that was then interrupted) are dropped from the file too."""
-        lines = cls.read(path, up_to_step)
+        log = cls(path, cls.read(path, up_to_step))
         if jax.process_index() == 0:
-            with open(path, "w") as file:
-                file.writelines(json.dumps(line) + "\n" for line in lines)
-        return cls(path, lines)
+            log._rewrite()
+        return log
 
 
 def member_history(lines: list[dict], index: int) -> dict[str, np.ndarray]:
@@ -175,9 +198,40 @@ def member_histories(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
     return [member_history(lines, index) for index in range(members)]
 
 
+class _Lock:
+    """An exclusive advisory lock on `path`, held while this object lives (or until the
+    process ends); the file records the holder."""
+
+    def __init__(self, path: str, folder: str):
+        self.file = open(path, "a+")  # held open: the lock lives with it
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "an unknown process"
+            self.file.close()
+            raise ValueError(
+                f"out: {folder} is in use by another run ({holder}); wait for it to end, "
+                "or use another folder"
+            ) from None
+        since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.file.truncate(0)
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()} since {since}\n")
+        self.file.flush()
+
+    def __del__(self):
+        self.file.close()  # releases the lock
+
+
+# The locks this process holds, by folder: a second `RunDir` here shares the first one's.
+_LOCKS: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()
+
+
 class RunDir:
     """A run folder: writes `config.json` and `data.json` on creation and checks them on
-    resume (a different config, population or data raises `ValueError`)."""
+    resume (a different config, population or data raises `ValueError`); `open` takes the
+    folder's lock (another process training there raises `ValueError`) until `close`, the
+    end of this object or of the process."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.path.abspath(os.fspath(path))
@@ -185,6 +239,22 @@ class RunDir:
         self.data_path = os.path.join(self.path, "data.json")
         self.metrics_path = os.path.join(self.path, "metrics.jsonl")
         self.checkpoint_dir = os.path.join(self.path, "checkpoints")
+        self.lock_path = os.path.join(self.path, "lock")
+        self._lock: _Lock | None = None
+
+    def lock(self) -> None:
+        """Take the folder's lock (created with the folder), or raise `ValueError` naming
+        the process that holds it."""
+        if self._lock is not None or jax.process_index() != 0:
+            return
+        self._lock = _LOCKS.get(self.path)
+        if self._lock is None:
+            os.makedirs(self.path, exist_ok=True)
+            self._lock = _LOCKS[self.path] = _Lock(self.lock_path, self.path)
+
+    def close(self) -> None:
+        """Let go of the lock (released once no `RunDir` of this process holds it)."""
+        self._lock = None
 
     def exists(self) -> bool:
         return os.path.exists(self.config_path)
@@ -200,7 +270,16 @@ class RunDir:
         return config_record, data_record
 
     def open(self, config_record: dict, data_record: dict) -> bool:
-        """Create the folder, or check that an existing one matches. True when resuming."""
+        """Lock the folder, then create it or check that an existing one matches. True when
+        resuming."""
+        self.lock()
+        try:
+            return self._open(config_record, data_record)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, config_record: dict, data_record: dict) -> bool:
         if self.exists():
             saved_config, saved_data = self.read()
             if saved_config["hash"] != config_record["hash"]:
