@@ -23,8 +23,18 @@ _LEAVES = ("spikes", "times", "mask", "behavior", "conditions")
 _STATIC = ("dt", "regions", "neuron_ids", "continuous", "condition_names")
 
 
+def _as_array(name: str, value: Any, dtype=None) -> np.ndarray:
+    """`value` as an array, a ragged or non-numeric one (for `dtype`) raising a ValueError."""
+    try:
+        if dtype is not None and np.iscomplexobj(value):
+            raise TypeError("complex values")
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Trials: `{name}` must be a (rectangular) array: {err}") from err
+
+
 def _as_float_array(name: str, value: Any, ndim: int) -> np.ndarray:
-    array = np.asarray(value)
+    array = _as_array(name, value)
     if array.ndim != ndim:
         raise ValueError(f"Trials: `{name}` must have {ndim} dimensions, got shape {array.shape}")
     if array.dtype.kind not in "biuf":
@@ -108,7 +118,7 @@ class Trials:
         if mask is None:
             mask = np.ones((num_trials, num_bins), dtype=bool)
         else:
-            mask = np.asarray(mask)
+            mask = _as_array("mask", mask)
             if mask.shape != (num_trials, num_bins):
                 raise ValueError(
                     f"Trials: `mask` must have shape [trials, time] = {(num_trials, num_bins)}, "
@@ -138,7 +148,7 @@ class Trials:
         if times is None:
             times = np.broadcast_to(np.arange(num_bins) * dt, (num_trials, num_bins)).copy()
         else:
-            times = np.asarray(times, dtype=np.float64)
+            times = _as_array("times", times, dtype=np.float64)
             if times.ndim == 1 and times.shape == (num_bins,):
                 times = np.broadcast_to(times, (num_trials, num_bins)).copy()
             if times.shape != (num_trials, num_bins):
@@ -181,13 +191,15 @@ class Trials:
                 )
 
         if conditions is not None:
-            conditions = np.asarray(conditions)
+            conditions = _as_array("conditions", conditions)
             if conditions.shape != (num_trials,):
                 raise ValueError(
                     f"Trials: `conditions` must have shape [trials] = ({num_trials},), "
                     f"got {conditions.shape}"
                 )
-            if conditions.dtype.kind not in "biu":
+            if conditions.dtype.kind in "fc" and not np.isfinite(conditions).all():
+                raise ValueError("Trials: `conditions` holds NaN or Inf labels")
+            if conditions.dtype.kind not in "iu":
                 if condition_names is not None:
                     raise ValueError(
                         "Trials: `condition_names` is only for integer-coded `conditions`"

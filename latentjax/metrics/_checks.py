@@ -12,9 +12,13 @@ import numpy as np
 def as_array(function: str, name: str, value, ndim: int | None = None) -> np.ndarray:
     """`value` as a float64 array, checking its rank when `ndim` is given."""
     try:
+        if np.iscomplexobj(value):
+            raise TypeError("complex values")
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{function}: `{name}` must be a numeric array, got {value!r}") from err
+        raise ValueError(
+            f"{function}: `{name}` must be a real numeric array ({err}), got {value!r}"
+        ) from err
     if ndim is not None and array.ndim != ndim:
         raise ValueError(
             f"{function}: `{name}` must have {ndim} dimensions, got shape {array.shape}"
@@ -22,6 +26,13 @@ def as_array(function: str, name: str, value, ndim: int | None = None) -> np.nda
     if 0 in array.shape:
         raise ValueError(f"{function}: `{name}` has an empty axis, shape {array.shape}")
     return array
+
+
+def as_number(function: str, name: str, value) -> float:
+    """`value` as a float (NaN and Inf pass: the caller checks the range)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{function}: `{name}` must be a number, got {value!r}")
+    return float(value)
 
 
 def check_same_shape(function: str, names: tuple[str, str], a, b, axes: int | None = None):
@@ -77,12 +88,14 @@ def trial_indices(function: str, name: str, index, num_trials: int) -> np.ndarra
 
 def split_trials(function: str, num_trials: int, train_fraction: float, seed: int):
     """A seeded random split of trial indices into (train, test), both non-empty."""
-    if not 0 < train_fraction < 1:
+    if not 0 < as_number(function, "train_fraction", train_fraction) < 1:
         raise ValueError(f"{function}: `train_fraction` must be in (0, 1), got {train_fraction}")
     if num_trials < 2:
         raise ValueError(
             f"{function}: a train/test split needs at least 2 trials, got {num_trials}"
         )
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{function}: `seed` must be an int >= 0, got {seed!r}")
     order = np.random.default_rng(seed).permutation(num_trials)
     num_train = int(np.clip(round(train_fraction * num_trials), 1, num_trials - 1))
     return np.sort(order[:num_train]), np.sort(order[num_train:])

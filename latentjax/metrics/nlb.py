@@ -24,6 +24,7 @@ from sklearn.metrics import r2_score
 
 from latentjax.metrics._checks import (
     as_array,
+    as_number,
     check_finite_where,
     check_same_shape,
     observed_bins,
@@ -62,24 +63,34 @@ def bits_per_spike(rates, spikes, *, mask=None) -> float:
       >>> bits_per_spike(neuron_means, spikes)
       0.0
     """
-    function = "bits_per_spike"
-    rates = as_array(function, "rates", rates)
-    spikes = as_array(function, "spikes", spikes)
+    return _bits_per_spike("bits_per_spike", ("rates", "spikes"), rates, spikes, mask)
+
+
+def _bits_per_spike(function: str, names: tuple[str, str], rates, spikes, mask) -> float:
+    """`bits_per_spike`, its errors naming `function` and the arguments `names`."""
+    rates_name, spikes_name = names
+    rates = as_array(function, rates_name, rates)
+    spikes = as_array(function, spikes_name, spikes)
     if spikes.ndim < 2:
-        raise ValueError(f"{function}: `spikes` must be [..., neurons], got shape {spikes.shape}")
-    check_same_shape(function, ("rates", "spikes"), rates, spikes)
+        raise ValueError(
+            f"{function}: `{spikes_name}` must be [..., neurons], got shape {spikes.shape}"
+        )
+    check_same_shape(function, names, rates, spikes)
     evaluated = observed_bins(function, mask, spikes.shape[:-1])[..., None] & ~np.isnan(spikes)
-    check_finite_where(function, "spikes", spikes, evaluated)
-    check_finite_where(function, "rates", rates, evaluated)
+    check_finite_where(function, spikes_name, spikes, evaluated)
+    check_finite_where(function, rates_name, rates, evaluated)
     if (rates[evaluated] < 0).any():
-        raise ValueError(f"{function}: `rates` holds negative values in evaluated bins")
+        raise ValueError(f"{function}: `{rates_name}` holds negative values in evaluated bins")
     if (spikes[evaluated] < 0).any():
-        raise ValueError(f"{function}: `spikes` holds negative counts in evaluated bins")
+        raise ValueError(f"{function}: `{spikes_name}` holds negative counts in evaluated bins")
 
     counts = np.where(evaluated, spikes, 0.0)
     total_spikes = counts.sum()
     if total_spikes <= 0:
-        raise ValueError(f"{function}: `spikes` holds no spike in the evaluated bins")
+        raise ValueError(
+            f"{function}: `{spikes_name}` holds no spike in the evaluated bins "
+            "(those `mask` keeps, not NaN)"
+        )
     leading_axes = tuple(range(spikes.ndim - 1))
     bins_per_neuron = evaluated.sum(axis=leading_axes)
     neuron_means = counts.sum(axis=leading_axes) / np.maximum(bins_per_neuron, 1)
@@ -102,7 +113,9 @@ def co_bps(rates_heldout, spikes_heldout, *, mask=None) -> float:
       spikes_heldout: `[trials, time, heldout_neurons]` their observed counts.
       mask: `[trials, time]` bool, True where evaluated.
     """
-    return bits_per_spike(rates_heldout, spikes_heldout, mask=mask)
+    return _bits_per_spike(
+        "co_bps", ("rates_heldout", "spikes_heldout"), rates_heldout, spikes_heldout, mask
+    )
 
 
 def fp_bps(rates_forward, spikes_forward, *, mask=None) -> float:
@@ -114,7 +127,9 @@ def fp_bps(rates_forward, spikes_forward, *, mask=None) -> float:
       spikes_forward: `[trials, forward_bins, neurons]` the counts observed there.
       mask: `[trials, forward_bins]` bool, True where evaluated.
     """
-    return bits_per_spike(rates_forward, spikes_forward, mask=mask)
+    return _bits_per_spike(
+        "fp_bps", ("rates_forward", "spikes_forward"), rates_forward, spikes_forward, mask
+    )
 
 
 def smooth_spikes(spikes: np.ndarray, observed: np.ndarray, kernel_sd_bins: float) -> np.ndarray:
@@ -173,21 +188,29 @@ def psth_r2(rates, spikes, conditions, *, dt=None, kernel_sd=PSTH_KERNEL_SD, mas
     rates = as_array(function, "rates", rates, ndim=3)
     spikes = as_array(function, "spikes", spikes, ndim=3)
     check_same_shape(function, ("rates", "spikes"), rates, spikes)
-    conditions = np.asarray(conditions)
+    try:
+        conditions = np.asarray(conditions)
+    except ValueError as err:
+        raise ValueError(f"{function}: `conditions` must be an array [trials]: {err}") from err
     if conditions.shape != spikes.shape[:1]:
         raise ValueError(
             f"{function}: `conditions` must have shape [trials] = {spikes.shape[:1]}, "
             f"got {conditions.shape}"
         )
-    if kernel_sd < 0:
+    if conditions.dtype.kind == "f" and not np.isfinite(conditions).all():
+        raise ValueError(f"{function}: `conditions` holds NaN or Inf labels")
+    kernel_sd = as_number(function, "kernel_sd", kernel_sd)
+    if not (np.isfinite(kernel_sd) and kernel_sd >= 0):
         raise ValueError(f"{function}: `kernel_sd` must be >= 0 seconds, got {kernel_sd}")
-    if kernel_sd > 0 and (dt is None or not dt > 0):
+    dt = None if dt is None else as_number(function, "dt", dt)
+    if kernel_sd > 0 and (dt is None or not (np.isfinite(dt) and dt > 0)):
         raise ValueError(
             f"{function}: pass `dt` (seconds per bin, > 0) to smooth spikes with a "
             f"{kernel_sd} s Gaussian, or kernel_sd=0 for unsmoothed PSTHs; got dt={dt}"
         )
     observed = observed_bins(function, mask, spikes.shape[:2]) & ~np.isnan(spikes).any(axis=2)
     check_finite_where(function, "rates", rates, observed[..., None])
+    check_finite_where(function, "spikes", spikes, observed[..., None])
 
     smoothed = smooth_spikes(spikes, observed, kernel_sd / dt if kernel_sd > 0 else 0.0)
     true_rows, predicted_rows = [], []
@@ -202,5 +225,5 @@ def psth_r2(rates, spikes, conditions, *, dt=None, kernel_sd=PSTH_KERNEL_SD, mas
         predicted_rows.append(predicted_sum[covered] / trials_per_bin[covered])
     true_psth, predicted_psth = np.concatenate(true_rows), np.concatenate(predicted_rows)
     if len(true_psth) < 2:
-        raise ValueError(f"{function}: fewer than 2 observed (condition, time) bins")
+        raise ValueError(f"{function}: fewer than 2 observed (condition, time) bins (`mask`)")
     return float(r2_score(true_psth, predicted_psth))

@@ -99,7 +99,9 @@ def latent_r2(
     fit_est, fit_true = pooled(fit_idx)
     score_est, score_true = pooled(score_idx)
     if len(fit_est) < 2 or len(score_est) < 2:
-        raise ValueError(f"{function}: too few observed bins to fit and score the affine map")
+        raise ValueError(
+            f"{function}: too few observed bins (`mask`) to fit and score the affine map"
+        )
     regression = LinearRegression().fit(fit_est, fit_true)
     affine_map = AffineMap(weights=regression.coef_.T, bias=regression.intercept_)
     per_dim = r2_score(score_true, affine_map(score_est), multioutput="raw_values")
@@ -131,5 +133,5 @@ def rate_r2(true_rates, est_rates, *, mask=None) -> float:
     check_finite_where(function, "true_rates", true_rates, observed[..., None])
     check_finite_where(function, "est_rates", est_rates, observed[..., None])
     if observed.sum() < 2:
-        raise ValueError(f"{function}: fewer than 2 observed bins")
+        raise ValueError(f"{function}: fewer than 2 observed bins (`mask`)")
     return float(r2_score(true_rates[observed], est_rates[observed]))
