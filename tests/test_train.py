@@ -20,9 +20,36 @@ from latentjax.train import (
     PBTConfig,
     TrainConfig,
     gradient_fitter,
+    knob,
     schedules,
 )
 from latentjax.train.run import config_from_json, config_to_json
+
+
+@dataclasses.dataclass(frozen=True)
+class FailingConfig:
+    fail_from: float = knob(-1.0)
+    train: TrainConfig = toy.Config().train
+
+
+class FailingFamily:
+    """The toy family whose steps fail from step `fail_from` on (a knob, so members of one
+    population may differ): a NaN loss with `toy_failures = 1`, the family's report of why
+    (as node reports `solver_failures`, the fraction of failed ODE solves)."""
+
+    Config = FailingConfig
+    init = staticmethod(toy.init)
+    posterior = staticmethod(toy.posterior)
+
+    @staticmethod
+    def loss(params, batch, key, config, step):
+        value, aux = toy.loss(params, batch, key, toy.Config(), step)
+        failing = (config.fail_from >= 0) & (step >= config.fail_from)
+        aux = {**aux, "toy_failures": failing.astype(jnp.float32)}
+        return jnp.where(failing, jnp.nan, value), aux
+
+
+lj.family.register("toy_failing", FailingFamily)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +163,32 @@ def test_persistent_nan_stops_and_keeps_the_last_checkpoint(trials, tmp_path):
     saved = lj.load_run(tmp_path / "run")
     clean = lj.fit(toy.Config(), trials, steps=10, progress=False)
     np.testing.assert_allclose(saved.params["mean"], clean.params["mean"], rtol=1e-6)
+
+
+def test_a_member_whose_family_reports_a_failure_stops_at_once_and_the_others_go_on(
+    trials, tmp_path
+):
+    grid = {"fail_from": [-1.0, 13.0, -1.0, -1.0]}
+    population = lj.sweep(FailingConfig(), trials, grid=grid, out=tmp_path, progress=False)
+    assert [bool(m.history["failed"]) for m in population] == [False, True, False, False]
+    # stopped at its first failed step (not after max_nonfinite=5 of them) with the
+    # parameters of its last good step: those of a 13-step fit
+    assert population[1].history["nonfinite_steps"].sum() == 1
+    thirteen = lj.fit(toy.Config(), trials, steps=13, progress=False)
+    np.testing.assert_allclose(population[1].params["mean"], thirteen.params["mean"], rtol=1e-6)
+    full = lj.fit(toy.Config(), trials, progress=False)
+    for member in population[::2] + population[3:]:
+        assert member.history["step"][-1] == 40 and np.isfinite(member.history["loss"]).all()
+        np.testing.assert_allclose(member.params["mean"], full.params["mean"], rtol=1e-6)
+
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["failed"][1] for line in lines] == [False, True, True, True]
+    reason = "the family reported a failure (toy_failures=1) on a step with a non-finite loss"
+    assert lines[-1]["failure"] == [None, reason, None, None]
+    assert str(lj.load_run(tmp_path)[1].history["failure"]) == reason
+    # a single fit that fails stops with the reason
+    with pytest.raises(NonFiniteError, match=r"step 10: the family reported .*toy_failures=1"):
+        lj.fit(FailingConfig(fail_from=3.0), trials, progress=False)
 
 
 def test_early_stopping_keeps_the_best_parameters(trials):

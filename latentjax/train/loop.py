@@ -58,7 +58,10 @@ class Program:
       config: the config with its knobs at their defaults (`config.static_config`).
       validation_loss: `(params, trials, key, config, step) -> (scalar, aux)`, or None.
       chunk_size: steps per compiled chunk.
-      max_nonfinite: consecutive non-finite steps after which a member stops.
+      max_nonfinite: consecutive non-finite steps after which a member stops; a
+        non-finite step on which the Fitter's info reports a failure (an entry named
+        `*_failures` above 0, e.g. node's `solver_failures`: the fraction of trials whose ODE
+        solve failed) stops it at once.
     """
 
     make_fitter: Callable[[Any], Fitter]
@@ -142,25 +145,32 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
         new_fitter_state, info = fitter.step(state.fitter_state, train, key)
         state_finite = _all_finite(new_fitter_state)
         nonfinite = ~jnp.isfinite(info["loss"]) | ~state_finite | (info.get("skipped", 0) > 0)
-        keep_new = active & state_finite
+        reported = functools.reduce(
+            jnp.logical_or,
+            [info[name] > 0 for name in info if name.endswith("_failures")],
+            jnp.asarray(False),
+        )
+        fatal = nonfinite & reported  # the family says why the step failed: stop at once
+        keep_new = active & state_finite & ~fatal
         fitter_state = tree_where(keep_new, new_fitter_state, state.fitter_state)
         counted = active & nonfinite
+        consecutive = jnp.where(
+            fatal, program.max_nonfinite, jnp.where(nonfinite, state.consecutive_nonfinite + 1, 0)
+        )
         state = state._replace(
             fitter_state=fitter_state,
             step=state.step + active.astype(jnp.int32),
-            consecutive_nonfinite=jnp.where(
-                active,
-                jnp.where(nonfinite, state.consecutive_nonfinite + 1, 0),
-                state.consecutive_nonfinite,
-            ),
+            consecutive_nonfinite=jnp.where(active, consecutive, state.consecutive_nonfinite),
             nonfinite_steps=state.nonfinite_steps + counted.astype(jnp.int32),
         )
         scalars = {k: jnp.asarray(v, jnp.float32) for k, v in info.items() if jnp.ndim(v) == 0}
         scalars.pop("skipped", None)
-        return state, (scalars, active & ~nonfinite, counted)
+        return state, (scalars, active & ~nonfinite, counted, active & fatal)
 
     steps_before = state.nonfinite_steps
-    state, (infos, good, counted) = jax.lax.scan(one_step, state, None, length=program.chunk_size)
+    state, (infos, good, counted, fatal) = jax.lax.scan(
+        one_step, state, None, length=program.chunk_size
+    )
 
     def mean_over(steps, values):
         return jnp.where(steps.any(), jnp.where(steps, values, 0.0).sum() / steps.sum(), jnp.nan)
@@ -173,6 +183,13 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
     }
     summary["nonfinite_steps"] = state.nonfinite_steps - steps_before
     summary["consecutive_nonfinite"] = state.consecutive_nonfinite
+    summary["reported_failure"] = fatal.any()
+    # the counters of the step that stopped the member (there is at most one)
+    summary["failure_counters"] = {
+        name: jnp.where(fatal, values, 0.0).sum()
+        for name, values in infos.items()
+        if name.endswith("_failures")
+    }
 
     if program.validation_loss is not None:
         params = state.fitter_state.params
@@ -199,8 +216,11 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
     after `program.max_nonfinite` consecutive non-finite steps), then validate.
 
     Returns the new state and a summary of `[members]` arrays: the mean of each scalar of
-    the Fitter's `info` over the chunk's finite steps, `nonfinite_steps`,
-    `consecutive_nonfinite`, and with validation data `valid_loss` and `since_best`.
+    the Fitter's `info` over the chunk's finite steps (`*_failures` counters: over its failed
+    steps too), `nonfinite_steps`, `consecutive_nonfinite`, `reported_failure` (a failure the
+    Fitter reported stopped the member in this chunk) with `failure_counters` (the
+    `*_failures` of that step), and with validation data
+    `valid_loss` and `since_best`.
     """
     member = functools.partial(_chunk_member, program)
     return jax.vmap(member, in_axes=(0, 0, None, None, None))(state, knobs, train, valid, stop_step)
@@ -223,7 +243,7 @@ def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int
         "steps_per_second": steps_done / seconds if seconds > 0 else math.nan,
     }
     for name, values in summary.items():
-        if name == "consecutive_nonfinite":
+        if name in ("consecutive_nonfinite", "reported_failure", "failure_counters"):
             continue
         line[name] = [_json_number(v) for v in np.asarray(values).tolist()]
     line["knobs"] = {path: np.asarray(v).tolist() for path, v in knobs.items()}
@@ -231,15 +251,25 @@ def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int
 
 
 def _failure_reason(summary: dict, member: int, max_nonfinite: int) -> str:
-    """Why a member stopped: its consecutive non-finite steps, and the family's own failure
-    counters (`*_failures` entries of the Fitter's info, e.g. node's `solver_failures`)."""
+    """Why a member stopped: a failure the family reported on a non-finite step (its
+    `*_failures` counters, e.g. node's `solver_failures`), or its consecutive non-finite
+    steps (with any counters of the chunk)."""
+
+    def counters(values: dict) -> str:
+        return ", ".join(
+            f"{name}={float(value[member]):.3g}"
+            for name, value in values.items()
+            if name.endswith("_failures") and np.nan_to_num(value[member]) > 0
+        )
+
+    if summary["reported_failure"][member]:
+        return (
+            f"the family reported a failure ({counters(summary['failure_counters'])}) on a "
+            "step with a non-finite loss"
+        )
+    chunk = counters(summary)
     reason = f"{max_nonfinite} consecutive steps with a non-finite loss, gradient or state"
-    counters = [
-        f"{name}={float(values[member]):.3g}"
-        for name, values in summary.items()
-        if name.endswith("_failures") and np.nan_to_num(values[member]) > 0
-    ]
-    return reason + (f" ({', '.join(counters)})" if counters else "")
+    return reason + (f" ({chunk})" if chunk else "")
 
 
 def _json_number(value):
@@ -328,7 +358,9 @@ def train_population(
         log = MetricsLog.resume(run.metrics_path, latest)
 
     failed = np.zeros(size, bool)
-    reasons: list[str | None] = [None] * size
+    # why each member failed, kept from the resumed metrics
+    resumed = log.lines[-1] if log.lines else {}
+    reasons: list[str | None] = list(resumed.get("failure", [None] * size))
     bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step")
     chunk_index = step // program.chunk_size
     try:
@@ -355,11 +387,12 @@ def train_population(
                     checkpoints.wait()
                 last = None if checkpoints is None else checkpoints.latest_step()
                 where = "" if last is None else f"; the last checkpoint (step {last}) is intact"
+                why = "; ".join(dict.fromkeys(reasons))
                 raise NonFiniteError(
-                    f"training stopped at step {step}: {program.max_nonfinite} consecutive "
-                    f"steps with a non-finite loss, gradient or state (their updates were "
+                    f"training stopped at step {step}: {why} (failed updates are "
                     f"skipped){where}. Lower the learning rate, clip gradients "
-                    "(TrainConfig.grad_clip) or check the data."
+                    "(TrainConfig.grad_clip), check the data, or see the family's "
+                    "documentation of the failure it reports."
                 )
             if patience is not None and "since_best" in summary:
                 finished = bool((summary["since_best"] >= patience).all())
