@@ -60,8 +60,9 @@ class Config:
         Hessian of the Laplace proposal in `posterior`; it cannot train).
       throw: True: inference raises `SolverError` (naming the trial, the time reached and
         `max_steps`) when a solve fails, and in training a step with a failed solve is a
-        failed step (NaN loss: skipped by the engine, and after `train.max_nonfinite` in a
-        row the member is marked failed, its parameters the last finite ones). False masks
+        failed step (NaN loss with `solver_failures` > 0: the engine skips it and marks the
+        member failed at once, its parameters the last good ones; a population's other
+        members go on, a single fit stops with `NonFiniteError`). False masks
         the failing trials out (NaN in the posterior, left out of the loss) and reports
         `solver_failures` (the fraction of trials) in the training history.
     Knobs:

@@ -156,7 +156,7 @@ def _loss(params, batch: Trials, key, config: Config, kl_weight, training: bool)
         "solver_failures": jnp.mean(terms["failed"].astype(jnp.float32)),
     }
     value = recon + config.kl_scale * kl_weight * kl
-    if config.throw:  # a failed step: the engine skips it, and stops the member if it persists
+    if config.throw:  # a failed step: the engine skips it and stops the member
         value = jnp.where(jnp.any(terms["failed"]), jnp.nan, value)
     return value, aux
 
@@ -167,10 +167,11 @@ def loss(params, batch: Trials, key, config: Config, step) -> tuple[jax.Array, d
 
     Returns (scalar, aux) with aux `recon` and `kl` (per entry, unweighted) and
     `solver_failures` (fraction of the minibatch whose solve failed). Without
-    `config.throw` the failed trials are left out; with it the loss is NaN, so the engine
-    skips the step and, after `train.max_nonfinite` of them in a row, marks the member
-    failed (a population's other members go on; a single fit stops with `NonFiniteError`).
-    Raising from inside the compiled step would stop a whole population.
+    `config.throw` the failed trials are left out; with it the loss is NaN, and a NaN loss
+    with `solver_failures` > 0 makes the engine skip the step and mark the member failed at
+    once, with the reason in `metrics.jsonl` (a population's other members go on; a single
+    fit stops with `NonFiniteError`). Raising from inside the compiled step would stop a
+    whole population.
     """
     if config.adjoint == "forward":
         raise ValueError(
