@@ -181,6 +181,31 @@ def test_coupled_lds_validation_loss_is_the_posterior_predictive_nll_per_entry(i
     np.testing.assert_allclose(float(got), expected, rtol=1e-4)
 
 
+def test_coupled_lds_svi_fit_records_the_validation_loss():
+    """`lj.fit(..., valid=)` of SVI scores the held-out trials after the chunk (NUTS: the
+    contract test): the value recorded is one draw of the Monte Carlo estimate (16 draws of
+    the variational posterior) that `validation_loss` gives for the returned parameters."""
+    import jax
+
+    rng = np.random.default_rng(2)
+    regions = np.repeat(["R0", "R1", "R2"], 2)
+    train, valid = (
+        lj.Trials(rng.standard_normal((4, 20, 6)), 0.01, regions=regions, continuous=True)
+        for _ in range(2)
+    )
+    config = coupled_lds.Config(
+        latent_dim=2, delays=(1, 2), own_lags=1, projection="none", noise_correction=False,
+        inference="svi", train=lj.train.TrainConfig(steps=10, chunk_size=10),
+    )  # fmt: skip
+    result = lj.fit(config, train, valid=valid, progress=False)
+    recorded = result.history["valid_loss"]
+    assert recorded.shape == (1,) and np.isfinite(recorded).all()
+    keys = jax.random.split(jax.random.PRNGKey(0), 500)
+    score = jax.vmap(lambda k: coupled_lds.validation_loss(result.params, valid, k, config, 0)[0])
+    quantile = np.mean(np.asarray(jax.jit(score)(keys)) <= recorded[0])
+    assert 0.01 < quantile < 0.99, quantile
+
+
 def _check_recovery(posterior, truth):
     true_edges = truth["coupling"] > 0
     np.testing.assert_array_equal(posterior.edges, true_edges)
