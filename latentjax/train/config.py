@@ -59,8 +59,10 @@ class TrainConfig:
         is always written at the end.
       patience: stop after this many validations (one per chunk) without improvement of the
         validation loss; None never stops early.
-      max_nonfinite: stop with `NonFiniteError` after this many consecutive steps whose loss,
-        gradient or new state was not finite (each such update is skipped).
+      max_nonfinite: a member stops, marked failed, after this many consecutive steps whose
+        loss, gradient or new state was not finite (each such update is skipped), or at once
+        on such a step whose info reports a failure (`*_failures` > 0, e.g. node's failed
+        ODE solves); the others go on, and when every member has failed, `NonFiniteError`.
     """
 
     learning_rate: float = knob(1e-3)
