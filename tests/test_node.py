@@ -544,17 +544,24 @@ def test_lorenz_rates_at_dropped_bins_reach_the_issue_target():
     assert lj.metrics.rate_r2(data.truth["rates"], post.rates, mask=dropped) >= 0.7
 
 
-def test_a_population_member_whose_solves_fail_is_stopped_and_the_others_go_on(tmp_path):
-    """A learning-rate sweep with one rate far too large: its first Adam step makes the linear
-    field dz/ds = W z + b explosive, its adaptive solves exhaust max_steps=16 at the next
-    step, and that member stops at once (parameters finite, the reason in metrics.jsonl)
-    while the other three train to the end."""
+def _explosive_at_learning_rate_10():
+    """A tiny linear-field model (dz/ds = W z + b) whose adaptive solves (max_steps=16) fail
+    after one Adam step at learning rate 10 (W then explodes trajectories), and its data."""
     data = lj.datasets.lorenz(seed=1, num_trials=4, num_bins=12, num_neurons=3)
     trials = lj.datasets.subsample(data.trials, 0.5, seed=2)
     train = TrainConfig(steps=4, chunk_size=2, batch_size=4)
     config = dataclasses.replace(
         TINY, latent_dim=2, depth=0, anchor="first", solver="heun", max_steps=16, train=train
     )
+    return config, trials
+
+
+def test_a_population_member_whose_solves_fail_is_stopped_and_the_others_go_on(tmp_path):
+    """A learning-rate sweep with one rate far too large: its first Adam step makes the linear
+    field explosive, its solves exhaust max_steps at the next step, and that member stops at
+    once (parameters finite, the reason in metrics.jsonl) while the other three train to the
+    end."""
+    config, trials = _explosive_at_learning_rate_10()
     grid = {"train.learning_rate": [3e-3, 1e-2, 10.0, 3e-2]}
     population = lj.sweep(config, trials, grid=grid, out=tmp_path, progress=False)
     assert [bool(m.history["failed"]) for m in population] == [False, False, True, False]
@@ -571,3 +578,14 @@ def test_a_population_member_whose_solves_fail_is_stopped_and_the_others_go_on(t
     assert last["failure"][2].startswith("the family reported a failure (solver_failures=")
     loaded = lj.load_run(tmp_path)
     assert [bool(m.history["failed"]) for m in loaded] == [False, False, True, False]
+
+
+@pytest.mark.slow  # ~20 s: compiles the training step again, for a population of one
+def test_a_single_fit_whose_solves_fail_stops_with_the_reason():
+    config, trials = _explosive_at_learning_rate_10()
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, learning_rate=10.0)
+    )
+    reason = r"step 2: the family reported a failure \(solver_failures=1\)"
+    with pytest.raises(lj.train.NonFiniteError, match=reason):
+        lj.fit(config, trials, progress=False)
