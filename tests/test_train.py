@@ -186,6 +186,9 @@ def test_a_member_whose_family_reports_a_failure_stops_at_once_and_the_others_go
     reason = "the family reported a failure (toy_failures=1) on a step with a non-finite loss"
     assert lines[-1]["failure"] == [None, reason, None, None]
     assert str(lj.load_run(tmp_path)[1].history["failure"]) == reason
+    # resumed for more steps, the run still says why
+    longer = lj.sweep(FailingConfig(), trials, grid=grid, out=tmp_path, steps=50, progress=False)
+    assert longer[0].history["step"][-1] == 50 and str(longer[1].history["failure"]) == reason
     # a single fit that fails stops with the reason
     with pytest.raises(NonFiniteError, match=r"step 10: the family reported .*toy_failures=1"):
         lj.fit(FailingConfig(fail_from=3.0), trials, progress=False)
