@@ -145,9 +145,11 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
         new_fitter_state, info = fitter.step(state.fitter_state, train, key)
         state_finite = _all_finite(new_fitter_state)
         nonfinite = ~jnp.isfinite(info["loss"]) | ~state_finite | (info.get("skipped", 0) > 0)
+        scalars = {k: jnp.asarray(v, jnp.float32) for k, v in info.items() if jnp.ndim(v) == 0}
+        scalars.pop("skipped", None)
         reported = functools.reduce(
             jnp.logical_or,
-            [info[name] > 0 for name in info if name.endswith("_failures")],
+            [value > 0 for name, value in scalars.items() if name.endswith("_failures")],
             jnp.asarray(False),
         )
         fatal = nonfinite & reported  # the family says why the step failed: stop at once
@@ -163,8 +165,6 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
             consecutive_nonfinite=jnp.where(active, consecutive, state.consecutive_nonfinite),
             nonfinite_steps=state.nonfinite_steps + counted.astype(jnp.int32),
         )
-        scalars = {k: jnp.asarray(v, jnp.float32) for k, v in info.items() if jnp.ndim(v) == 0}
-        scalars.pop("skipped", None)
         return state, (scalars, active & ~nonfinite, counted, active & fatal)
 
     steps_before = state.nonfinite_steps
