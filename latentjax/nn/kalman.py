@@ -25,6 +25,18 @@ The parallel option evaluates the same filter and smoother with `jax.lax.associa
 filtering elements written in information form so that they also avoid N x N inverses.
 
 All functions here work on one trial; callers vmap over trials.
+
+Batched LAPACK calls are sequenced with `_after` (`lax.optimization_barrier`): on jax/jaxlib
+0.10.2 (XLA:CPU) two independent batched LAPACK custom calls that run at the same time can
+deadlock. Each splits its batch over the intra-op thread pool (`jax::ParallelBatchMap`) and
+blocks a pool thread waiting for its chunks; with two such calls on a 2-thread pool every
+thread waits and no chunk runs (issue #27: the parallel smoother's log-likelihood Cholesky
+against its RTS gains' LU). Reduced reproducer, hangs within a few calls on 2 cores:
+
+    a = jnp.eye(16) * 2 + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (10000, 16, 16))
+    f = jax.jit(lambda s, a: (jnp.linalg.cholesky(s), jnp.linalg.solve(a, a)))
+    for i in range(20):
+        jax.block_until_ready(f(a @ jnp.swapaxes(a, -1, -2) + i, a + i))
 """
 
 from __future__ import annotations
@@ -107,6 +119,13 @@ class SmootherResult(NamedTuple):
     cross_covariances: jax.Array
     log_likelihood: jax.Array
     filtered: FilterResult
+
+
+def _after(value, *dependencies):
+    """`value`, available only once `dependencies` are computed (XLA cannot reorder them):
+    orders two batched LAPACK calls that would otherwise run concurrently (see the module
+    docstring)."""
+    return lax.optimization_barrier((value, dependencies))[0]
 
 
 def _symmetrize(matrix):
@@ -192,9 +211,12 @@ def _filter_elements(prior: LatentPrior, potentials: Potentials):
         info = _symmetrize(dynamics.T @ information @ transition)
         return transition, mean, cov, eta, info
 
-    elements = jax.vmap(element)(informations[1:], potentials.shift[1:], prior.offsets[1:])
     first_mean, first_cov, _ = _condition(
         prior.initial_mean, prior.initial_cov, informations[0], potentials.shift[0], 0.0
+    )
+    # the elements' batched LU waits for the first bin's Cholesky (batched under vmap)
+    elements = jax.vmap(element)(
+        *_after((informations[1:], potentials.shift[1:], prior.offsets[1:]), first_cov)
     )
     first = (
         jnp.zeros_like(dynamics),
@@ -340,7 +362,8 @@ def smooth_potentials(
         return SmootherResult(
             filtered.means, filtered.covariances, empty, filtered.log_likelihood, filtered
         )
-    gains = _smoother_gains(prior, filtered)
+    # the gains' batched LU waits for the log-likelihood's batched Cholesky (parallel filter)
+    gains = _smoother_gains(prior, _after(filtered, filtered.log_likelihood))
     smooth = _parallel_smoother if parallel else _sequential_smoother
     means, covs = smooth(prior, filtered, gains)
     cross_covs = gains @ covs[1:]
