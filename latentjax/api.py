@@ -280,23 +280,27 @@ def _train_group(
         run = RunDir(out)
         config_record, data_record = _records(config, seeds, grid, pbt, steps, train, valid)
         run.open(config_record, data_record)
-    outcome = train_population(
-        _program(registration, config, valid is not None, steps),
-        _stack(params),
-        knobs,
-        np.stack(keys),
-        train,
-        valid,
-        steps=steps,
-        checkpoint_every=loop_settings.checkpoint_every,
-        patience=loop_settings.patience,
-        run=run,
-        run_hash="" if run is None else config_record["hash"],
-        progress=progress,
-        pbt=pbt,
-        explored=tuple(grid),
-        devices=devices,
-    )
+    try:
+        outcome = train_population(
+            _program(registration, config, valid is not None, steps),
+            _stack(params),
+            knobs,
+            np.stack(keys),
+            train,
+            valid,
+            steps=steps,
+            checkpoint_every=loop_settings.checkpoint_every,
+            patience=loop_settings.patience,
+            run=run,
+            run_hash="" if run is None else config_record["hash"],
+            progress=progress,
+            pbt=pbt,
+            explored=tuple(grid),
+            devices=devices,
+        )
+    finally:
+        if run is not None:
+            run.close()  # the folder's lock, also when training raises
     return _member_results(
         members,
         outcome.params,

@@ -103,7 +103,7 @@ def test_family_contract(name, example_dir, tmp_path):
     for member, fit in zip(population, fits, strict=True):
         for got, want in zip(jax.tree.leaves(member.params), jax.tree.leaves(fit.params),
                              strict=True):  # fmt: skip
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # float32 EM
 
     _command_line_with_default_flags(name, example_dir, tmp_path / "cli")
 

@@ -14,7 +14,8 @@ import pytest
 
 import latentjax as lj
 from latentjax.models import lfads
-from latentjax.models.lfads import augment, readouts
+from latentjax.models.lfads import augment
+from latentjax.nn import readouts
 from latentjax.train import TrainConfig
 
 pytestmark = pytest.mark.slow
