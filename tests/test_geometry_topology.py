@@ -16,17 +16,44 @@ def _noisy_ring(rng, n=1000):
     return np.c_[np.cos(angle), np.sin(angle)] + 0.1 * rng.normal(size=(n, 2))
 
 
-def _torus(rng, n=3000, major=2.0, minor=1.0):
-    u, v = rng.uniform(0, 2 * np.pi, (2, n))
-    radius = major + minor * np.cos(v)
-    points = np.c_[radius * np.cos(u), radius * np.sin(u), minor * np.sin(v)]
-    return points + 0.05 * rng.normal(size=points.shape)
+# Point clouds of known Betti numbers in 3-D, radius 1 (tube radius 1 for the torus), with
+# isotropic Gaussian noise of standard deviation `noise`.
+def _circle(rng, n, noise, center=0.0):
+    angle = rng.uniform(0, 2 * np.pi, n)
+    points = np.c_[center + np.cos(angle), np.sin(angle), np.zeros(n)]
+    return points + noise * rng.normal(size=points.shape)
 
 
-def _sphere(rng, n=2000):
+def _two_circles(rng, n, noise):
+    return np.r_[_circle(rng, n // 2, noise, -1.5), _circle(rng, n - n // 2, noise, 1.5)]
+
+
+def _figure_eight(rng, n, noise):
+    """Two unit circles touching at the origin."""
+    return np.r_[_circle(rng, n // 2, noise, -1.0), _circle(rng, n - n // 2, noise, 1.0)]
+
+
+def _sphere(rng, n, noise):
     points = rng.normal(size=(n, 3))
     points /= np.linalg.norm(points, axis=1, keepdims=True)
-    return points + 0.05 * rng.normal(size=points.shape)
+    return points + noise * rng.normal(size=points.shape)
+
+
+def _torus(rng, n, noise, major=2.0):
+    """Uniform on the surface: the tube angle is drawn with density ∝ major + cos(angle)."""
+    tube = np.empty(0)
+    while tube.size < n:
+        angle = rng.uniform(0, 2 * np.pi, 2 * n)
+        tube = np.r_[tube, angle[rng.uniform(0, major + 1, 2 * n) < major + np.cos(angle)]]
+    tube, around = tube[:n], rng.uniform(0, 2 * np.pi, n)
+    radius = major + np.cos(tube)
+    points = np.c_[radius * np.cos(around), radius * np.sin(around), np.sin(tube)]
+    return points + noise * rng.normal(size=points.shape)
+
+
+def _noise_blob(rng, n, noise):
+    """Uniform in a cube: no loop, no void (`noise` unused)."""
+    return rng.uniform(-1, 1, size=(n, 3))
 
 
 def _two_blobs(rng, n=600):
@@ -35,21 +62,63 @@ def _two_blobs(rng, n=600):
     return points
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
+# (shape, points, landmarks, Betti numbers up to H2)
+_SHAPES = {
+    "circle": (_circle, 150, 80, (1, 1, 0)),
+    "two_circles": (_two_circles, 200, 120, (2, 2, 0)),
+    "figure_eight": (_figure_eight, 200, 120, (1, 2, 0)),
+    "sphere": (_sphere, 300, 150, (1, 0, 1)),
+    "torus": (_torus, 800, 250, (1, 2, 1)),
+    "noise_blob": (_noise_blob, 200, 120, (1, 0, 0)),
+}
+
+
+def _within_reach(name, landmarks, noise):
+    """Where the rule is expected to hold. Not: the torus on 250 points drawn at random (they
+    leave holes the size of its loops) or with noise of 10% of its tube radius (its loops merge
+    with the H1 noise); the sphere on 150 random points with noise >= 5% of its radius (its
+    void, alone in H2, lasts only ~3 sampling scales, where the test has no power left)."""
+    if name == "torus":
+        return landmarks and noise <= 0.05
+    return landmarks or name != "sphere" or noise < 0.05
+
+
+def _cases(noises, seeds):
+    """(name, landmarks, noise, seed) within reach."""
+    return [
+        pytest.param(name, landmarks, noise, seed, id=f"{name}-{kind}-{noise}-{seed}")
+        for name in _SHAPES
+        for landmarks, kind in ((True, "landmarks"), (False, "all_points"))
+        for noise in noises
+        for seed in seeds
+        if _within_reach(name, landmarks, noise)
+    ]
+
+
+def _betti_of_shape(name, landmarks, noise, seed):
+    """`points` thinned to `landmarks`, or as many points as landmarks, all kept."""
+    shape, n, n_points, _ = _SHAPES[name]
+    points = shape(np.random.default_rng(seed), n if landmarks else n_points, noise)
+    return geometry.betti(points, maxdim=2, n_points=n_points if landmarks else None, seed=seed)
+
+
+@pytest.mark.parametrize(("name", "landmarks", "noise", "seed"), _cases([0.03], [0]))
+def test_betti_numbers_of_known_shapes(name, landmarks, noise, seed):
+    """Each dimension is decided on its own bars (issue #21: the torus keeps its void although
+    its H1 noise bars outlast it)."""
+    assert _betti_of_shape(name, landmarks, noise, seed) == _SHAPES[name][3]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("shape", "maxdim", "n_points", "expected"),
-    [
-        (_noisy_ring, 1, 200, (1, 1)),
-        (_torus, 2, 200, (1, 2, 1)),
-        (_sphere, 2, 150, (1, 0, 1)),
-        (lambda rng: rng.uniform(size=(500, 3)), 2, 150, (1, 0, 0)),
-        (_two_blobs, 1, 200, (2, 0)),
-    ],
-    ids=["ring", "torus", "sphere", "cube", "two_blobs"],
+    ("name", "landmarks", "noise", "seed"), _cases([0.02, 0.05, 0.1], range(5))
 )
-def test_betti_numbers_of_known_shapes(shape, maxdim, n_points, expected, seed):
-    points = shape(np.random.default_rng(seed))
-    assert geometry.betti(points, maxdim=maxdim, n_points=n_points, seed=seed) == expected
+def test_betti_numbers_of_known_shapes_across_noise_and_seeds(name, landmarks, noise, seed):
+    assert _betti_of_shape(name, landmarks, noise, seed) == _SHAPES[name][3]
+
+
+def test_two_blobs_are_two_components():
+    assert geometry.betti(_two_blobs(np.random.default_rng(0)), n_points=200) == (2, 0)
 
 
 def test_circle_h1_dies_at_inscribed_triangle_side():
@@ -87,16 +156,61 @@ def test_persistence_rejects_bad_arguments(kwargs, message):
         geometry.persistence(np.zeros((10, 2)) + np.arange(10)[:, None], **kwargs)
 
 
-def test_long_bars_gap_rule():
+def test_long_bars_split_each_dimension_by_the_f_law_of_its_spacings():
+    """H1 lifetimes (1.9, 0.1, 0.05) over a sampling scale 0.105: one candidate (1.9), spacings
+    S = (1.8, 0.1, 0.15), T = 1.8 / 0.125 = 14.4 ~ F(2, 4), p = (1 + 14.4 / 2) ** -2."""
     diagrams = [
         np.array([[0, 0.1], [0, 0.11], [0, np.inf]]),
         np.array([[0.1, 0.2], [0.1, 2.0], [0.2, 0.25]]),
     ]
-    masks = geometry.long_bars(diagrams)
+    p_value = (1 + 14.4 / 2) ** -2
+    masks = geometry.long_bars(diagrams, alpha=p_value * 1.01)
     assert masks[0].tolist() == [False, False, True]
     assert masks[1].tolist() == [False, True, False]
+    assert geometry.long_bars(diagrams, alpha=p_value * 0.99)[1].sum() == 0
+
+
+def test_long_bars_keep_a_void_shorter_than_the_loop_noise():
+    """Issue #21: pooled lifetimes put the split among the H1 bars and dropped the torus void;
+    per dimension, the void stands out of the H2 noise although H1 noise bars outlast it."""
+    rng = np.random.default_rng(0)
+    merges = np.c_[np.zeros(200), rng.uniform(0.2, 0.4, 200)]
+    loop_noise = 0.12 * rng.exponential(size=80)
+    void_noise = 0.03 * rng.exponential(size=40)
+    assert loop_noise.max() > 0.5
+    diagrams = [
+        np.r_[merges, [[0, np.inf]]],
+        np.c_[np.ones(82), 1 + np.r_[1.6, 1.5, loop_noise]],
+        np.c_[np.ones(41), 1 + np.r_[0.5, void_noise]],
+    ]
+    assert [int(mask.sum()) for mask in geometry.long_bars(diagrams)] == [1, 2, 1]
+
+
+@pytest.mark.parametrize(("lifetime", "expected"), [(1.2, 1), (0.6, 0)])
+def test_long_bars_compare_a_lone_bar_with_the_sampling_scale(lifetime, expected):
+    """No bar of its dimension below it: the lone bar is tested against the mean merge (0.3)
+    of the 50 H0 bars, p = (1 + lifetime / 0.3 / 50) ** -50 (0.021 and 0.14)."""
+    merges = np.c_[np.zeros(50), np.full(50, 0.3)]
+    diagrams = [np.r_[merges, [[0, np.inf]]], np.array([[0.5, 0.5 + lifetime]])]
+    assert geometry.long_bars(diagrams)[1].sum() == expected
+
+
+def test_long_bars_find_nothing_in_smoothly_falling_noise():
+    rng = np.random.default_rng(1)
+    merges = np.c_[np.zeros(100), rng.uniform(0.05, 0.15, 100)]
+    noise = np.sort(0.1 * rng.exponential(size=100))
+    diagrams = [np.r_[merges, [[0, np.inf]]], np.c_[np.ones(100), 1 + noise]]
+    assert geometry.long_bars(diagrams)[1].sum() == 0
     smooth = [np.array([[0, np.inf]]), np.array([[0, 1.0], [0, 0.9], [0, 0.8], [0, 0.7]])]
     assert geometry.long_bars(smooth)[1].sum() == 0
+
+
+def test_long_bars_reject_bad_arguments():
+    diagrams = [np.array([[0, np.inf]])]
+    with pytest.raises(ValueError, match="min_gap"):
+        geometry.long_bars(diagrams, min_gap=1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        geometry.long_bars(diagrams, alpha=1.0)
 
 
 def test_ring_dataset_rates_have_a_loop():
