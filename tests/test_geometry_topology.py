@@ -170,13 +170,17 @@ def test_long_bars_split_each_dimension_by_the_f_law_of_its_spacings():
     assert geometry.long_bars(diagrams, alpha=p_value * 0.99)[1].sum() == 0
 
 
+def _exponential_quantiles(n):
+    """A typical sample of n standard exponential lifetimes (its (i - 1/2) / n quantiles)."""
+    return -np.log1p(-(np.arange(n) + 0.5) / n)
+
+
 def test_long_bars_keep_a_void_shorter_than_the_loop_noise():
     """Issue #21: pooled lifetimes put the split among the H1 bars and dropped the torus void;
     per dimension, the void stands out of the H2 noise although H1 noise bars outlast it."""
-    rng = np.random.default_rng(0)
-    merges = np.c_[np.zeros(200), rng.uniform(0.2, 0.4, 200)]
-    loop_noise = 0.12 * rng.exponential(size=80)
-    void_noise = 0.03 * rng.exponential(size=40)
+    merges = np.c_[np.zeros(200), np.linspace(0.2, 0.4, 200)]
+    loop_noise = 0.12 * _exponential_quantiles(80)
+    void_noise = 0.03 * _exponential_quantiles(40)
     assert loop_noise.max() > 0.5
     diagrams = [
         np.r_[merges, [[0, np.inf]]],
@@ -196,9 +200,8 @@ def test_long_bars_compare_a_lone_bar_with_the_sampling_scale(lifetime, expected
 
 
 def test_long_bars_find_nothing_in_smoothly_falling_noise():
-    rng = np.random.default_rng(1)
-    merges = np.c_[np.zeros(100), rng.uniform(0.05, 0.15, 100)]
-    noise = np.sort(0.1 * rng.exponential(size=100))
+    merges = np.c_[np.zeros(100), np.linspace(0.05, 0.15, 100)]
+    noise = 0.1 * _exponential_quantiles(100)
     diagrams = [np.r_[merges, [[0, np.inf]]], np.c_[np.ones(100), 1 + noise]]
     assert geometry.long_bars(diagrams)[1].sum() == 0
     smooth = [np.array([[0, np.inf]]), np.array([[0, 1.0], [0, 0.9], [0, 0.8], [0, 0.7]])]
