@@ -1,7 +1,7 @@
 """latentjax: latent dynamics of neural populations in JAX.
 
-    >>> import latentjax as lj
-    >>> data = lj.datasets.lorenz(seed=0)
+>>> import latentjax as lj
+>>> data = lj.datasets.lorenz(seed=0)
 """
 
 from latentjax import data, datasets, family, geometry, metrics, models, multiregion, plot, train

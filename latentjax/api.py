@@ -38,12 +38,14 @@ import numpy as np
 from latentjax import family as families
 from latentjax.configs import update_config
 from latentjax.data import Trials
+from latentjax.data.conform import conform, signature, signature_of_record
 from latentjax.results import FitResult, Posterior
 from latentjax.train.checkpoint import Checkpoints
 from latentjax.train.config import (
     OPTIMIZER_FIELDS,
     TrainConfig,
     check_grid,
+    check_knobs,
     knob_values,
     static_config,
     with_knobs,
@@ -229,7 +231,7 @@ def _stack(trees: list) -> Any:
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
 
 
-def _member_results(members, params, knobs, log, run_dir, pbt) -> list[FitResult]:
+def _member_results(members, params, knobs, log, run_dir, pbt, data) -> list[FitResult]:
     """One FitResult per member; `history["failed"]` and `history["failure"]` (why, or "")
     come from the last metrics line (a member stopped by failed steps)."""
     last = log[-1] if log else {}
@@ -250,6 +252,7 @@ def _member_results(members, params, knobs, log, run_dir, pbt) -> list[FitResult
                 config=config,
                 history=history,
                 run_dir=run_dir,
+                data=data,
             )
         )
     return results
@@ -308,6 +311,7 @@ def _train_group(
         outcome.log,
         None if run is None else run.path,
         pbt,
+        signature(train),
     )
 
 
@@ -341,7 +345,10 @@ def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devi
         raise ValueError("`train` must be lj.Trials (or a sequence of them), got None")
     train = _as_data("train", train, registration)
     valid = _as_data("valid", valid, registration, sessions=_num_sessions(train))
+    if valid is not None:
+        valid = conform("valid", valid, signature(train))
     seeds = _check_seeds(seeds)
+    check_knobs(config)
     knob_grid, structural = _split_grid(registration, config, grid)
     if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
         raise ValueError(f"steps must be a positive int or None, got {steps!r}")
@@ -526,7 +533,7 @@ def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[P
     if not isinstance(result, FitResult):
         raise ValueError(f"result must be a FitResult, got {type(result).__name__}")
     registration = families.of_config(result.config)
-    trials = _as_data("trials", trials, registration)
+    trials = conform("trials", _as_data("trials", trials, registration), result.data)
     key = jax.random.PRNGKey(seed)
     if isinstance(trials, tuple):
         return [
@@ -643,4 +650,5 @@ def _load_group(run_dir) -> list[FitResult]:
         log,
         run.path,
         pbt,
+        signature_of_record(data_record["train"]),
     )

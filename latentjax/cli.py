@@ -2,7 +2,7 @@
 
 Each subcommand parses its arguments, builds a Config (defaults, then `--config file.toml`,
 then `--set key=value`), calls the API and writes the run folder. Errors are one line on
-stderr and a non-zero exit code; `LATENTJAX_DEBUG=1` shows the traceback instead.
+stderr and a non-zero exit code; `--debug` (or `LATENTJAX_DEBUG=1`) shows the traceback.
 """
 
 from __future__ import annotations
@@ -309,6 +309,9 @@ def make_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(function=function)
+        sub.add_argument(
+            "--debug", action="store_true", help="show the traceback of an error (for reports)"
+        )
         return sub
 
     fit = add(
@@ -380,14 +383,37 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(command: str, err: BaseException) -> str:
+    """One line naming the problem: the message of a user error (CommandError, ValueError,
+    OSError, a failed fit), else the exception's type and message with a pointer to
+    `--debug`."""
+    from latentjax.train import NonFiniteError
+
+    message = " ".join(str(err).split()) or "(no message)"
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        message = f"no such file {err.filename}"
+    if not isinstance(err, (CommandError, ValueError, OSError, NonFiniteError)):
+        message = f"{type(err).__name__}: {message} (rerun with --debug for the traceback)"
+    return f"latentjax {command}: error: {message}"
+
+
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.function(args)
-    except (CommandError, ValueError, FileNotFoundError, NotImplementedError) as err:
-        if os.environ.get("LATENTJAX_DEBUG"):
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        print(f"latentjax {args.command}: error: {err}", file=sys.stderr)
+        print(
+            f"latentjax {args.command}: interrupted (a run folder resumes from its last "
+            "checkpoint when the same command is run again)",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as err:
+        if args.debug or os.environ.get("LATENTJAX_DEBUG"):
+            raise
+        print(error_line(args.command, err), file=sys.stderr)
         return 1
     return 0
 

@@ -60,13 +60,30 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _coerce(value: Any, current: Any, path: str) -> Any:
+    """`value` for the field `path` whose current value is `current`: of the same kind
+    (a bool only from true/false, an int field never from a float), or raise ValueError.
+    A field that is None now takes any value; the config's own checks judge it."""
+
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"config: `{path}` expects {expected}, got {value!r}")
+
+    if dataclasses.is_dataclass(current):
+        raise wrong(f"a table of {type(current).__name__} fields (e.g. --set {path}.<field>=...)")
     if isinstance(current, bool) or isinstance(value, bool):
         if not isinstance(value, bool) or not isinstance(current, (bool, type(None))):
-            raise ValueError(f"config: `{path}` expects {type(current).__name__}, got {value!r}")
+            raise wrong("true or false" if isinstance(current, bool) else type(current).__name__)
         return value
-    if isinstance(current, float) and isinstance(value, int):
+    if isinstance(current, int) and not isinstance(value, int):
+        raise wrong("an int")
+    if isinstance(current, float):
+        if not isinstance(value, (int, float)):
+            raise wrong("a number")
         return float(value)
-    if isinstance(current, tuple) and isinstance(value, list):
+    if isinstance(current, str) and not isinstance(value, str):
+        raise wrong("a string")
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong("a list")
         return tuple(value)
     return value
 

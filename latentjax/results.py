@@ -68,9 +68,13 @@ class FitResult:
       history: dict of arrays logged during fitting (`loss`, `valid_loss` or
         `log_likelihood`, `step`, ...).
       run_dir: the run folder, or None when fitted without `out=`.
+      data: what the fit kept of its training data (`shape`, `dt`, `regions`,
+        `neuron_ids`, or `sessions` of them): `infer` and `evaluate` check new trials
+        against it.
     """
 
     params: Any
     config: Any
     history: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     run_dir: str | None = None
+    data: Mapping[str, Any] | None = None

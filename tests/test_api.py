@@ -92,3 +92,78 @@ def test_invalid_arguments_name_what_is_wrong(trials):
         lj.infer({"mean": 0}, trials)
     with pytest.raises(ValueError, match="holds no config.json"):
         lj.load_run("/nonexistent/run")
+
+
+def test_config_values_are_checked_before_any_folder_is_written(trials, tmp_path):
+    from latentjax.configs import update_config
+    from latentjax.models import lds, lfads
+
+    out = tmp_path / "run"
+    bad = {
+        "train.learning_rate": (-1e-3, "`train.learning_rate` must be > 0"),
+        "dropout": (1.5, "`dropout` must be in \\[0, 1\\)"),
+        "cd_rate": (float("nan"), "`cd_rate` must be in \\[0, 1\\)"),
+        "kl_ic_scale": (-1.0, "`kl_ic_scale` must be >= 0"),
+    }
+    for path, (value, message) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            lj.fit(update_config(lfads.Config(), {path: value}), trials, out=out, progress=False)
+        with pytest.raises(ValueError, match=f"grid: {message}"):
+            lj.sweep(lfads.Config(), trials, grid={path: [0.1, value]}, out=out, progress=False)
+    assert not out.exists()
+    # `--set` values must have the field's kind: no bool for an int, no number for a table
+    for path, value, message in (
+        ("latent_dim", True, "`latent_dim` expects int"),
+        ("train", 5, "`train` expects a table of TrainConfig fields"),
+        ("train.steps", 2.5, "`train.steps` expects an int"),
+        ("parallel", 1, "`parallel` expects true or false"),
+        ("dropout", "high", "`dropout` expects a number"),
+    ):
+        config = lds.Config() if path in ("latent_dim", "parallel") else lfads.Config()
+        with pytest.raises(ValueError, match=message):
+            update_config(config, {path: value})
+
+
+def _relabelled(trials, **labels):
+    return lj.Trials(np.asarray(trials.spikes), dt=labels.pop("dt", trials.dt), **labels)
+
+
+def test_new_trials_are_checked_against_the_data_the_model_was_fitted_on(trials, tmp_path):
+    ids, regions = [11, 12, 13, 14, 15], ["M1", "M1", "PMd", "PMd", "PMd"]
+    fitted_on = _relabelled(trials, neuron_ids=ids, regions=regions)
+    result = lj.fit(toy.Config(), fitted_on, steps=200, out=tmp_path / "run", progress=False)
+    saved = lj.load_run(tmp_path / "run")
+    assert saved.data == result.data and result.data["neuron_ids"] == ids
+    want = np.asarray(lj.infer(result, fitted_on).rates)
+
+    # the same units in another order: reordered by id (with a warning), same posterior
+    order = np.array([3, 0, 4, 2, 1])
+    shuffled = fitted_on.select_neurons(order)
+    for fitted in (result, saved):
+        with pytest.warns(UserWarning, match="neurons reordered by neuron_ids"):
+            np.testing.assert_allclose(np.asarray(lj.infer(fitted, shuffled).rates), want)
+    with pytest.warns(UserWarning, match="reordered"):
+        scores = lj.evaluate(saved, shuffled)
+    assert scores["bps"] == pytest.approx(lj.evaluate(saved, fitted_on)["bps"])
+
+    refused = {
+        "not the 5 units .*1 missing, e.g. \\[15\\]; 1 unknown, e.g. \\[99\\]": _relabelled(
+            trials, neuron_ids=[11, 12, 13, 14, 99]
+        ),
+        "4 neurons, the model was fitted on 5": trials.select_neurons(np.arange(4)),
+        "bin size dt=0.02 s, the model was fitted with dt=0.01 s": _relabelled(trials, dt=0.02),
+        "region labels .*'PMd': 2.* differ from the fitted .*'PMd': 3": _relabelled(
+            trials, regions=["M1", "M1", "M1", "PMd", "PMd"]
+        ),
+    }
+    for message, other in refused.items():
+        for fitted in (result, saved):
+            with pytest.raises(ValueError, match=f"`trials`: .*{message}"):
+                lj.infer(fitted, other)
+        with pytest.raises(ValueError, match=message):
+            lj.evaluate(saved, other)
+    with pytest.raises(ValueError, match="`valid`: 4 neurons, the model was fitted on 5"):
+        lj.fit(toy.Config(), trials, valid=trials.select_neurons(np.arange(4)), progress=False)
+    for labels in ({"regions": "ABCDE"}, {"neuron_ids": "abcde"}):
+        with pytest.raises(ValueError, match="must be a sequence with one label per neuron"):
+            _relabelled(trials, **labels)

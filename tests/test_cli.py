@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import train_toy as toy
 from matplotlib.image import imread
 
 import latentjax as lj
-from latentjax.cli import main
+from latentjax.cli import CommandError, main
 
 TINY = "lorenz:num_trials=12,num_bins=30,num_neurons=8"
 
@@ -211,14 +212,42 @@ def test_demo_quick_writes_report(tmp_path, capsys):
             "no field `no_such_field`",
         ),
         (["report", "--run", "no/such/run"], "is not a folder"),
+        (
+            ["fit", "toy", "--data", "empty.npz", "--out", "x"],
+            "is not a readable .npz archive (empty",
+        ),
+        (["fit", "toy", "--data", TINY, "--out", "x", "--set", "train=5"], "expects a table"),
+        (["fit", "lds", "--data", TINY, "--out", "x", "--set", "latent_dim=true"], "expects int"),
+        (
+            ["fit", "toy", "--data", TINY, "--out", "x", "--set", "train.learning_rate=-1"],
+            "`train.learning_rate` must be > 0",
+        ),
+        (  # every step of a 15-step run at this learning rate is skipped: a failure, exit 1
+            ["fit", "toy", "--data", TINY, "--out", "x", "--set", "nan_from=0"]
+            + ["--set", "nan_until=1e6", "--set", "train.max_nonfinite=20", "--steps", "15"],
+            "error: training failed at step 15: 15 of 15 steps",
+        ),
     ],
 )
 def test_errors_are_one_line_with_nonzero_exit(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LATENTJAX_DEBUG", raising=False)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    argv = [*argv, "--no-report", "--no-progress"] if argv[0] == "fit" else argv
     code, _, err = run(capsys, *argv)
     assert code == 1
-    assert len(err.strip().splitlines()) == 1 and message in err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    if "--set" in argv:  # nothing written for a config refused before training
+        assert (tmp_path / "x").exists() == ("nan_from=0" in argv)
+    # --debug: the exception itself, for its traceback
+    with pytest.raises((CommandError, ValueError, RuntimeError, zipfile.BadZipFile)):
+        main([*argv, "--debug"])
+
+
+def test_infer_refuses_trials_of_other_neurons(lds_run, capsys):
+    other = "lorenz:num_trials=12,num_bins=30,num_neurons=9"
+    code, _, err = run(capsys, "infer", "--run", str(lds_run), "--data", other)
+    assert code == 1 and "`trials`: 9 neurons, the model was fitted on 8" in err
 
 
 def test_console_script_help(capsys):

@@ -194,6 +194,49 @@ def test_a_member_whose_family_reports_a_failure_stops_at_once_and_the_others_go
         lj.fit(FailingConfig(fail_from=3.0), trials, progress=False)
 
 
+class NaNInitFamily(FailingFamily):
+    """The toy family with non-finite initial parameters (as a fit on one time bin gave)."""
+
+    @staticmethod
+    def init(key, config, trials):
+        return {"mean": jnp.full((trials.num_neurons,), jnp.nan)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NaNInitConfig(FailingConfig):
+    pass
+
+
+NaNInitFamily.Config = NaNInitConfig
+lj.family.register("toy_nan_init", NaNInitFamily)
+
+
+def test_a_fit_mostly_skipped_or_ending_non_finite_is_a_failure(trials, tmp_path):
+    # 15 steps, all skipped, fewer than max_nonfinite=20 in a row: still a failure
+    train = dataclasses.replace(toy.Config().train, steps=15, chunk_size=5, max_nonfinite=20)
+    poisoned = dataclasses.replace(toy.Config(), nan_from=0, nan_until=10**6, train=train)
+    with pytest.raises(NonFiniteError, match="15 of 15 steps .* skipped.*checkpoint \\(step 15\\)"):
+        lj.fit(poisoned, trials, out=tmp_path / "skipped", progress=False)
+    saved = lj.load_run(tmp_path / "skipped")
+    assert bool(saved.history["failed"]) and "15 of 15 steps" in str(saved.history["failure"])
+    np.testing.assert_array_equal(  # the checkpoint holds the (untouched) initial parameters
+        saved.params["mean"],
+        toy.init(jax.random.split(jax.random.PRNGKey(0))[0], poisoned, trials)["mean"],
+    )
+    # in a population only that member fails; `best` passes it over
+    grid = {"nan_until": [-1.0, 1e6]}
+    population = lj.sweep(
+        dataclasses.replace(poisoned, nan_until=-1.0), trials, grid=grid, progress=False
+    )
+    assert [bool(m.history["failed"]) for m in population] == [False, True]
+    assert lj.best(population, score="loss") is population[0]
+    # non-finite final parameters
+    nan_config = NaNInitConfig(train=train)
+    with pytest.raises(NonFiniteError, match="final parameters are not finite"):
+        lj.fit(nan_config, trials, out=tmp_path / "nan", progress=False)
+    assert bool(lj.load_run(tmp_path / "nan").history["failed"])
+
+
 def test_early_stopping_keeps_the_best_parameters(trials):
     # validation means halfway to the training means: validation loss falls, then rises
     valid = lj.Trials(np.round(np.asarray(trials.spikes) / 2), dt=trials.dt)

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,14 @@ def load(path, **nwb_options) -> Trials:
 def _load_npz(path: Path) -> Trials:
     if not path.is_file():
         raise ValueError(f"load: no such file {str(path)!r}")
-    with np.load(path, allow_pickle=False) as archive:
-        stored = {name: archive[name] for name in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            stored = {name: archive[name] for name in archive.files}
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"load: {str(path)!r} is not a readable .npz archive (empty, truncated or another "
+            f"format: {' '.join(str(err).split())})"
+        ) from err
     for name in _REQUIRED:
         if name not in stored:
             raise ValueError(f"load: {str(path)!r} has no `{name}` array (required)")

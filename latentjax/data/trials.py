@@ -175,6 +175,12 @@ class Trials:
                 )
             _check_finite("behavior", behavior, observed)
 
+        for field, labels in (("regions", regions), ("neuron_ids", neuron_ids)):
+            if isinstance(labels, (str, bytes)) or (labels is not None and np.ndim(labels) != 1):
+                raise ValueError(
+                    f"Trials: `{field}` must be a sequence with one label per neuron, "
+                    f"got {labels!r}"
+                )
         if regions is not None:
             regions = tuple(np.asarray(regions).tolist())
             if len(regions) != num_neurons:

@@ -74,8 +74,8 @@ class Config:
     latent_dim: int = 8
     readout: str = "poisson"
     kl_ramp_steps: int = 200
-    kl_scale: float = knob(1.0)
-    cd_rate: float = knob(0.0)
+    kl_scale: float = knob(1.0, "nonnegative")
+    cd_rate: float = knob(0.0, "probability")
     train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
 
     def __post_init__(self):

@@ -67,7 +67,7 @@ class RoutingConfig:
     """
 
     latent_dim: int = 2
-    edge_penalty: float = knob(1e-3)
+    edge_penalty: float = knob(1e-3, "nonnegative")
     train: TrainConfig = TrainConfig(steps=600, learning_rate=2e-2, chunk_size=100)
 
     def __post_init__(self):

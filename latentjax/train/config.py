@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
     "OPTIMIZER_FIELDS",
-    "TrainConfig", "check_grid", "knob", "knob_values", "static_config", "with_knobs"]
+    "TrainConfig",
+    "check_grid",
+    "check_knobs",
+    "knob",
+    "knob_values",
+    "static_config",
+    "with_knobs",
+]
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -32,9 +40,50 @@ OPTIMIZER_FIELDS = (
 """The `TrainConfig` fields only a gradient Fitter reads (EM families ignore them)."""
 
 
-def knob(default: float) -> Any:
-    """A dataclass field for a continuous hyperparameter that populations may vary."""
-    return dataclasses.field(default=default, metadata={"knob": True})
+KNOB_DOMAINS = {
+    "real": (lambda value: True, "a finite number"),
+    "positive": (lambda value: value > 0, "> 0"),
+    "nonnegative": (lambda value: value >= 0, ">= 0"),
+    "probability": (lambda value: 0 <= value < 1, "in [0, 1)"),
+}
+"""What a knob's `domain` allows: (test, description for the error)."""
+
+
+def knob(default: float, domain: str = "real") -> Any:
+    """A dataclass field for a continuous hyperparameter that populations may vary.
+
+    `domain` ("real", "positive", "nonnegative" or "probability" for [0, 1)) is checked by
+    `check_knobs` and `check_grid` at the API boundary, before anything is written.
+    """
+    if domain not in KNOB_DOMAINS:
+        raise ValueError(f"knob: `domain` must be one of {sorted(KNOB_DOMAINS)}, got {domain!r}")
+    return dataclasses.field(default=default, metadata={"knob": True, "domain": domain})
+
+
+def _knob_domains(config: Any, prefix: str = "") -> dict[str, str]:
+    domains = {}
+    for field in dataclasses.fields(config):
+        path = prefix + field.name
+        if field.metadata.get("knob"):
+            domains[path] = field.metadata.get("domain", "real")
+        elif _is_config(value := getattr(config, field.name)):
+            domains.update(_knob_domains(value, path + "."))
+    return domains
+
+
+def _check_knob_value(path: str, value: Any, domain: str, where: str) -> None:
+    allowed, description = KNOB_DOMAINS[domain]
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not math.isfinite(value) or not allowed(value):
+        raise ValueError(f"{where}: `{path}` must be {description}, got {value!r}")
+
+
+def check_knobs(config: Any) -> None:
+    """Raise ValueError naming the first knob of `config` (nested configs included) whose
+    value is not a finite number in its domain (a learning rate <= 0, a dropout rate of 1.5)."""
+    domains = _knob_domains(config)
+    for path, value in knob_values(config).items():
+        _check_knob_value(path, value, domains[path], type(config).__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +114,8 @@ class TrainConfig:
         ODE solves); the others go on, and when every member has failed, `NonFiniteError`.
     """
 
-    learning_rate: float = knob(1e-3)
-    weight_decay: float = knob(0.0)
+    learning_rate: float = knob(1e-3, "positive")
+    weight_decay: float = knob(0.0, "nonnegative")
     batch_size: int | None = None
     steps: int = 1000
     grad_clip: float | None = None
@@ -169,7 +218,7 @@ def check_grid(config: Any, grid: Mapping[str, Any] | None) -> dict[str, list[fl
         return {}
     if not isinstance(grid, Mapping):
         raise ValueError(f"grid must map knob names to lists of values, got {type(grid).__name__}")
-    knobs = knob_values(config)
+    knobs, domains = knob_values(config), _knob_domains(config)
     checked = {}
     for path, values in grid.items():
         if path not in knobs:
@@ -181,7 +230,6 @@ def check_grid(config: Any, grid: Mapping[str, Any] | None) -> dict[str, list[fl
         if not values:
             raise ValueError(f"grid: {path!r} has no values")
         for value in values:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"grid: {path!r} values must be numbers, got {value!r}")
+            _check_knob_value(path, value, domains[path], "grid")
         checked[path] = [float(v) for v in values]
     return checked

@@ -207,6 +207,9 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
         for name, value in valid_aux.items():
             if jnp.ndim(value) == 0:
                 summary["valid_" + name] = jnp.asarray(value, jnp.float32)
+    final = state.fitter_state.params if program.validation_loss is None else state.best_params
+    summary["params_finite"] = _all_finite(final)
+    summary["skipped_steps"] = state.nonfinite_steps
     return state, summary
 
 
@@ -236,24 +239,29 @@ class TrainOutcome(NamedTuple):
     log: list
 
 
-def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int) -> dict:
-    line = {
-        "step": step,
-        "time": time.time(),
-        "steps_per_second": steps_done / seconds if seconds > 0 else math.nan,
-    }
-    for name, values in summary.items():
-        if name in ("consecutive_nonfinite", "reported_failure", "failure_counters"):
-            continue
-        line[name] = [_json_number(v) for v in np.asarray(values).tolist()]
-    line["knobs"] = {path: np.asarray(v).tolist() for path, v in knobs.items()}
-    return line
+_NOT_LOGGED = (
+    "consecutive_nonfinite",
+    "reported_failure",
+    "failure_counters",
+    "params_finite",
+    "skipped_steps",
+)
 
 
-def _failure_reason(summary: dict, member: int, max_nonfinite: int) -> str:
-    """Why a member stopped: a failure the family reported on a non-finite step (its
-    `*_failures` counters, e.g. node's `solver_failures`), or its consecutive non-finite
-    steps (with any counters of the chunk)."""
+def _failed_members(summary: dict, step: int, ending: bool, max_nonfinite: int) -> np.ndarray:
+    """`[members]` bool: stopped by failed steps, or (at the end of training) with most of
+    their steps skipped or non-finite final parameters."""
+    failed = summary["consecutive_nonfinite"] >= max_nonfinite
+    if ending:
+        mostly_skipped = 2 * np.asarray(summary["skipped_steps"]) > step
+        failed = failed | mostly_skipped | ~np.asarray(summary["params_finite"], bool)
+    return failed
+
+
+def _failure_reason(summary: dict, member: int, max_nonfinite: int, step: int) -> str:
+    """Why a member failed: a failure the family reported on a non-finite step (its
+    `*_failures` counters, e.g. node's `solver_failures`), its consecutive non-finite steps
+    (with any counters of the chunk), most of its steps skipped, or non-finite parameters."""
 
     def counters(values: dict) -> str:
         return ", ".join(
@@ -268,8 +276,31 @@ def _failure_reason(summary: dict, member: int, max_nonfinite: int) -> str:
             "step with a non-finite loss"
         )
     chunk = counters(summary)
-    reason = f"{max_nonfinite} consecutive steps with a non-finite loss, gradient or state"
+    if summary["consecutive_nonfinite"][member] >= max_nonfinite:
+        reason = f"{max_nonfinite} consecutive steps with a non-finite loss, gradient or state"
+    elif not summary["params_finite"][member]:
+        reason = "the final parameters are not finite (non-finite initial parameters?)"
+    else:
+        skipped = int(summary["skipped_steps"][member])
+        reason = (
+            f"{skipped} of {step} steps had a non-finite loss, gradient or state and were "
+            "skipped: the model is mostly untrained"
+        )
     return reason + (f" ({chunk})" if chunk else "")
+
+
+def _line(step: int, summary: dict, knobs: dict, seconds: float, steps_done: int) -> dict:
+    line = {
+        "step": step,
+        "time": time.time(),
+        "steps_per_second": steps_done / seconds if seconds > 0 else math.nan,
+    }
+    for name, values in summary.items():
+        if name in _NOT_LOGGED:
+            continue
+        line[name] = [_json_number(v) for v in np.asarray(values).tolist()]
+    line["knobs"] = {path: np.asarray(v).tolist() for path, v in knobs.items()}
+    return line
 
 
 def _json_number(value):
@@ -363,6 +394,7 @@ def train_population(
     reasons: list[str | None] = list(resumed.get("failure", [None] * size))
     bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step")
     chunk_index = step // program.chunk_size
+    last_checkpoint = None
     try:
         while step < steps and not finished:
             started = time.perf_counter()
@@ -376,27 +408,17 @@ def train_population(
             knobs_host = population.to_host(knobs_device)
             line = _line(step, summary, knobs_host, seconds, step - previous)
 
-            failed = summary["consecutive_nonfinite"] >= program.max_nonfinite
-            for member in np.flatnonzero(failed):
-                if reasons[member] is None:  # the chunk where it failed says why
-                    reasons[member] = _failure_reason(summary, member, program.max_nonfinite)
-            line["failed"], line["failure"] = failed.tolist(), list(reasons)
-            if failed.all():
-                log.append(line)
-                if checkpoints is not None:
-                    checkpoints.wait()
-                last = None if checkpoints is None else checkpoints.latest_step()
-                where = "" if last is None else f"; the last checkpoint (step {last}) is intact"
-                why = "; ".join(dict.fromkeys(reasons))
-                raise NonFiniteError(
-                    f"training stopped at step {step}: {why} (failed updates are "
-                    f"skipped){where}. Lower the learning rate, clip gradients "
-                    "(TrainConfig.grad_clip), check the data, or see the family's "
-                    "documentation of the failure it reports."
-                )
             if patience is not None and "since_best" in summary:
                 finished = bool((summary["since_best"] >= patience).all())
             finished = finished or step >= steps
+            failed = _failed_members(summary, step, finished, program.max_nonfinite)
+            for member in np.flatnonzero(failed):
+                if reasons[member] is None:  # the chunk where it failed says why
+                    reasons[member] = _failure_reason(summary, member, program.max_nonfinite, step)
+            line["failed"], line["failure"] = failed.tolist(), list(reasons)
+            if failed.all() and not finished:  # no checkpoint of the failed state
+                log.append(line)
+                break
 
             if pbt is not None and not finished and chunk_index % pbt.interval == 0:
                 scores = summary.get("valid_loss", summary["loss"])
@@ -429,7 +451,22 @@ def train_population(
         bar.close()
         if checkpoints is not None:
             checkpoints.wait()
+            last_checkpoint = checkpoints.latest_step()
             checkpoints.close()
+    final_line = log.lines[-1] if log.lines else {}
+    if final_line.get("failed") and all(final_line["failed"]):
+        where = (
+            ""
+            if last_checkpoint is None
+            else f"; the last checkpoint (step {last_checkpoint}) is intact"
+        )
+        why = "; ".join(dict.fromkeys(r for r in final_line["failure"] if r))
+        raise NonFiniteError(
+            f"training failed at step {final_line['step']}: {why} (failed updates are "
+            f"skipped){where}. Lower the learning rate, clip gradients "
+            "(TrainConfig.grad_clip), check the data, or see the family's "
+            "documentation of the failure it reports."
+        )
 
     final = population.to_host(state.fitter_state.params if valid is None else state.best_params)
     return TrainOutcome(final, population.to_host(knobs_device), log.lines)

@@ -94,12 +94,12 @@ class Config:
     l2_ramp_start: int = 0
     l2_ramp_steps: int = 500
 
-    dropout: float = knob(0.05)
-    cd_rate: float = knob(0.0)
-    kl_ic_scale: float = knob(1.0)
-    kl_co_scale: float = knob(1.0)
-    l2_gen_scale: float = knob(1e-4)
-    l2_con_scale: float = knob(0.0)
+    dropout: float = knob(0.05, "probability")
+    cd_rate: float = knob(0.0, "probability")
+    kl_ic_scale: float = knob(1.0, "nonnegative")
+    kl_co_scale: float = knob(1.0, "nonnegative")
+    l2_gen_scale: float = knob(1e-4, "nonnegative")
+    l2_con_scale: float = knob(0.0, "nonnegative")
     train: TrainConfig = TrainConfig(learning_rate=1e-3, batch_size=32, steps=2000, grad_clip=200.0)
 
     def __post_init__(self):

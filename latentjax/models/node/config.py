@@ -93,9 +93,9 @@ class Config:
     adjoint: str = "recursive"
     throw: bool = True
     kl_ramp_steps: int = 200
-    kl_scale: float = knob(1.0)
-    continuity_std: float = knob(0.1)
-    cd_rate: float = knob(0.0)
+    kl_scale: float = knob(1.0, "nonnegative")
+    continuity_std: float = knob(0.1, "positive")
+    cd_rate: float = knob(0.0, "probability")
     train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
 
     def __post_init__(self):
