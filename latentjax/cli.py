@@ -24,7 +24,16 @@ run was fitted on"""
 _DATA_RECORD = "command.json"
 """What `fit`/`sweep` record in the run folder about the data flags (for infer/evaluate)."""
 
-_DATA_FLAGS = ("data", "bin_size", "align", "window", "trial_length", "data_seed")
+_DATA_FLAGS = (
+    "data",
+    "bin_size",
+    "align",
+    "window",
+    "trial_length",
+    "ignore_trials",
+    "strict_windows",
+    "data_seed",
+)
 
 
 class CommandError(Exception):
@@ -66,6 +75,8 @@ def load_data(spec: str, args) -> tuple:
             align=args.align,
             window=window,
             trial_length=args.trial_length,
+            ignore_trials=bool(args.ignore_trials),
+            strict=bool(args.strict_windows),
         )
         return trials, None
     name, _, sizes = spec.partition(":")
@@ -89,6 +100,19 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--window", type=float, nargs=2, metavar=("BEFORE", "AFTER"), help="NWB: seconds"
     )
     parser.add_argument("--trial-length", type=float, help="NWB without trials: seconds")
+    parser.add_argument(
+        "--ignore-trials",
+        action="store_true",
+        default=None,
+        help="NWB: with --trial-length, cut the recording although the file has a trials table",
+    )
+    parser.add_argument(
+        "--strict-windows",
+        action="store_true",
+        default=None,
+        help="NWB: refuse a window with bins outside its trial or the units' obs_intervals "
+        "(default: those bins are masked)",
+    )
     parser.add_argument("--data-seed", type=int, help="seed of a built-in dataset (default 0)")
 
 
@@ -293,7 +317,7 @@ def make_parser() -> argparse.ArgumentParser:
               latentjax demo --out demo_run
               latentjax datasets
               latentjax fit lds --data lorenz --out runs/lds --set latent_dim=3
-              latentjax fit lfads --data session.nwb --bin-size 0.005 --out runs/lfads
+              latentjax fit lfads --data session.nwb --bin-size 0.005 --out runs/lfads --steps 200
               latentjax evaluate --run runs/lds --data lorenz
             """
         ),
@@ -330,7 +354,7 @@ def make_parser() -> argparse.ArgumentParser:
         cmd_sweep,
         "train a population (seeds x grid) as one program",
         "latentjax sweep lfads --data lorenz --out runs/pop --seeds 0,1 "
-        "--grid train.learning_rate=1e-3,3e-3",
+        "--grid train.learning_rate=1e-3,3e-3 --steps 200",
     )
     _add_config_arguments(sweep)
     _add_data_arguments(sweep)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["run_demo"]
 
 
@@ -40,6 +42,28 @@ def _models(quick: bool) -> dict:
     return {"lds": lds_config, "lfads": lfads_config}
 
 
+def _check_folder(out: Path, trials) -> None:
+    """Refuse (ValueError) a folder that holds another demo's data or other files: a rerun
+    of the same demo resumes its fits; nothing else is overwritten."""
+    import latentjax as lj
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"out: {out} is a file, not a folder")
+    data = out / "data.npz"
+    if data.exists():
+        saved = lj.io.load(data)
+        same = saved.shape == trials.shape and np.array_equal(saved.spikes, trials.spikes)
+        if not same:
+            raise ValueError(
+                f"out: {out} holds the data of another run ({saved.shape} trials x bins x "
+                "neurons); use another folder"
+            )
+    elif any(out.iterdir()):
+        raise ValueError(f"out: {out} is not empty and holds no demo; use another folder")
+
+
 def run_demo(out="demo_run", *, quick=False, progress=True, seed=0) -> str:
     """Run the demo into folder `out`; returns the summary text (also in `out/summary.md`).
 
@@ -50,10 +74,11 @@ def run_demo(out="demo_run", *, quick=False, progress=True, seed=0) -> str:
     from latentjax.report import complete_run, page
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sizes = dict(num_trials=20, num_bins=40, num_neurons=12) if quick else {}
     dataset = lj.datasets.lorenz(seed=seed, **sizes)
     trials = dataset.trials
+    _check_folder(out, trials)
+    out.mkdir(parents=True, exist_ok=True)
     lj.io.save(trials, out / "data.npz")
     train, valid = lj.data.split(trials, (0.8, 0.2), seed=seed)
 

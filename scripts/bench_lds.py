@@ -9,7 +9,8 @@ Prints markdown tables and writes them to `benchmarks/lds.md`:
 2. Smoother of 100 trials sharing parameters (vmapped), us per trial-step.
 3. EM iteration: ours against pykalman (T=1000, 50 neurons, 5 latents, 20 trials), and ours at
    100 trials x 140 bins x 182 neurons x 16 latents through `lj.fit` (compile counted once).
-4. Sequential against parallel (associative-scan) filtering for T from 1e3 to 1e5.
+4. Sequential against parallel (associative-scan) filtering, and smoothing with the
+   log-likelihood, for T from 1e3 to 1e5.
 
 Usage: `python scripts/bench_lds.py [--quick]` (`--quick`: small sizes, no file written
 unless `--out` is given).
@@ -238,28 +239,45 @@ def bench_em_large(num_trials, num_bins, num_neurons, num_latents, num_iters):
 
 
 def bench_parallel(lengths, num_neurons, num_latents):
+    """Sequential against parallel filter (means) and smoother (means and log-likelihood:
+    the call that hung before issue #27) for long single trials."""
     rng = np.random.default_rng(3)
     params = random_params(rng, num_latents, num_neurons)
+
+    def call(kind, parallel):
+        run = lds.filter if kind == "filter" else lds.smoother
+
+        def outputs(y):
+            result = run(params, y, parallel=parallel, missing_entries=False)
+            return (result.means,) if kind == "filter" else (result.means, result.log_likelihood)
+
+        return jax.jit(outputs)
+
     rows = []
     for num_bins in lengths:
         _, y = lds.sample(params, num_bins, key=jax.random.PRNGKey(num_bins))
-        sequential = jax.jit(lambda y: lds.filter(params, y, missing_entries=False).means)
-        parallel = jax.jit(
-            lambda y: lds.filter(params, y, parallel=True, missing_entries=False).means
-        )
-        diff = float(jnp.max(jnp.abs(sequential(y) - parallel(y))))
-        t_seq = best_time(sequential, y, repeats=2)
-        t_par = best_time(parallel, y, repeats=2)
-        rows.append(
-            [
-                f"{num_bins:.0e}",
-                f"{1e3 * t_seq:.1f}",
-                f"{1e3 * t_par:.1f}",
-                f"{t_seq / t_par:.2f}",
-                f"{diff:.1e}",
-            ]
-        )
-    return table(["T", "sequential ms", "parallel ms", "seq / par", "max abs diff"], rows)
+        for kind, name in (("filter", "filter"), ("smoother", "smoother + log-likelihood")):
+            sequential, parallel = call(kind, False), call(kind, True)
+            want, got = sequential(y), parallel(y)
+            diff = float(jnp.max(jnp.abs(want[0] - got[0])))
+            check = f"means {diff:.1e}"
+            if kind == "smoother":
+                check += (
+                    f", loglik {abs(float(want[1] - got[1])):.1e} (of {abs(float(want[1])):.0f})"
+                )
+            t_seq = best_time(sequential, y, repeats=2)
+            t_par = best_time(parallel, y, repeats=2)
+            rows.append(
+                [
+                    f"{num_bins:.0e}",
+                    name,
+                    f"{1e3 * t_seq:.1f}",
+                    f"{1e3 * t_par:.1f}",
+                    f"{t_seq / t_par:.2f}",
+                    check,
+                ]
+            )
+    return table(["T", "call", "sequential ms", "parallel ms", "seq / par", "max abs diff"], rows)
 
 
 def main():
@@ -288,7 +306,7 @@ def main():
         ),
         ("EM at scale", bench_em_large, (10, 50, 40, 4, 10) if quick else (100, 140, 182, 16, 50)),
         (
-            "Sequential against parallel filtering",
+            "Sequential against parallel filtering and smoothing",
             bench_parallel,
             ((1000, 3000) if quick else (1000, 10000, 100000), n, k),
         ),

@@ -262,3 +262,45 @@ def test_console_script_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "example" in capsys.readouterr().out
+
+
+def help_examples() -> list[list[str]]:
+    """Every example command of `latentjax --help` and of each subcommand's `--help`, in the
+    order that makes them runnable (fits before the commands that read their runs)."""
+    from latentjax.cli import make_parser
+
+    parser = make_parser()
+    texts = [parser.epilog] + [
+        sub.epilog for sub in parser._subparsers._group_actions[0].choices.values()
+    ]
+    commands = {
+        line.strip() for text in texts for line in text.splitlines() if "latentjax " in line
+    }
+    order = ["datasets", "families", "fit", "sweep", "infer", "evaluate", "report", "demo"]
+    examples = [command.split()[1:] for command in commands]
+    return sorted(examples, key=lambda argv: (order.index(argv[0]), argv))
+
+
+def test_help_examples_parse_and_the_quick_ones_run(capsys, tmp_path, monkeypatch):
+    from latentjax.cli import make_parser
+
+    examples = help_examples()
+    assert {argv[0] for argv in examples} >= {"fit", "sweep", "infer", "evaluate", "demo"}
+    for argv in examples:
+        make_parser().parse_args(argv)  # exits on an unknown flag
+    monkeypatch.chdir(tmp_path)
+    for argv in examples:
+        if argv[0] in ("datasets", "families"):
+            assert run(capsys, *argv)[0] == 0
+
+
+@pytest.mark.slow
+def test_help_examples_run_as_written(capsys, tmp_path, monkeypatch, shared_file):
+    """Each example of `--help`, as written (`session.nwb` is the shared MC_Maze_Small file)."""
+    (tmp_path / "session.nwb").symlink_to(
+        shared_file("mc_maze_small_test/sub-Jenkins_ses-small_desc-test_ecephys.nwb")
+    )
+    monkeypatch.chdir(tmp_path)
+    for argv in help_examples():
+        code, _, err = run(capsys, *argv)
+        assert code == 0, (argv, err)

@@ -233,6 +233,26 @@ def test_trial_length_on_a_trials_table_needs_ignore_trials(nlb_file, spike_time
     np.testing.assert_array_equal(trials.spikes[1, :, 2], histogram_counts(spike_times[2], 2.0, 20))
 
 
+def test_the_command_line_flags_for_trial_tables(nlb_file, tmp_path, capsys):
+    from latentjax.cli import main
+
+    argv = ["fit", "lds", "--data", str(nlb_file), "--bin-size", str(BIN)]
+    argv += ["--trial-length", "2.0", "--out", str(tmp_path / "run")]
+    assert main(argv) == 1  # refused before anything is fitted or written
+    assert "has a trials table" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    from latentjax.cli import load_data, make_parser
+
+    args = make_parser().parse_args([*argv, "--ignore-trials"])
+    assert load_data(args.data, args)[0].shape == (4, 20, 5)
+    args = make_parser().parse_args(
+        ["infer", "--run", "x", "--data", str(nlb_file), "--bin-size", str(BIN)]
+        + ["--align", "start_time", "--window", "0", "3", "--strict-windows"]
+    )
+    with pytest.raises(ValueError, match="outside"):
+        load_data(args.data, args)
+
+
 def test_trial_length_tiles_the_epochs(tmp_path, spike_times):
     path = write_nwb(
         tmp_path / "epochs.nwb", spike_times, trials=False, behavior=False, epochs=[(2.0, 7.5)]

@@ -99,3 +99,20 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
     assert logged_steps(run_dir) == [10, 20, 30, 40, 50]
     loaded = lj.load_run(run_dir)  # the rewritten step 40 and step 50 read back
     np.testing.assert_array_equal(loaded.params["mean"], straight.params["mean"])
+
+    with pytest.raises(ValueError, match="has trained 50 steps, more than the 20 asked for"):
+        lj.fit(toy.Config(), trials, out=run_dir, steps=20, progress=False)
+    assert logged_steps(run_dir) == [10, 20, 30, 40, 50]  # untouched
+
+
+def test_a_demo_into_a_folder_of_other_data_is_refused_before_writing(tmp_path):
+    from latentjax.demo import run_demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    other = toy.make_trials()
+    lj.io.save(other, out / "data.npz")
+    before = (out / "data.npz").read_bytes()
+    with pytest.raises(ValueError, match="holds the data of another run"):
+        run_demo(out, quick=True, progress=False)
+    assert (out / "data.npz").read_bytes() == before and sorted(os.listdir(out)) == ["data.npz"]

@@ -42,7 +42,7 @@ from latentjax.data import Trials
 from latentjax.nn import gp
 from latentjax.nn.em import EStep, em_fitter
 from latentjax.results import Posterior
-from latentjax.train import Fitter, TrainConfig
+from latentjax.train import Fitter, TrainConfig, knob
 
 __all__ = [
     "Config",
@@ -76,8 +76,8 @@ class Config:
     train: TrainConfig = TrainConfig(steps=200, chunk_size=50)
     initial_timescale: float = 0.1
     timescale_newton_steps: int = 3
-    gp_noise_variance: float = dataclasses.field(default=1e-3, metadata={"knob": True})
-    min_variance_fraction: float = dataclasses.field(default=0.01, metadata={"knob": True})
+    gp_noise_variance: float = knob(1e-3, "positive")
+    min_variance_fraction: float = knob(0.01, "positive")
 
     def __post_init__(self):
         for name in ("latent_dim", "timescale_newton_steps"):

@@ -19,9 +19,10 @@ monotone). After every M-step the parameters are moved to a canonical basis (ort
 emission columns, latents ordered by variance explained, fixed signs), which leaves the
 likelihood unchanged and makes fits comparable across seeds.
 
-Spike counts are fitted as given (`transform="none"`; rates are then the Gaussian mean and can
-be negative) or after a square-root transform (`transform="sqrt"`, variance stabilising;
-rates are then E[y^2] = (Cz + d)^2 + var, in counts per bin).
+Spike counts are fitted after a square-root transform (`transform="sqrt"`, the default for
+counts under `"auto"`: variance stabilising, and the rates E[y^2] = (Cz + d)^2 + var are
+non-negative counts per bin) or as given (`transform="none"`, the default for continuous
+signals; rates are then the Gaussian mean and can be negative).
 
 Example:
     >>> import latentjax as lj
@@ -62,7 +63,7 @@ from latentjax.nn.linear_gaussian import (
     subspace_init,
 )
 from latentjax.results import Posterior
-from latentjax.train.config import TrainConfig
+from latentjax.train.config import TrainConfig, knob
 from latentjax.train.fitter import Fitter
 
 __all__ = [
@@ -85,7 +86,7 @@ Params = ParamsLGSSM
 """dynamax's `ParamsLGSSM`, with `emissions.cov` the `[neurons]` diagonal of R."""
 
 _INITS = ("pca", "fa")
-_TRANSFORMS = ("none", "sqrt")
+_TRANSFORMS = ("auto", "none", "sqrt")
 _INPUTS = ("none", "behavior")
 
 
@@ -98,7 +99,8 @@ class Config:
       train: loop settings; `train.steps` is the number of EM iterations when `lj.fit` is
         given no `steps`, `train.chunk_size` the iterations per compiled chunk.
       init: "pca" (principal subspace, runs anywhere) or "fa" (scikit-learn factor analysis).
-      transform: "none" (fit `spikes` as given) or "sqrt" (square-root transform of counts).
+      transform: "sqrt" (square-root transform of counts), "none" (fit `spikes` as given) or
+        "auto": "sqrt" for spike counts, "none" for continuous trials.
       inputs: "none", or "behavior" to drive latents and emissions with `Trials.behavior`.
       parallel: use the associative-scan filter and smoother (long recordings, accelerators).
       min_variance: floor on the noise variances r, eigenvalues of Q and of P_0 (knob).
@@ -109,11 +111,11 @@ class Config:
     latent_dim: int = 3
     train: TrainConfig = TrainConfig(steps=100, chunk_size=25)
     init: str = "pca"
-    transform: str = "none"
+    transform: str = "auto"
     inputs: str = "none"
     parallel: bool = False
-    min_variance: float = dataclasses.field(default=1e-4, metadata={"knob": True})
-    init_jitter: float = dataclasses.field(default=0.05, metadata={"knob": True})
+    min_variance: float = knob(1e-4, "positive")
+    init_jitter: float = knob(0.05, "nonnegative")
 
     def __post_init__(self):
         if not isinstance(self.latent_dim, (int, np.integer)) or self.latent_dim < 1:
@@ -351,10 +353,15 @@ def sample(params: Params, num_timesteps: int, *, key, inputs=None):
 # Many trials: data preparation, initialisation, EM
 
 
+def _square_root(config: Config, trials) -> bool:
+    """Whether the model sees square-rooted counts (`transform`, "auto" resolved)."""
+    return config.transform == "sqrt" or (config.transform == "auto" and not trials.continuous)
+
+
 def _signals(trials, config: Config):
     """Signals `[B, T, N]`, bin mask `[B, T]` and inputs `[B, T, U]` of `Trials`."""
     spikes = jnp.asarray(trials.spikes, dtype=float)
-    signals = jnp.sqrt(spikes) if config.transform == "sqrt" else spikes
+    signals = jnp.sqrt(spikes) if _square_root(config, trials) else spikes
     if config.inputs == "behavior":
         inputs = jnp.asarray(trials.behavior, dtype=signals.dtype)
     else:
@@ -540,7 +547,7 @@ def _posterior_arrays(params, trials, config):
     mean_signal = (
         smoothed.means @ emissions.weights.T + emissions.bias + inputs @ emissions.input_weights.T
     )
-    if config.transform == "sqrt":
+    if _square_root(config, trials):
         variance = jnp.einsum(
             "nk,btkl,nl->btn", emissions.weights, smoothed.covariances, emissions.weights
         )

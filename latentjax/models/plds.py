@@ -42,7 +42,7 @@ from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
 from latentjax.nn.linear_gaussian import emission_potentials, prior_m_step, subspace_init
 from latentjax.results import Posterior
-from latentjax.train.config import TrainConfig
+from latentjax.train.config import TrainConfig, knob
 from latentjax.train.fitter import Fitter
 
 __all__ = ["Config", "Params", "fitter", "init", "posterior", "validation_loss"]
@@ -75,8 +75,8 @@ class Config:
     posterior_newton_iters: int = 25
     emission_newton_iters: int = 3
     parallel: bool = False
-    min_variance: float = dataclasses.field(default=1e-4, metadata={"knob": True})
-    init_jitter: float = dataclasses.field(default=0.05, metadata={"knob": True})
+    min_variance: float = knob(1e-4, "positive")
+    init_jitter: float = knob(0.05, "nonnegative")
 
     def __post_init__(self):
         for name in ("latent_dim", "newton_iters", "posterior_newton_iters"):

@@ -38,7 +38,7 @@ import numpy as np
 
 from latentjax.data import Trials
 from latentjax.results import Posterior
-from latentjax.train import Fitter, TrainConfig
+from latentjax.train import Fitter, TrainConfig, knob
 
 __all__ = [
     "Config",
@@ -72,7 +72,7 @@ class Config:
     truncate: float = 3.0
     log_offset: float = 1e-4
     train: TrainConfig = TrainConfig(steps=20, chunk_size=10)
-    alpha: float = dataclasses.field(default=0.01, metadata={"knob": True})
+    alpha: float = knob(0.01, "positive")
 
     def __post_init__(self):
         for name in ("kernel_sd", "truncate", "log_offset"):

@@ -69,7 +69,7 @@ from latentjax.data import Trials
 from latentjax.nn import gp
 from latentjax.nn.em import EStep, em_fitter
 from latentjax.results import Posterior
-from latentjax.train import Fitter, TrainConfig
+from latentjax.train import Fitter, TrainConfig, knob
 
 __all__ = [
     "Config",
@@ -108,8 +108,8 @@ class Config:
     train: TrainConfig = TrainConfig(steps=200, chunk_size=10)
     initial_timescale: float = 0.1
     newton_steps: int = 3
-    gp_noise_variance: float = dataclasses.field(default=1e-3, metadata={"knob": True})
-    min_variance_fraction: float = dataclasses.field(default=0.01, metadata={"knob": True})
+    gp_noise_variance: float = knob(1e-3, "positive")
+    min_variance_fraction: float = knob(0.01, "positive")
 
     def __post_init__(self):
         for name, minimum in (("across_dim", 1), ("within_dim", 0), ("newton_steps", 1)):

@@ -26,17 +26,22 @@ filtering elements written in information form so that they also avoid N x N inv
 
 All functions here work on one trial; callers vmap over trials.
 
-Batched LAPACK calls are sequenced with `_after` (`lax.optimization_barrier`): on jax/jaxlib
-0.10.2 (XLA:CPU) two independent batched LAPACK custom calls that run at the same time can
-deadlock. Each splits its batch over the intra-op thread pool (`jax::ParallelBatchMap`) and
-blocks a pool thread waiting for its chunks; with two such calls on a 2-thread pool every
-thread waits and no chunk runs (issue #27: the parallel smoother's log-likelihood Cholesky
-against its RTS gains' LU). Reduced reproducer, hangs within a few calls on 2 cores:
+Batched LAPACK calls are sequenced with `_after`: on jax/jaxlib 0.10.2 (XLA:CPU) two
+independent batched LAPACK custom calls that run at the same time can deadlock. Each splits
+its batch over the intra-op thread pool (`jax::ParallelBatchMap`) and blocks a pool thread
+waiting for its chunks; with two such calls on a 2-thread pool every thread waits and no
+chunk runs (issue #27: the parallel smoother's log-likelihood Cholesky against its RTS gains'
+LU). XLA:CPU runs the thunks of a program concurrently wherever their buffers do not
+conflict, and `lax.optimization_barrier` does not order them (its output aliases its input),
+so `_after` adds a real data dependency. Reduced reproducer, hangs within a few calls on
+2 cores (and finishes with the second input passed through `_after(a, c)`):
 
     a = jnp.eye(16) * 2 + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (10000, 16, 16))
-    f = jax.jit(lambda s, a: (jnp.linalg.cholesky(s), jnp.linalg.solve(a, a)))
+    def f(s, a):
+        c = jnp.linalg.cholesky(s)
+        return c, jnp.linalg.solve(a, a)
     for i in range(20):
-        jax.block_until_ready(f(a @ jnp.swapaxes(a, -1, -2) + i, a + i))
+        jax.block_until_ready(jax.jit(f)(a @ jnp.swapaxes(a, -1, -2) + i, a + i))
 """
 
 from __future__ import annotations
@@ -122,10 +127,14 @@ class SmootherResult(NamedTuple):
 
 
 def _after(value, *dependencies):
-    """`value`, available only once `dependencies` are computed (XLA cannot reorder them):
-    orders two batched LAPACK calls that would otherwise run concurrently (see the module
-    docstring)."""
-    return lax.optimization_barrier((value, dependencies))[0]
+    """`value`, computed from only once `dependencies` are: orders two batched LAPACK calls
+    that would otherwise run concurrently (see the module docstring).
+
+    Each leaf of `value` gets an exact zero that reads one entry of each dependency (0 * an
+    is-NaN flag: never NaN, and XLA does not fold a floating-point multiply by zero)."""
+    firsts = [jnp.ravel(leaf)[0] for leaf in jax.tree.leaves(dependencies)]
+    flag = sum(jnp.isnan(first).astype(jnp.float32) for first in firsts)
+    return jax.tree.map(lambda leaf: leaf + (0 * flag).astype(leaf.dtype), value)
 
 
 def _symmetrize(matrix):

@@ -385,6 +385,13 @@ def train_population(
         except BaseException:
             checkpoints.close()
             raise
+        if latest > steps:
+            checkpoints.close()
+            raise ValueError(
+                f"steps: the run in {run.path} has trained {latest} steps, more than the "
+                f"{steps} asked for; load that model as it is (lj.load_run, or any "
+                f"--steps >= {latest}), or write a run of {steps} steps to another folder"
+            )
         step, finished = latest, record["finished"] and steps <= record["steps"]
         log = MetricsLog.resume(run.metrics_path, latest)
 
