@@ -26,6 +26,7 @@ same script on each with `jax.distributed.initialize()` called first; nothing el
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -533,7 +534,8 @@ def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[P
     if not isinstance(result, FitResult):
         raise ValueError(f"result must be a FitResult, got {type(result).__name__}")
     registration = families.of_config(result.config)
-    trials = conform("trials", _as_data("trials", trials, registration), result.data)
+    trials = _as_data("trials", trials, registration)
+    trials = fitted_neurons("trials", trials, result, options.get("session"))
     key = jax.random.PRNGKey(seed)
     if isinstance(trials, tuple):
         return [
@@ -541,6 +543,25 @@ def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[P
             for s, session_trials in enumerate(trials)
         ]
     return _posterior(registration, result, trials, key, **options)
+
+
+def fitted_neurons(name: str, trials, result: FitResult, session: int | None = None):
+    """`trials` (or sessions of them) checked against the data `result` was fitted on, the
+    neurons in the fitted order (`latentjax.data.conform`): a ValueError naming `name` for
+    other neurons, another bin size or other regions. `session`: one `Trials` of that
+    session of a multi-session fit."""
+    heldin = getattr(families.of_config(result.config).family, "heldin_neurons", None)
+    accepted = None if heldin is None else functools.partial(heldin, result.config)
+    record = result.data
+    if session is not None and record is not None and "sessions" in record:
+        sessions = record["sessions"]
+        if not isinstance(session, int) or not 0 <= session < len(sessions):
+            raise ValueError(
+                f"session must be an int in [0, {len(sessions)}) (the fitted sessions), "
+                f"got {session!r}"
+            )
+        record = sessions[session]
+    return conform(name, trials, record, accepted)
 
 
 def _posterior(registration, result, trials, key, **options) -> Posterior:

@@ -29,7 +29,6 @@ import numpy as np
 
 from latentjax import metrics
 from latentjax.data import Trials
-from latentjax.data.conform import conform
 from latentjax.family import hook
 from latentjax.metrics._checks import split_trials
 from latentjax.results import FitResult, Posterior
@@ -133,10 +132,12 @@ def evaluate(
       ['bps']
     """
     if isinstance(posterior_or_result, FitResult):
+        from latentjax.api import fitted_neurons
+
         if infer is None:
             from latentjax.api import infer
         # the neurons in the fitted order (or a clear error) for inference and the metrics
-        trials = conform("trials", trials, posterior_or_result.data)
+        trials = fitted_neurons("trials", trials, posterior_or_result)
         posterior = infer(posterior_or_result, trials, seed=seed)
     elif isinstance(posterior_or_result, Posterior):
         posterior = posterior_or_result

@@ -22,6 +22,10 @@ Optional names:
 - `diagnostics(posterior) -> {name: float}`: family numbers for `lj.evaluate` (MCMC R-hat).
 - `uses_optimizer: bool`: a `fitter` family whose Fitter reads the optimiser settings of
   `TrainConfig` (learning rate, batch size, ...); others make a sweep over them an error.
+- `heldin_neurons(config, num_neurons) -> indices or None`: the neurons (of the
+  `num_neurons` fitted on) that `posterior` may also be given alone: the held-in neurons of
+  a model fitted with held-out ones. `lj.infer` checks new trials against the fitted data
+  and accepts exactly these two neuron sets.
 - `multi_session: bool`: `init`, `loss` and `validation_loss` accept a tuple of `Trials`
   (one per session, neuron counts may differ) and `posterior` takes `session=s`.
 

@@ -94,15 +94,24 @@ def test_fit_writes_a_complete_run_folder(lds_run):
 
 
 def test_infer_and_evaluate_read_the_run(lds_run, capsys, tmp_path):
+    """The command line gives what the Python API gives on the same run and data."""
+    dataset = lj.datasets.generate("lorenz", seed=0, num_trials=12, num_bins=30, num_neurons=8)
+    fitted = lj.load_run(lds_run)
     target = tmp_path / "post.npz"
     code, out, _ = run(capsys, "infer", "--run", str(lds_run), "--data", TINY, "--out", str(target))
     assert code == 0 and "wrote" in out
-    stored = np.load(lds_run / "posterior.npz")
-    np.testing.assert_allclose(np.load(target)["latents"], stored["latents"], atol=1e-5)
+    expected = lj.infer(fitted, dataset.trials)
+    np.testing.assert_allclose(np.load(target)["latents"], expected.latents, atol=1e-5)
+    np.testing.assert_allclose(np.load(target)["rates"], expected.rates, rtol=1e-5)
 
+    (lds_run / "evaluation.json").unlink(missing_ok=True)
     code, out, _ = run(capsys, "evaluate", "--run", str(lds_run), "--data", TINY)
     assert code == 0 and "latent_r2" in out
-    assert json.loads((lds_run / "evaluation.json").read_text())["latent_r2"] > -1
+    written = json.loads((lds_run / "evaluation.json").read_text())
+    scores = lj.evaluate(fitted, dataset.trials, truth=dataset.truth)
+    assert set(written) == set(scores) >= {"bps", "latent_r2", "rate_r2"}
+    for name, value in scores.items():
+        assert written[name] == pytest.approx(float(value), rel=1e-5, abs=1e-7), name
 
 
 def test_report_redraws_from_the_folder(lds_run, capsys):

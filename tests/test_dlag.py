@@ -279,7 +279,9 @@ def test_rejects_bad_input():
     with pytest.raises(ValueError, match="fewer than"):
         dlag.init(key, dlag.Config(across_dim=2, within_dim=1), two_regions)
     with pytest.raises(ValueError, match="sqrt_transform"):
-        dlag.init(key, dlag.Config(), lj.Trials(-counts, dt=0.01, continuous=True, regions="aabb"))
+        dlag.init(
+            key, dlag.Config(), lj.Trials(-counts, dt=0.01, continuous=True, regions=list("aabb"))
+        )
     with pytest.raises(ValueError, match="neurons"):
         params = dlag.init(key, dlag.Config(), two_regions)
         three = lj.Trials(np.ones((2, 5, 6)), dt=0.01, regions=["a", "a", "b", "b", "c", "c"])

@@ -131,5 +131,10 @@ def test_jpca_rejects_odd_components():
 
 
 def test_public_names():
-    assert lj.geometry.pca is geometry.pca
-    assert callable(lj.plot.plot_barcode)
+    """Every name `lj.geometry` exports exists, is callable and documented with its shapes."""
+    names = lj.geometry.__all__
+    assert {"pca", "jpca", "umap", "tsne", "isomap", "lle", "betti", "fixed_points"} <= set(names)
+    for name in names:
+        function = getattr(lj.geometry, name)
+        assert callable(function) and function.__doc__, name
+    assert callable(lj.plot.plot_barcode) and lj.plot.plot_barcode.__doc__

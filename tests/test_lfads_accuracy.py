@@ -77,7 +77,8 @@ def test_coordinated_dropout_beats_the_identity_on_held_out_entries():
     )  # fmt: skip
     identity = heldout_entry_nll(wide, data.trials, 1500)
     coordinated = heldout_entry_nll(dataclasses.replace(wide, cd_rate=0.3), data.trials, 1500)
-    assert coordinated < identity, (coordinated, identity)
+    # a margin of 1% of the loss, not a bare `<` a single seed could pass by chance
+    assert coordinated < 0.99 * identity, (coordinated, identity)
 
 
 def test_pbt_sweep_over_lfads_knobs():
@@ -91,3 +92,9 @@ def test_pbt_sweep_over_lfads_knobs():
     finals = [r.history["valid_loss"][-1] for r in results]
     assert all(np.isfinite(finals))
     assert min(finals) < results[0].history["valid_loss"][0]
+    # PBT acted: explored knobs left the grid and stayed inside their bounds
+    rates = [r.config.train.learning_rate for r in results]
+    drops = [r.config.cd_rate for r in results]
+    assert any(x not in grid["train.learning_rate"] for x in rates), rates
+    assert any(x not in grid["cd_rate"] for x in drops), drops
+    assert all(1e-4 <= x <= 3e-2 for x in rates) and all(0.0 <= x <= 0.6 for x in drops)

@@ -73,6 +73,11 @@ def posterior(params, trials, config, key):
     return lj.Posterior(latents=rates[..., :1], rates=rates)
 
 
+def minibatch_config() -> Config:
+    """The toy config trained on minibatches of 4 trials (a per-epoch permutation)."""
+    return dataclasses.replace(Config(), train=dataclasses.replace(Config().train, batch_size=4))
+
+
 def optimum(trials, l2=0.0):
     """Closed-form minimiser of the toy loss over all trials: [neurons]."""
     spikes = np.asarray(trials.spikes, np.float64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,13 +45,20 @@ def signature_of_record(record: Mapping[str, Any] | None) -> dict | None:
     return {key: record.get(key) for key in ("shape", "dt", "regions", "neuron_ids")}
 
 
-def conform(name: str, data: Trials | tuple, record: Mapping[str, Any] | None):
+def conform(
+    name: str,
+    data: Trials | tuple,
+    record: Mapping[str, Any] | None,
+    heldin: Callable[[int], Any] | None = None,
+):
     """`data` with its neurons in the fitted order, or ValueError naming `name` and the
     mismatch (neuron count, unit ids, bin size, region labels).
 
     `record` is a `signature` (or a `data.json` entry, which has the same keys); None
     (a record from before signatures were kept) accepts anything. Ids that match the fitted
-    ones as a set are reordered, with a warning; other ids are refused.
+    ones as a set are reordered, with a warning; other ids are refused. `heldin(num_fitted)`
+    gives the indices of the fitted neurons that may also come alone (the held-in neurons
+    of a model fitted with held-out ones), or None.
     """
     if record is None:
         return data
@@ -65,7 +72,7 @@ def conform(name: str, data: Trials | tuple, record: Mapping[str, Any] | None):
                 f"{len(record['sessions'])}"
             )
         return tuple(
-            conform(f"{name}[{s}]", session, session_record)
+            conform(f"{name}[{s}]", session, session_record, heldin)
             for s, (session, session_record) in enumerate(
                 zip(sessions, record["sessions"], strict=True)
             )
@@ -74,12 +81,18 @@ def conform(name: str, data: Trials | tuple, record: Mapping[str, Any] | None):
         raise ValueError(f"`{name}`: the model was fitted on one session, got {len(data)}")
 
     fitted_neurons = record["shape"][-1]
+    subset = None if heldin is None else heldin(fitted_neurons)
+    if subset is not None and data.num_neurons == len(subset) != fitted_neurons:
+        record = _restricted(record, np.asarray(subset))
+        fitted_neurons = len(subset)
     fitted_ids = record.get("neuron_ids")
     if fitted_ids is not None and data.neuron_ids is not None:
         data = _reorder_by_id(name, data, [_plain(i) for i in fitted_ids])
     elif data.num_neurons != fitted_neurons:
+        alone = "" if subset is None else f" (or its {len(subset)} held-in neurons alone)"
         raise ValueError(
-            f"`{name}`: {data.num_neurons} neurons, the model was fitted on {fitted_neurons}"
+            f"`{name}`: {data.num_neurons} neurons, the model was fitted on "
+            f"{fitted_neurons}{alone}"
         )
     fitted_dt = record.get("dt")
     if fitted_dt is not None and not math.isclose(data.dt, fitted_dt, rel_tol=1e-6):
@@ -96,6 +109,20 @@ def conform(name: str, data: Trials | tuple, record: Mapping[str, Any] | None):
                 f"{_summary(fitted_regions)}"
             )
     return data
+
+
+def _restricted(record: Mapping[str, Any], index: np.ndarray) -> dict:
+    """`record` of the fitted neurons at `index` only."""
+
+    def pick(labels):
+        return None if labels is None else [labels[i] for i in index]
+
+    return {
+        **record,
+        "shape": [*record["shape"][:-1], len(index)],
+        "regions": pick(record.get("regions")),
+        "neuron_ids": pick(record.get("neuron_ids")),
+    }
 
 
 def _plain(value):

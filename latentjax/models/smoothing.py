@@ -45,6 +45,7 @@ __all__ = [
     "ReadoutParams",
     "ReadoutState",
     "fitter",
+    "heldin_neurons",
     "init",
     "posterior",
     "smooth_spikes",
@@ -242,6 +243,13 @@ def _design(config: Config, data: Trials) -> tuple[jax.Array, jax.Array, jax.Arr
     counts = spikes[:, :, heldout].reshape(num_bins, heldout.shape[0])
     observed = jnp.asarray(data.mask, spikes.dtype).reshape(num_bins)
     return features.reshape(num_bins, heldin.shape[0]), counts, observed
+
+
+def heldin_neurons(config: Config, num_neurons: int) -> np.ndarray | None:
+    """The neurons not in `config.heldout_neurons`, which `posterior` also takes alone."""
+    if not config.heldout_neurons:
+        return None
+    return np.setdiff1d(np.arange(num_neurons), np.asarray(config.heldout_neurons))
 
 
 def _check_trials(function: str, config: Config, trials: Any) -> None:

@@ -13,9 +13,17 @@ against identity overfitting; its hyperparameter search is `lj.sweep` with PBT o
 """
 
 from latentjax.models.lfads.config import Config
-from latentjax.models.lfads.family import init, loss, posterior, validation_loss
+from latentjax.models.lfads.family import heldin_neurons, init, loss, posterior, validation_loss
 
 multi_session = True
 """`lj.fit(config, [session_a, session_b])`: one core, a read-in and read-out per session."""
 
-__all__ = ["Config", "init", "loss", "multi_session", "posterior", "validation_loss"]
+__all__ = [
+    "Config",
+    "heldin_neurons",
+    "init",
+    "loss",
+    "multi_session",
+    "posterior",
+    "validation_loss",
+]

@@ -26,7 +26,7 @@ from latentjax.nn import priors, readouts
 from latentjax.results import Posterior
 from latentjax.train.schedules import ramp
 
-__all__ = ["init", "loss", "posterior", "validation_loss"]
+__all__ = ["heldin_neurons", "init", "loss", "posterior", "validation_loss"]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -381,6 +381,11 @@ _batched_posterior_sums = jax.jit(
     jax.vmap(_posterior_sums, in_axes=(None, None, 0, 0, 0, None, None)),
     static_argnames=("config", "n_samples"),
 )
+
+
+def heldin_neurons(config: Config, num_neurons: int) -> np.ndarray | None:
+    """The held-in neurons (all but the last `n_heldout`), which `posterior` also takes alone."""
+    return np.arange(num_neurons - config.n_heldout) if config.n_heldout else None
 
 
 def posterior(params, trials: Trials, config: Config, key, *, n_samples: int = 20,
