@@ -79,6 +79,8 @@ def _as_data(name: str, data: Any, registration, *, sessions: int | None = None)
     if data is None or isinstance(data, Trials):
         if sessions is not None and data is not None and sessions != 1:
             raise ValueError(f"`{name}` must hold {sessions} sessions like `train`, got one Trials")
+        if data is not None and not np.asarray(data.mask).any():
+            raise ValueError(f"`{name}`: every bin is masked (`mask` all False): no data")
         return data
     if isinstance(data, Sequence) and not isinstance(data, str):
         data = tuple(data)
@@ -96,6 +98,9 @@ def _as_data(name: str, data: Any, registration, *, sessions: int | None = None)
             raise ValueError(
                 f"`{name}` must hold {sessions} sessions like `train`, got {len(data)}"
             )
+        for index, session in enumerate(data):
+            if not np.asarray(session.mask).any():
+                raise ValueError(f"`{name}[{index}]`: every bin is masked (`mask` all False)")
         return data
     raise ValueError(
         f"`{name}` must be lj.Trials (or a sequence of them), got {type(data).__name__}"

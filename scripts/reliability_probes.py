@@ -131,7 +131,8 @@ def _window_past_end_is_masked(trials) -> bool:
         table = io_.read().trials
         stop = np.asarray(table["stop_time"][:]) - np.asarray(table["move_onset_time"][:])
     stop = stop[np.isfinite(stop)][: trials.num_trials]
-    past = np.asarray(trials.times) >= stop[:, None]
+    starts = -0.25 + 0.005 * np.arange(trials.num_bins)  # bin starts around movement onset
+    past = starts[None, :] >= stop[:, None] - 1e-9
     spikes = np.asarray(trials.spikes)
     return bool(past.any() and not np.asarray(trials.mask)[past].any() and spikes[past].sum() == 0)
 
@@ -248,8 +249,13 @@ def probes() -> list[Probe]:
         ),
         Probe(
             "data",
-            "every bin masked",
-            lambda _: lj.Trials(bad, dt=0.01, mask=np.zeros(bad.shape[:2], bool)),
+            "a fit on trials with every bin masked",
+            lambda _: lj.fit(
+                lds.Config(latent_dim=2),
+                lj.Trials(bad, dt=0.01, mask=np.zeros(bad.shape[:2], bool)),
+                steps=5,
+                progress=False,
+            ),
             "mask",
         ),
         Probe(

@@ -167,3 +167,11 @@ def test_new_trials_are_checked_against_the_data_the_model_was_fitted_on(trials,
     for labels in ({"regions": "ABCDE"}, {"neuron_ids": "abcde"}):
         with pytest.raises(ValueError, match="must be a sequence with one label per neuron"):
             _relabelled(trials, **labels)
+
+
+def test_trials_with_every_bin_masked_are_refused(trials):
+    empty = trials.replace(mask=np.zeros(trials.mask.shape, bool))
+    with pytest.raises(ValueError, match="`train`: every bin is masked"):
+        lj.fit(toy.Config(), empty, progress=False)
+    with pytest.raises(ValueError, match="`valid`: every bin is masked"):
+        lj.fit(toy.Config(), trials, valid=empty, progress=False)

@@ -91,8 +91,7 @@ def conform(
     elif data.num_neurons != fitted_neurons:
         alone = "" if subset is None else f" (or its {len(subset)} held-in neurons alone)"
         raise ValueError(
-            f"`{name}`: {data.num_neurons} neurons, the model was fitted on "
-            f"{fitted_neurons}{alone}"
+            f"`{name}`: {data.num_neurons} neurons, the model was fitted on {fitted_neurons}{alone}"
         )
     fitted_dt = record.get("dt")
     if fitted_dt is not None and not math.isclose(data.dt, fitted_dt, rel_tol=1e-6):
