@@ -555,9 +555,11 @@ def fitted_neurons(name: str, trials, result: FitResult, session: int | None = N
     neurons in the fitted order (`latentjax.data.conform`): a ValueError naming `name` for
     other neurons, another bin size or other regions. `session`: one `Trials` of that
     session of a multi-session fit."""
+    record = result.data
+    if record is None:
+        return trials
     heldin = getattr(families.of_config(result.config).family, "heldin_neurons", None)
     accepted = None if heldin is None else functools.partial(heldin, result.config)
-    record = result.data
     if session is not None and record is not None and "sessions" in record:
         sessions = record["sessions"]
         if not isinstance(session, int) or not 0 <= session < len(sessions):

@@ -106,6 +106,18 @@ def test_fit_learns_and_posterior_predicts_masked_bins(lorenz):
     post = lj.infer(result, trials)
     assert post.latents.shape == (8, 20, 3) and post.rates.shape == (8, 20, 6)
     assert np.isfinite(post.rates).all()
+    # the masked bins, never seen in training or inference, are predicted: better than the
+    # untrained model and than each neuron's mean rate over the observed bins
+    spikes, hidden = np.asarray(data.trials.spikes), ~np.asarray(trials.mask)
+    untrained = seqvae.posterior(seqvae.init(jax.random.PRNGKey(0), TINY, trials), trials, TINY,
+                                 jax.random.PRNGKey(0))  # fmt: skip
+    mean_rate = np.broadcast_to(spikes[~hidden].mean(0), spikes.shape)
+
+    def hidden_log_lik(rates):
+        return scipy.stats.poisson.logpmf(spikes, np.asarray(rates))[hidden].sum()
+
+    trained = hidden_log_lik(post.rates)
+    assert trained > hidden_log_lik(untrained.rates) and trained > hidden_log_lik(mean_rate)
 
 
 def test_refinement_reaches_a_map_of_the_log_joint_and_ignores_masked_bins(lorenz):
