@@ -26,6 +26,10 @@ Optional names:
   `num_neurons` fitted on) that `posterior` may also be given alone: the held-in neurons of
   a model fitted with held-out ones. `lj.infer` checks new trials against the fitted data
   and accepts exactly these two neuron sets.
+- `dynamics(params, config, posterior) -> latentjax.results.LearnedDynamics`: the model's
+  autonomous dynamics (a flow or a map on its state) with the states it visited on the
+  trials of `posterior`, for `lj.geometry.fixed_points(result, posterior)` (node, seqvae,
+  LFADS).
 - `multi_session: bool`: `init`, `loss` and `validation_loss` accept a tuple of `Trials`
   (one per session, neuron counts may differ) and `posterior` takes `session=s`.
 

@@ -1,4 +1,5 @@
-"""What fitting and inference return: `FitResult` and `Posterior`.
+"""What fitting and inference return: `FitResult` and `Posterior`, and what a family's
+`dynamics` hook returns: `LearnedDynamics`.
 
 Both are plain containers that know nothing of the family that made them, so metrics,
 geometry, plots and reports can read them without importing any model.
@@ -7,13 +8,13 @@ geometry, plots and reports can read them without importing any model.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-__all__ = ["FitResult", "Posterior"]
+__all__ = ["FitResult", "LearnedDynamics", "Posterior"]
 
 
 @jax.tree_util.register_dataclass
@@ -78,3 +79,23 @@ class FitResult:
     history: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     run_dir: str | None = None
     data: Mapping[str, Any] | None = None
+
+
+class LearnedDynamics(NamedTuple):
+    """A fitted model's autonomous dynamics, as `lj.geometry.fixed_points` takes them.
+
+    Attributes:
+      function: pure `function(state [D], *args) -> [D]`, defined at module level so that
+        repeated calls with new parameters (in `args`) reuse one compilation.
+      kind: "flow" (`function` is `dx/dt`) or "map" (`function` is the next state).
+      args: the parameters `function` takes after the state (a tuple of pytrees).
+      states: `[trials, time, D]` the states the model visited on the inferred trials.
+      latents: `points [P, D] -> [P, latent_dim]`, the latents (as in `Posterior.latents`)
+        of states.
+    """
+
+    function: Callable[..., Any]
+    kind: str
+    args: tuple
+    states: Any
+    latents: Callable[[Any], Any]

@@ -15,8 +15,9 @@ SMALL = {
     "multiregion": dict(num_trials=5, num_bins=30, neurons_per_region=4, global_latent_dim=1),
     "ring": dict(num_trials=5, num_bins=30, num_neurons=10),
     "torus": dict(num_trials=5, num_bins=30, num_neurons=10),
+    "flip_flop": dict(num_trials=5, num_bins=30, num_neurons=6),
 }
-SPIKING = ["lorenz", "chaotic_rnn", "plds", "multiregion", "ring", "torus"]
+SPIKING = ["lorenz", "chaotic_rnn", "plds", "multiregion", "ring", "torus", "flip_flop"]
 
 
 def wrapped(angle):
@@ -332,3 +333,20 @@ def test_subsample_pads_trials_that_keep_fewer_bins():
 def test_bad_arguments_raise_value_errors_naming_them(call, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         call()
+
+
+def test_flip_flop_bits_take_the_sign_of_the_latest_pulse_and_hold_it():
+    data = lj.datasets.flip_flop(seed=2, num_trials=6, num_bins=80, pulse_probability=0.1)
+    bits, pulses = data.truth["latents"], data.truth["inputs"]
+    assert np.count_nonzero(pulses) > 20
+    for trial in range(6):
+        for channel in range(3):
+            state = bits[trial, 0, channel] if pulses[trial, 0, channel] == 0 else None
+            for t in range(80):
+                pulse = pulses[trial, t, channel]
+                state = pulse if pulse != 0 else state
+                assert bits[trial, t, channel] == state
+    params = data.truth["params"]
+    np.testing.assert_allclose(
+        data.truth["rates"], np.exp(bits @ params["readout"] + params["bias"]), rtol=1e-5
+    )

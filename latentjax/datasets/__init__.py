@@ -12,6 +12,7 @@ bin, or the observation mean for continuous data) and what the system has.
 
 from latentjax.datasets._dataset import Dataset
 from latentjax.datasets.chaotic_rnn import chaotic_rnn
+from latentjax.datasets.flip_flop import flip_flop
 from latentjax.datasets.linear import lds, plds
 from latentjax.datasets.lorenz import lorenz
 from latentjax.datasets.manifolds import ring, torus
@@ -23,6 +24,7 @@ __all__ = [
     "Dataset",
     "available",
     "chaotic_rnn",
+    "flip_flop",
     "generate",
     "lds",
     "lorenz",

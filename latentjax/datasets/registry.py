@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from latentjax.datasets._dataset import Dataset
 from latentjax.datasets.chaotic_rnn import chaotic_rnn
+from latentjax.datasets.flip_flop import flip_flop
 from latentjax.datasets.linear import lds, plds
 from latentjax.datasets.lorenz import lorenz
 from latentjax.datasets.manifolds import ring, torus
@@ -16,6 +17,7 @@ __all__ = ["GENERATORS", "available", "generate"]
 GENERATORS: dict[str, Callable[..., Dataset]] = {
     "lorenz": lorenz,
     "chaotic_rnn": chaotic_rnn,
+    "flip_flop": flip_flop,
     "lds": lds,
     "plds": plds,
     "multiregion": multiregion,

@@ -1,7 +1,9 @@
 """Dynamics of latent trajectories and of vector fields.
 
 - `fixed_points`: states where a flow `dx/dt = F(x)` stops (`F(x) = 0`) or a map
-  `x' = F(x)` returns to itself (`F(x) = x`). From many initial states at once (vmapped), the
+  `x' = F(x)` returns to itself (`F(x) = x`), of a function or of a fitted model whose family
+  has learned dynamics (node's flow, the seqvae and LFADS generators' maps, as in Sussillo &
+  Barak 2013 / FixedPointFinder). From many initial states at once (vmapped), the
   residual `r(x) = F(x)` (flow) or `F(x) - x` (map) is driven to zero by Levenberg-Marquardt
   steps on `q(x) = ½‖r(x)‖²` in one compiled `lax.scan`; converged points are deduplicated and
   classified by the eigenvalues of the Jacobian of `F` (`jax.jacfwd`).
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentjax.geometry._arrays import as_points, as_trajectories, check_positive_int
+from latentjax.results import FitResult, LearnedDynamics, Posterior
 
 __all__ = ["FixedPoints", "curvature", "fixed_points", "speed", "tangling"]
 
@@ -38,6 +41,8 @@ class FixedPoints(NamedTuple):
       labels: `[P]` "attractor" (stable), "repeller" (every direction unstable), "saddle"
         (both), or "marginal" (no unstable direction but one within `eigen_tolerance` of the
         stability boundary).
+      latents: `[P, latent_dim]` the points in the model's latent space (as
+        `Posterior.latents`), for the fixed points of a fitted model; None otherwise.
     """
 
     points: np.ndarray
@@ -45,6 +50,7 @@ class FixedPoints(NamedTuple):
     eigenvalues: np.ndarray
     stable: np.ndarray
     labels: np.ndarray
+    latents: np.ndarray | None = None
 
 
 def _residual(vector_field: Callable, kind: str, state: jax.Array, args: tuple) -> jax.Array:
@@ -101,12 +107,14 @@ def _classify(eigenvalues: np.ndarray, kind: str, tolerance: float) -> tuple[np.
 
 
 def fixed_points(
-    vector_field: Callable[..., jax.Array],
+    vector_field: Callable[..., jax.Array] | FitResult,
     initial_states: Any,
     *,
     kind: str = "flow",
     args: tuple = (),
     num_steps: int = 200,
+    max_starts: int = 512,
+    seed: int = 0,
     speed_tolerance: float = 1e-4,
     unique_tolerance: float = 1e-3,
     eigen_tolerance: float = 1e-6,
@@ -116,11 +124,18 @@ def fixed_points(
     Args:
       vector_field: a JAX-traceable function of one state. Pass parameters and constant
         inputs through `args` (a pytree, traced) rather than closing over them, so repeated
-        calls with new values reuse one compilation.
+        calls with new values reuse one compilation. Or a fitted model (`FitResult`) whose
+        family has learned dynamics (`node`: its flow; `seqvae`, `lfads`: the generator's
+        map with zero input, on the generator's state); then `initial_states` is its
+        `Posterior` on some trials (`lj.infer`), the starts are the states the model
+        visited there, `kind` and `args` come from the model, and the result's `latents`
+        holds the points mapped to the model's latents.
       initial_states: `[S, K]` starts, or `[trials, time, K]` states visited by trajectories.
       kind: "flow" (`dx/dt = F(x)`, solves `F(x) = 0`) or "map" (`x' = F(x)`, solves
         `F(x) = x`).
       num_steps: Levenberg-Marquardt steps per start.
+      max_starts: at most this many starts, a random subset (seeded by `seed`) of the given
+        ones (each step of each start solves a `K x K` system).
       speed_tolerance: points whose residual norm stays above it are discarded.
       unique_tolerance: points closer than this (Euclidean) are one fixed point.
       eigen_tolerance: eigenvalues within it of the stability boundary count as marginal.
@@ -132,8 +147,18 @@ def fixed_points(
       >>> sorted(zip(found.points[:, 0].round(3).tolist(), found.labels.tolist()))
       [(-1.0, 'attractor'), (0.0, 'saddle'), (1.0, 'attractor')]
     """
+    options = dict(num_steps=num_steps, max_starts=max_starts, seed=seed,
+                   speed_tolerance=speed_tolerance, unique_tolerance=unique_tolerance,
+                   eigen_tolerance=eigen_tolerance)  # fmt: skip
+    if isinstance(vector_field, FitResult):
+        learned = _learned_dynamics(vector_field, initial_states)
+        found = fixed_points(
+            learned.function, learned.states, kind=learned.kind, args=learned.args, **options
+        )
+        return found._replace(latents=np.asarray(learned.latents(jnp.asarray(found.points))))
     if not callable(vector_field):
         raise ValueError(f"`vector_field` must be callable, got {type(vector_field).__name__}")
+    check_positive_int("max_starts", max_starts)
     if kind not in ("flow", "map"):
         raise ValueError(f"`kind` must be 'flow' or 'map', got {kind!r}")
     check_positive_int("num_steps", num_steps)
@@ -144,6 +169,9 @@ def fixed_points(
         if not value > 0:
             raise ValueError(f"`{name}` must be positive, got {value}")
     starts, _ = as_points("initial_states", initial_states, min_points=1)
+    if starts.shape[0] > max_starts:
+        chosen = np.random.default_rng(seed).choice(starts.shape[0], max_starts, replace=False)
+        starts = starts[np.sort(chosen)]
     starts = jnp.asarray(starts, dtype=jnp.result_type(float))
     output = jax.eval_shape(lambda s: vector_field(s, *args), starts[0])
     if output.shape != starts.shape[1:]:
@@ -173,6 +201,26 @@ def fixed_points(
     eigenvalues = np.take_along_axis(eigenvalues, np.argsort(-order_key, axis=1), axis=1)
     stable, labels = _classify(eigenvalues, kind, eigen_tolerance)
     return FixedPoints(points, speeds[distinct], eigenvalues, stable, labels)
+
+
+def _learned_dynamics(result: FitResult, posterior: Any) -> LearnedDynamics:
+    """The `dynamics` hook's output for `result` on the trials of `posterior`."""
+    from latentjax import family  # the registry imports families lazily; geometry stays below
+
+    registration = family.of_config(result.config)
+    hook = getattr(registration.family, "dynamics", None)
+    if hook is None:
+        with_dynamics = [n for n in family.names() if family.hook(n, "dynamics")]
+        raise ValueError(
+            f"`vector_field`: the {registration.name} family has no learned dynamics to find "
+            f"fixed points of (families with them: {', '.join(with_dynamics)})"
+        )
+    if not isinstance(posterior, Posterior):
+        raise ValueError(
+            "`initial_states` must be the model's Posterior (lj.infer(result, trials)) when "
+            f"`vector_field` is a FitResult, got {type(posterior).__name__}"
+        )
+    return hook(result.params, result.config, posterior)
 
 
 def _derivatives(trajectories: np.ndarray, dt: float, order: int) -> np.ndarray:

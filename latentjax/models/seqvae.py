@@ -34,13 +34,13 @@ from latentjax.nn import readouts
 from latentjax.nn.bin_dropout import bin_dropout
 from latentjax.nn.linear_readout import init_readout, readout_log_params
 from latentjax.nn.priors import gaussian_kl, gaussian_log_prob
-from latentjax.nn.recurrent import GRU, gru_step, run_gru
+from latentjax.nn.recurrent import GRU, autonomous_gru_step, gru_step, run_gru
 from latentjax.nn.refine import check_refine_options, refine_to_map
-from latentjax.results import Posterior
+from latentjax.results import LearnedDynamics, Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.schedules import ramp
 
-__all__ = ["Config", "init", "loss", "posterior", "validation_loss"]
+__all__ = ["Config", "dynamics", "init", "loss", "posterior", "validation_loss"]
 
 READOUTS = ("poisson", "gaussian")
 VAR_MIN = 1e-4
@@ -160,13 +160,18 @@ def _encode(params, spikes, mask, config: Config) -> tuple[dict, dict]:
     return means, variances
 
 
-def _generate(params, latent_variables: dict, num_bins: int, config: Config):
-    """Latents `[time, latent_dim]` and read-out log-parameters from the initial state and
-    (with `input_dim > 0`) the inputs in `latent_variables` (as `_encode` returns them)."""
+def _generator(params, config: Config):
+    return _gru(
+        params["generator"], config.generator_dim, max(config.input_dim, 1),
+        learned_initial_state=False,
+    )  # fmt: skip
+
+
+def _generator_states(params, latent_variables: dict, num_bins: int, config: Config):
+    """Generator states `[time, generator_dim]` from the initial state and (with
+    `input_dim > 0`) the inputs in `latent_variables` (as `_encode` returns them)."""
     inputs = latent_variables.get("inputs", jnp.zeros((num_bins, 1)))
-    generator = _gru(
-        params["generator"], config.generator_dim, inputs.shape[-1], learned_initial_state=False
-    )
+    generator = _generator(params, config)
     z0 = latent_variables["initial"]
     g0 = z0 @ params["to_generator"]["kernel"] + params["to_generator"]["bias"]
     gates = inputs @ generator.input_kernel + generator.input_bias
@@ -176,7 +181,16 @@ def _generate(params, latent_variables: dict, num_bins: int, config: Config):
         return g, g
 
     _, states = jax.lax.scan(step, g0, gates)
-    latents = states @ params["latents"]["kernel"] + params["latents"]["bias"]
+    return states
+
+
+def _latents(params, states):
+    return states @ params["latents"]["kernel"] + params["latents"]["bias"]
+
+
+def _generate(params, latent_variables: dict, num_bins: int, config: Config):
+    """Latents `[time, latent_dim]` and read-out log-parameters (see `_generator_states`)."""
+    latents = _latents(params, _generator_states(params, latent_variables, num_bins, config))
     return latents, readout_log_params(params["readout"], config.readout, latents)
 
 
@@ -301,3 +315,22 @@ def posterior(
     out = jax.tree.map(np.asarray, out)
     extras = {"initial_mean": out["initial_mean"], "inputs": out["inputs"]}
     return Posterior(latents=out["latents"], rates=out["rates"], extras=extras)
+
+
+def dynamics(params, config: Config, posterior: Posterior) -> LearnedDynamics:
+    """The generator's autonomous map `g -> g'` (the GRU with zero input) on its
+    `generator_dim` state, with the states it visited from each trial's posterior initial
+    state and inputs (`posterior` from `lj.infer`); latents `W_f g + b_f`."""
+    initial = jnp.asarray(posterior.initial_mean)
+    num_bins = np.shape(posterior.latents)[1]
+    variables = {"initial": initial}
+    if config.input_dim:
+        variables["inputs"] = jnp.asarray(posterior.inputs)
+    states = jax.vmap(lambda v: _generator_states(params, v, num_bins, config))(variables)
+    return LearnedDynamics(
+        function=autonomous_gru_step,
+        kind="map",
+        args=(_generator(params, config), CELL_CLIP),
+        states=states,
+        latents=functools.partial(_latents, params),
+    )

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GRU", "GRUWeights", "gru_step", "run_gru"]
+__all__ = ["GRU", "GRUWeights", "autonomous_gru_step", "gru_step", "run_gru"]
 
 
 class GRUWeights(NamedTuple):
@@ -64,6 +64,12 @@ def gru_step(weights: GRUWeights, input_gates, h, clip: float):
     z = jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
     return jnp.clip(z * h + (1 - z) * n, -clip, clip)
+
+
+def autonomous_gru_step(h, weights: GRUWeights, clip):
+    """The GRU's next state with zero input, `h [hidden] -> [hidden]`: its autonomous map,
+    state first and weights as arguments (as `lj.geometry.fixed_points` calls it)."""
+    return gru_step(weights, weights.input_bias, h, clip)
 
 
 def run_gru(weights: GRUWeights, inputs, clip: float, reverse: bool = False):

@@ -13,13 +13,21 @@ against identity overfitting; its hyperparameter search is `lj.sweep` with PBT o
 """
 
 from latentjax.models.lfads.config import Config
-from latentjax.models.lfads.family import heldin_neurons, init, loss, posterior, validation_loss
+from latentjax.models.lfads.family import (
+    dynamics,
+    heldin_neurons,
+    init,
+    loss,
+    posterior,
+    validation_loss,
+)
 
 multi_session = True
 """`lj.fit(config, [session_a, session_b])`: one core, a read-in and read-out per session."""
 
 __all__ = [
     "Config",
+    "dynamics",
     "heldin_neurons",
     "init",
     "loss",

@@ -23,10 +23,11 @@ from latentjax.models.lfads import augment
 from latentjax.models.lfads.config import Config
 from latentjax.models.lfads.network import Architecture, Core, Noise
 from latentjax.nn import priors, readouts
-from latentjax.results import Posterior
+from latentjax.nn.recurrent import GRU, autonomous_gru_step, run_gru
+from latentjax.results import LearnedDynamics, Posterior
 from latentjax.train.schedules import ramp
 
-__all__ = ["heldin_neurons", "init", "loss", "posterior", "validation_loss"]
+__all__ = ["dynamics", "heldin_neurons", "init", "loss", "posterior", "validation_loss"]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -424,3 +425,30 @@ def posterior(params, trials: Trials, config: Config, key, *, n_samples: int = 2
     )
     extras = {"factors": factors, "inputs": inputs, "initial_states": initial_states}
     return Posterior(latents=factors, rates=rates, extras=extras)
+
+
+def dynamics(params, config: Config, posterior: Posterior) -> LearnedDynamics:
+    """The generator's autonomous map `g -> g'` (no inferred or external input) on its
+    `gen_dim` state, with the states it visited from each trial's posterior initial state
+    driven by the posterior mean inputs (`posterior` from `lj.infer`, one session); latents
+    are the factors."""
+    core = params["core"]
+    generator = GRU(config.gen_dim, False).apply(
+        {"params": core["generator"]}, config.co_dim + len(config.external_inputs)
+    )
+    inputs = jnp.asarray(posterior.inputs)
+    inputs = jnp.pad(inputs, ((0, 0), (0, 0), (0, len(config.external_inputs))))
+
+    def replay(initial_state, trial_inputs):
+        return run_gru(generator._replace(initial_state=initial_state), trial_inputs,
+                       config.cell_clip)  # fmt: skip
+
+    states = jax.vmap(replay)(jnp.asarray(posterior.initial_states), inputs)
+    factors = core["factors_kernel"] / jnp.linalg.norm(core["factors_kernel"], axis=0)
+    return LearnedDynamics(
+        function=autonomous_gru_step,
+        kind="map",
+        args=(generator, config.cell_clip),
+        states=states,
+        latents=lambda points: points @ factors,
+    )

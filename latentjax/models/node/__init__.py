@@ -17,7 +17,7 @@ anchor state to its MAP first), and `vector_field` returns the learned flow for
 """
 
 from latentjax.models.node.config import ANCHORS, Config
-from latentjax.models.node.family import init, loss, posterior, validation_loss
+from latentjax.models.node.family import dynamics, init, loss, posterior, validation_loss
 from latentjax.models.node.solve import SolverError
 from latentjax.models.node.vector_field import vector_field
 
@@ -25,6 +25,7 @@ __all__ = [
     "ANCHORS",
     "Config",
     "SolverError",
+    "dynamics",
     "init",
     "loss",
     "posterior",

@@ -36,16 +36,16 @@ from latentjax.data import Trials
 from latentjax.models.node.config import Config
 from latentjax.models.node.encoder import encode, init_encoder
 from latentjax.models.node.solve import fill_times, integrate_segments, raise_on_failure
-from latentjax.models.node.vector_field import apply_field, init_field
+from latentjax.models.node.vector_field import apply_field, init_field, scaled_field
 from latentjax.nn import readouts
 from latentjax.nn.bin_dropout import bin_dropout
 from latentjax.nn.linear_readout import init_readout, readout_log_params
 from latentjax.nn.priors import gaussian_kl, gaussian_log_prob
 from latentjax.nn.refine import check_refine_options, refine_to_map
-from latentjax.results import Posterior
+from latentjax.results import LearnedDynamics, Posterior
 from latentjax.train.schedules import ramp
 
-__all__ = ["init", "loss", "posterior", "validation_loss"]
+__all__ = ["dynamics", "init", "loss", "posterior", "validation_loss"]
 
 
 def _check_trials(config: Config, trials: Trials, where: str) -> None:
@@ -412,3 +412,15 @@ def posterior(
     extras = {"times": query, "failed": out["failed"]}
     extras.update({name: out[name] for name in (*ANCHOR_EXTRAS, "effective_samples")})
     return Posterior(latents=out["latents"], rates=out["rates"], extras=extras)
+
+
+def dynamics(params, config: Config, posterior: Posterior) -> LearnedDynamics:
+    """The learned flow `dz/dt` (per second of `Trials.times`) on the latent state, with the
+    latent trajectories of `posterior` (from `lj.infer`) as visited states."""
+    return LearnedDynamics(
+        function=scaled_field,
+        kind="flow",
+        args=(params["field"], config.time_scale),
+        states=jnp.asarray(posterior.latents),
+        latents=lambda points: points,
+    )

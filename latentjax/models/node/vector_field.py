@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from latentjax.models.node.config import Config
 
-__all__ = ["apply_field", "init_field", "vector_field"]
+__all__ = ["apply_field", "init_field", "scaled_field", "vector_field"]
 
 
 def init_field(key, config: Config) -> dict:
@@ -40,6 +40,11 @@ def apply_field(params: dict, state):
     return hidden @ last["kernel"] + last["bias"]
 
 
+def scaled_field(state, field_params: dict, time_scale):
+    """`dz/dt` `[latent_dim]` per second of `Trials.times` (the field times `time_scale`)."""
+    return time_scale * apply_field(field_params, state)
+
+
 def vector_field(params: dict, config: Config) -> Callable:
     """The learned field as a pure function `state [latent_dim] -> dz/dt [latent_dim]`.
 
@@ -59,9 +64,8 @@ def vector_field(params: dict, config: Config) -> Callable:
     if not isinstance(params, dict) or ("field" not in params and "layers" not in params):
         raise ValueError("node.vector_field: `params` must be the node model's parameters")
     field_params = params.get("field", params)
-    time_scale = config.time_scale
 
     def flow(state):
-        return time_scale * apply_field(field_params, state)
+        return scaled_field(state, field_params, config.time_scale)
 
     return flow
