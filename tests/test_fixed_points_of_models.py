@@ -129,3 +129,29 @@ def test_max_starts_takes_a_seeded_subset():
     again = lj.geometry.fixed_points(_cubic, starts, max_starts=10, seed=3)
     np.testing.assert_array_equal(first.points, again.points)
     assert len(first.points) <= 3
+
+
+@pytest.mark.slow
+def test_a_seqvae_trained_on_the_3_bit_flip_flop_has_8_attractors_one_per_memory_state():
+    """The FixedPointFinder example: the generator holds each of the 8 memory states."""
+    data = lj.datasets.flip_flop(seed=0, num_trials=250)
+    train, test = data.trials[:200], data.trials[200:]
+    bits = data.truth["latents"][200:].reshape(-1, 3)
+    config = seqvae.Config(
+        encoder_dim=32,
+        initial_dim=8,
+        input_dim=3,
+        generator_dim=32,
+        latent_dim=3,
+        train=lj.train.TrainConfig(learning_rate=3e-3, batch_size=32, steps=1500, grad_clip=10.0),
+    )
+    result = lj.fit(config, train, progress=False)
+    post = lj.infer(result, test)
+    found = lj.geometry.fixed_points(result, post, max_starts=256, unique_tolerance=0.05)
+    design = np.c_[np.asarray(post.latents).reshape(-1, 3), np.ones(len(bits))]
+    to_bits = np.linalg.lstsq(design, bits, rcond=None)[0]
+    assert 1 - np.sum((design @ to_bits - bits) ** 2) / np.sum((bits - bits.mean(0)) ** 2) > 0.9
+    attractors = np.c_[found.latents[found.stable], np.ones(int(found.stable.sum()))] @ to_bits
+    assert len(attractors) == 8
+    assert len({tuple(np.sign(point)) for point in attractors}) == 8
+    np.testing.assert_array_less(np.abs(np.abs(attractors) - 1), 0.4)
