@@ -316,7 +316,7 @@ def make_parser() -> argparse.ArgumentParser:
             examples:
               latentjax demo --out demo_run
               latentjax datasets
-              latentjax fit lds --data lorenz --out runs/lds --set latent_dim=3
+              latentjax fit lds --data lorenz --out runs/lds --set latent_dim=3 --steps 50
               latentjax fit lfads --data session.nwb --bin-size 0.005 --out runs/lfads --steps 200
               latentjax evaluate --run runs/lds --data lorenz
             """

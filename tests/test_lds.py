@@ -320,17 +320,6 @@ def test_fit_recovers_small_system_and_compiles_once_per_shape(monkeypatch):
 
 
 @pytest.mark.slow
-def test_select_latent_dim_by_heldout_likelihood():
-    data = lj.datasets.lds(seed=3, num_trials=40, num_bins=50, num_latents=2, num_neurons=12)
-    train, valid = data.trials[:30], data.trials[30:]
-    choice = lds.select_latent_dim(train, valid, dims=(1, 2, 3), seeds=(0, 1), num_iters=60)
-    assert choice.valid_log_likelihood.shape == (3, 2)
-    assert choice.best_dim == 2
-    assert choice.spread().shape == (3,)
-    assert choice.params[2].emissions.weights.shape == (12, 2)
-
-
-@pytest.mark.slow
 def test_fits_from_different_seeds_agree_in_canonical_basis():
     data = small_dataset(2, num_trials=20, num_bins=50, num_neurons=12)
     config = lds.Config(latent_dim=2, init_jitter=0.2)
