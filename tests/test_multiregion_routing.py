@@ -210,16 +210,12 @@ def test_fit_recovers_true_edges(name):
     assert true > absent, (true, absent)
 
 
-SEPARATION = {"gnn": 1.5, "attention": 1.3}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fit_recovers_true_edges_more_seeds(name, seed):
     true, absent = _fit_and_check(name, seed=seed, num_trials=100, num_bins=100, steps=800)
-    # attention separates less: 1.46x on seed 3 (0.497 vs 0.340), gnn above 1.5x on all three
-    assert true > SEPARATION[name] * absent, (true, absent)
+    assert true > 1.5 * absent, (true, absent)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
