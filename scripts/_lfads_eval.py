@@ -52,21 +52,27 @@ def split(trials: lj.Trials, *, seed: int, heldout_fraction=0.2) -> Split:
     )
 
 
-def glm_co_bps(train_features, train_heldout, test_features, test_heldout) -> float:
-    """Co-bps of per-neuron Poisson GLMs from features `[trials, time, dims]`."""
+def glm_rates(train_features, train_heldout, *test_features) -> list[np.ndarray]:
+    """Rates `[trials, time, heldout]` of per-neuron Poisson GLMs from features `[trials,
+    time, dims]`, fitted on `train_features` -> `train_heldout`, for each of `test_features`."""
     flat = train_features.reshape(-1, train_features.shape[-1])
     mean, scale = flat.mean(0), flat.std(0) + 1e-6
-    x_train, x_test = (flat - mean) / scale, (test_features - mean) / scale
     counts = train_heldout.reshape(-1, train_heldout.shape[-1])
-    rates = np.stack(
-        [
-            PoissonRegressor(alpha=1e-2, max_iter=500)
-            .fit(x_train, counts[:, n])
-            .predict(x_test.reshape(-1, x_test.shape[-1]))
-            for n in range(counts.shape[1])
-        ],
-        axis=-1,
-    ).reshape(test_heldout.shape)
+    glms = [
+        PoissonRegressor(alpha=1e-2, max_iter=500).fit((flat - mean) / scale, counts[:, n])
+        for n in range(counts.shape[1])
+    ]
+    out = []
+    for features in test_features:
+        x = ((features - mean) / scale).reshape(-1, features.shape[-1])
+        rates = np.stack([glm.predict(x) for glm in glms], axis=-1)
+        out.append(rates.reshape(features.shape[:-1] + (counts.shape[1],)))
+    return out
+
+
+def glm_co_bps(train_features, train_heldout, test_features, test_heldout) -> float:
+    """Co-bps of per-neuron Poisson GLMs from features `[trials, time, dims]`."""
+    (rates,) = glm_rates(train_features, train_heldout, test_features)
     return lj.metrics.co_bps(rates, test_heldout)
 
 
