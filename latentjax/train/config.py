@@ -158,11 +158,12 @@ class TrainConfig:
 def auto_steps(num_trials: int) -> int:
     """Training steps for `num_trials` training trials when `TrainConfig.steps` is None.
 
-    `2000 * (num_trials / 100) ** (2/3)`, within [500, 20000], rounded to 100. Measured on
-    Lorenz spikes with 70% of bins dropped: the sequential VAE's rate R² at the dropped bins
-    peaks near 2000 steps on 100 trials (0.50; 0.33 at 3000, -0.06 at 4000 steps: it
-    overfits), and its best validation step on 1600 trials lies at 11000 to 13300
-    (benchmarks/node.md), which this power law joins.
+    `2000 * (num_trials / 100) ** (2/3)`, within [500, 20000], rounded to 100: a power law
+    through two measurements on Lorenz spikes with 70% of bins dropped. On 100 trials the
+    sequential VAE's rate R² at the dropped bins peaked near 2000 steps (0.50; 0.33 at 3000
+    and -0.06 at 4000 steps, overfitting; a one-off run with the defaults, not a committed
+    benchmark); on 1600 trials its best validation step lay at 11000 to 13300
+    (benchmarks/node.md).
 
     Example:
       >>> auto_steps(100), auto_steps(1600), auto_steps(10)
