@@ -45,6 +45,7 @@ from latentjax.train.checkpoint import Checkpoints
 from latentjax.train.config import (
     OPTIMIZER_FIELDS,
     TrainConfig,
+    auto_steps,
     check_grid,
     check_knobs,
     knob_values,
@@ -264,6 +265,21 @@ def _member_results(members, params, knobs, log, run_dir, pbt, data) -> list[Fit
     return results
 
 
+def adapted(registration, config, train):
+    """`config` with its data-dependent defaults filled in from the training data: the
+    family's optional `adapt(config, train)` hook (node's time scale), then `train.steps`
+    None as `latentjax.train.auto_steps` of the number of training trials (all sessions)."""
+    adapt = getattr(registration.family, "adapt", None)
+    if adapt is not None:
+        config = adapt(config, train)
+    loop = getattr(config, "train", None)
+    if isinstance(loop, TrainConfig) and loop.steps is None:
+        sessions = train if isinstance(train, tuple) else (train,)
+        steps = auto_steps(sum(t.num_trials for t in sessions))
+        config = dataclasses.replace(config, train=dataclasses.replace(loop, steps=steps))
+    return config
+
+
 def _train_group(
     registration, config, train, valid, *, seeds, grid, steps, out, progress, pbt, devices
 ) -> list[FitResult]:
@@ -354,6 +370,7 @@ def _train(config, train, valid, *, seeds, grid, steps, out, progress, pbt, devi
     if valid is not None:
         valid = conform("valid", valid, signature(train))
     seeds = _check_seeds(seeds)
+    config = adapted(registration, config, train)
     check_knobs(config)
     knob_grid, structural = _split_grid(registration, config, grid)
     if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):

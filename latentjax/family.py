@@ -30,6 +30,10 @@ Optional names:
   autonomous dynamics (a flow or a map on its state) with the states it visited on the
   trials of `posterior`, for `lj.geometry.fixed_points(result, posterior)` (node, seqvae,
   LFADS).
+- `adapt(config, train) -> Config`: data-dependent defaults filled in from the training
+  data before anything is built (node: `time_scale` None from the trials' spans); the run
+  records the adapted config. After it, `train.steps` None becomes
+  `latentjax.train.auto_steps` of the number of training trials for every family.
 - `multi_session: bool`: `init`, `loss` and `validation_loss` accept a tuple of `Trials`
   (one per session, neuron counts may differ) and `posterior` takes `session=s`.
 

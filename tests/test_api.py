@@ -112,14 +112,15 @@ def test_config_values_are_checked_before_any_folder_is_written(trials, tmp_path
             lj.sweep(lfads.Config(), trials, grid={path: [0.1, value]}, out=out, progress=False)
     assert not out.exists()
     # `--set` values must have the field's kind: no bool for an int, no number for a table
-    for path, value, message in (
-        ("latent_dim", True, "`latent_dim` expects int"),
-        ("train", 5, "`train` expects a table of TrainConfig fields"),
-        ("train.steps", 2.5, "`train.steps` expects an int"),
-        ("parallel", 1, "`parallel` expects true or false"),
-        ("dropout", "high", "`dropout` expects a number"),
+    # (a field that is None now, as lfads' `train.steps`, is judged by the config's checks)
+    for config, path, value, message in (
+        (lds.Config(), "latent_dim", True, "`latent_dim` expects int"),
+        (lfads.Config(), "train", 5, "`train` expects a table of TrainConfig fields"),
+        (lds.Config(), "train.steps", 2.5, "`train.steps` expects an int"),
+        (lfads.Config(), "train.steps", 2.5, "`steps` must be a positive int, got 2.5"),
+        (lds.Config(), "parallel", 1, "`parallel` expects true or false"),
+        (lfads.Config(), "dropout", "high", "`dropout` expects a number"),
     ):
-        config = lds.Config() if path in ("latent_dim", "parallel") else lfads.Config()
         with pytest.raises(ValueError, match=message):
             update_config(config, {path: value})
 

@@ -73,6 +73,8 @@ def test_family_contract(name, example_dir, tmp_path):
     registration = lj.family.get(name)
     trials, train, valid = _data(name)
     config = registration.config_type()
+    if adapt := getattr(registration.family, "adapt", None):  # data-dependent defaults
+        config = adapt(config, train)
     params = registration.family.init(jax.random.PRNGKey(0), config, train)
     assert jax.tree.leaves(params) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 

@@ -111,7 +111,7 @@ def test_fixed_points_of_a_model_refuse_what_they_cannot_use():
     gaussian = lj.FitResult(params={}, config=lds.Config())
     with pytest.raises(ValueError, match="lds family has no learned dynamics.*lfads.*node"):
         lj.geometry.fixed_points(gaussian, lj.Posterior(latents=np.zeros((1, 2, 3))))
-    config = node.Config(latent_dim=2)
+    config = node.Config(latent_dim=2, time_scale=1.0)
     result = _untrained(node, config, trials)
     with pytest.raises(ValueError, match="`initial_states` must be the model's Posterior"):
         lj.geometry.fixed_points(result, np.zeros((4, 2)))

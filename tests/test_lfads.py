@@ -358,3 +358,22 @@ def test_presets_match_published_sizes():
     assert sizes == (100, 80, 80, 4, 100)
     assert (maze.gen_dim, maze.fac_dim, maze.cd_rate, maze.co_prior) == (100, 40, 0.3, "ar1")
     assert lfads.Config.preset("lorenz", fac_dim=3).fac_dim == 3
+
+
+def test_validation_without_sample_validation_weighs_the_kl_fully():
+    """sv_rate 0: the encoders saw every scored entry, so the score is reconstruction plus
+    each KL at its configured weight whatever the step (not reconstruction alone, which
+    rewards stopping before the KL ramp); sv_rate > 0: reconstruction of held entries."""
+    trials = poisson_trials()
+    key = jax.random.key(2)
+    config = dataclasses.replace(TINY, kl_ic_scale=0.5, kl_co_scale=2.0)
+    params = lfads.init(jax.random.key(0), config, trials)
+    score, aux = validation_loss(params, trials, key, config, 0)
+    assert float(aux["kl_ic"]) > 0 and float(aux["kl_co"]) > 0
+    expected = aux["recon"] + 0.5 * aux["kl_ic"] + 2.0 * aux["kl_co"]
+    np.testing.assert_allclose(float(score), float(expected), rtol=1e-6)
+    later, _ = validation_loss(params, trials, key, config, 10**6)
+    np.testing.assert_allclose(float(later), float(score), rtol=1e-6)
+    held = dataclasses.replace(config, sv_rate=0.25)
+    score, aux = validation_loss(params, trials, key, held, 0)
+    np.testing.assert_allclose(float(score), float(aux["recon"]), rtol=1e-6)

@@ -64,7 +64,8 @@ class Config:
       cd_rate: coordinated dropout over bins (knob): each training step hides this fraction
         of the observed bins from the encoder and scores the reconstruction on those bins
         only (0 turns it off; validation never hides bins).
-      train: optimiser and loop settings ("train.learning_rate" is a knob).
+      train: optimiser and loop settings ("train.learning_rate" is a knob); `train.steps`
+        None sizes the training to the data, `latentjax.train.auto_steps`).
     """
 
     encoder_dim: int = 64
@@ -76,7 +77,7 @@ class Config:
     kl_ramp_steps: int = 200
     kl_scale: float = knob(1.0, "nonnegative")
     cd_rate: float = knob(0.0, "probability")
-    train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
+    train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=None, grad_clip=10.0)
 
     def __post_init__(self):
         sizes = ("encoder_dim", "initial_dim", "generator_dim", "latent_dim")

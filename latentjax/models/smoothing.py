@@ -22,7 +22,7 @@ Example:
   >>> config = smoothing.Config(kernel_sd=0.05, heldout_neurons=(0, 5, 9))
   >>> result = lj.fit(config, train)                       # doctest: +SKIP
   >>> posterior = lj.infer(result, test)                   # doctest: +SKIP
-  >>> posterior.rates.shape    # [trials, time, all neurons]; held-out ones from the GLM
+  >>> posterior.rates.shape    # [trials, time, all neurons]   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ from latentjax.results import Posterior
 from latentjax.train import Fitter, TrainConfig, knob
 
 __all__ = [
+    "KERNEL_SDS_IN_BINS",
     "Config",
     "ReadoutParams",
     "ReadoutState",
+    "adapt",
     "fitter",
     "heldin_neurons",
     "init",
@@ -59,6 +61,9 @@ class Config:
 
     Attributes:
       kernel_sd: standard deviation of the Gaussian kernel, seconds (NLB uses 0.03 to 0.06).
+        None (the default): `lj.fit` picks it from `KERNEL_SDS_IN_BINS` by the
+        leave-one-bin-out Poisson likelihood of the training trials' held-in neurons
+        (`adapt`); the fitted config records it.
       heldout_neurons: indices (into the training trials' neurons) of the held-out neurons
         whose rates the GLM predicts; e.g. the NLB held-out units. Empty (the default): the
         model only smooths, and its validation score is the leave-one-bin-out prediction.
@@ -68,7 +73,7 @@ class Config:
       alpha: ridge penalty of the GLM weights, as scikit-learn's `PoissonRegressor` (knob).
     """
 
-    kernel_sd: float = 0.05
+    kernel_sd: float | None = None
     heldout_neurons: tuple[int, ...] = ()
     truncate: float = 3.0
     log_offset: float = 1e-4
@@ -78,6 +83,8 @@ class Config:
     def __post_init__(self):
         for name in ("kernel_sd", "truncate", "log_offset"):
             value = getattr(self, name)
+            if name == "kernel_sd" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
                 raise ValueError(f"smoothing.Config: `{name}` must be > 0, got {value!r}")
         neurons = self.heldout_neurons
@@ -265,6 +272,41 @@ def _check_trials(function: str, config: Config, trials: Any) -> None:
             f"smoothing.{function}: `config.heldout_neurons` {config.heldout_neurons} must be "
             f"indices of at most {trials.num_neurons - 1} of the {trials.num_neurons} neurons"
         )
+    if config.kernel_sd is None and function != "adapt":
+        raise ValueError(
+            f"smoothing.{function}: `kernel_sd` is None (chosen from the data by lj.fit); give "
+            "it or call lj.models.smoothing.adapt(config, trials) first"
+        )
+
+
+KERNEL_SDS_IN_BINS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
+"""The kernel standard deviations, in bins, that `adapt` chooses among."""
+
+
+def adapt(config: Config, trials: Trials) -> Config:
+    """`config` with `kernel_sd` None chosen by cross-validation on `trials`: the candidate of
+    `KERNEL_SDS_IN_BINS` (times `trials.dt`) whose smoothing best predicts each held-in
+    bin from its neighbours (lowest leave-one-bin-out Poisson NLL, the score `validation_loss`
+    gives without held-out neurons); a given `kernel_sd` is kept.
+
+    Example:
+      >>> import numpy as np, latentjax as lj
+      >>> rates = 2 + np.sin(np.arange(200) / 10.0)       # slow: a wide kernel wins
+      >>> spikes = np.random.default_rng(0).poisson(rates[None, :, None], (20, 200, 5))
+      >>> adapt(Config(), lj.Trials(spikes, dt=0.01)).kernel_sd
+      0.06
+    """
+    if config.kernel_sd is not None:
+        return config
+    _check_trials("adapt", config, trials)
+    heldin = trials.select_neurons(_split_neurons(config, trials.num_neurons)[0])
+    scores = {}
+    for sd_bins in KERNEL_SDS_IN_BINS:
+        candidate = dataclasses.replace(
+            config, kernel_sd=float(f"{sd_bins * heldin.dt:.6g}"), heldout_neurons=()
+        )
+        scores[candidate.kernel_sd] = float(validation_loss(None, heldin, None, candidate, 0)[0])
+    return dataclasses.replace(config, kernel_sd=min(scores, key=scores.get))
 
 
 def init(key: jax.Array, config: Config, trials: Trials) -> ReadoutParams:

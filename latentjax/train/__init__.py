@@ -2,7 +2,8 @@
 
 - `Fitter`: the protocol, `init(params, data) -> state`, `step(state, data, key) -> (state, info)`.
 - `gradient_fitter`: a Fitter from any pure loss and AdamW (clipping, schedules, weight decay).
-- `TrainConfig`: optimiser and loop settings; `knob` declares a population-variable field.
+- `TrainConfig`: optimiser and loop settings (`auto_steps`: steps sized to the data);
+  `knob` declares a population-variable field.
 - `schedules`: KL / L2 ramps and learning-rate decay as pure functions of the step.
 - `train_population`: the compiled chunk loop behind `lj.fit` and `lj.sweep`.
 - `PBTConfig`: population-based training; `NonFiniteError`: too many non-finite steps.
@@ -10,7 +11,14 @@
 
 from latentjax.train import schedules
 from latentjax.train.checkpoint import Checkpoints
-from latentjax.train.config import TrainConfig, knob, knob_values, static_config, with_knobs
+from latentjax.train.config import (
+    TrainConfig,
+    auto_steps,
+    knob,
+    knob_values,
+    static_config,
+    with_knobs,
+)
 from latentjax.train.fitter import Fitter
 from latentjax.train.gradient import FamilyGradientFitter, GradientState, gradient_fitter
 from latentjax.train.loop import NonFiniteError, Program, run_chunk, train_population
@@ -29,6 +37,7 @@ __all__ = [
     "Program",
     "RunDir",
     "TrainConfig",
+    "auto_steps",
     "gradient_fitter",
     "knob",
     "knob_values",

@@ -66,7 +66,8 @@ class Config:
       kl_ic_scale, kl_co_scale: weights of the two KL terms (1.0 is the ELBO).
       l2_gen_scale, l2_con_scale: weights of the L2 penalties on recurrent kernels.
       train: optimiser and loop settings (the engine's `TrainConfig`; its learning rate is
-        a knob addressed as "train.learning_rate").
+        a knob addressed as "train.learning_rate"; `steps` None sizes the training to the
+        data, `latentjax.train.auto_steps`).
     """
 
     ic_enc_dim: int = 64
@@ -100,7 +101,7 @@ class Config:
     kl_co_scale: float = knob(1.0, "nonnegative")
     l2_gen_scale: float = knob(1e-4, "nonnegative")
     l2_con_scale: float = knob(0.0, "nonnegative")
-    train: TrainConfig = TrainConfig(learning_rate=1e-3, batch_size=32, steps=2000, grad_clip=200.0)
+    train: TrainConfig = TrainConfig(learning_rate=1e-3, batch_size=32, steps=None, grad_clip=200.0)
 
     def __post_init__(self):
         sizes = ("ic_enc_dim", "ci_enc_dim", "con_dim", "ic_dim", "gen_dim", "fac_dim")

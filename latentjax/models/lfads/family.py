@@ -333,9 +333,12 @@ def loss(params, batch, key, config: Config, step) -> tuple[jax.Array, dict]:
 
 
 def validation_loss(params, trials, key, config: Config, step) -> tuple[jax.Array, dict]:
-    """Reconstruction NLL per entry without dropout, on the sample-validation entries.
-
-    With `sv_rate` 0 every entry is scored. aux holds `recon`, `kl_ic`, `kl_co` per entry.
+    """Held-out score per entry, without dropout: with `sv_rate` > 0 the reconstruction NLL
+    of the sample-validation entries (which the encoders never see); with `sv_rate` 0 the
+    encoders see every entry they score, so the KL terms are added at their full weight
+    (no ramp), as seqvae and node do: reconstruction alone was lowest before the KL ramp
+    and stopped training there (benchmarks/node.md, irregular section: step 200 of 1500).
+    aux holds `recon`, `kl_ic`, `kl_co` per entry.
     """
     del step
     sessions = _as_sessions(trials, "validation_loss")
@@ -345,7 +348,10 @@ def validation_loss(params, trials, key, config: Config, step) -> tuple[jax.Arra
     for s, (key_s, trials_s) in enumerate(zip(keys, sessions, strict=True)):
         terms = _session_terms(params, s, trials_s, key_s, config, False)
         aux = {k: aux[k] + jnp.mean(terms[k] / terms["entries"]) / len(sessions) for k in aux}
-    return aux["recon"], aux
+    if config.sv_rate > 0:
+        return aux["recon"], aux
+    kl = config.kl_ic_scale * aux["kl_ic"] + config.kl_co_scale * aux["kl_co"]
+    return aux["recon"] + kl, aux
 
 
 # ----------------------------------------------------------------------------- posterior

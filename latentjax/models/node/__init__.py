@@ -12,12 +12,12 @@ anchor state to its MAP first), and `vector_field` returns the learned flow for
     >>> import latentjax as lj
     >>> data = lj.datasets.lorenz(seed=0)
     >>> sparse = lj.datasets.subsample(data.trials, 0.3)
-    >>> result = lj.fit(lj.models.node.Config(time_scale=10.0), sparse)   # doctest: +SKIP
+    >>> result = lj.fit(lj.models.node.Config(), sparse)   # doctest: +SKIP
     >>> post = lj.infer(result, sparse, times=data.trials.times)          # doctest: +SKIP
 """
 
 from latentjax.models.node.config import ANCHORS, Config
-from latentjax.models.node.family import dynamics, init, loss, posterior, validation_loss
+from latentjax.models.node.family import adapt, dynamics, init, loss, posterior, validation_loss
 from latentjax.models.node.solve import SolverError
 from latentjax.models.node.vector_field import vector_field
 
@@ -25,6 +25,7 @@ __all__ = [
     "ANCHORS",
     "Config",
     "SolverError",
+    "adapt",
     "dynamics",
     "init",
     "loss",

@@ -46,7 +46,9 @@ class Config:
       readout: "poisson" (counts; rates = exp(C z + d)) or "gaussian" (continuous signals;
         mean C z + d and a learned variance per neuron).
       time_scale: ODE time units per second of `Trials.times`: the field is solved in
-        `s = time_scale * (t - t_first)`, so its output stays of order one.
+        `s = time_scale * (t - t_first)`, so its output stays of order one. None (the
+        default): `lj.fit` sets it from the training data, so that the median trial spans
+        10 ODE time units (`adapt`); the fitted config records the value.
     Solver (static):
       solver: "tsit5" (adaptive explicit, default), "dopri5", "kvaerno5" (implicit, for stiff
         fields), "euler" or "heun" (fixed step: set `step_size`).
@@ -73,7 +75,8 @@ class Config:
       cd_rate: coordinated dropout over bins: each training step hides this fraction of the
         observed bins from the encoder and scores the reconstruction on those bins only
         (trains prediction of unseen bins; 0 turns it off; validation never hides bins).
-      train: optimiser and loop settings ("train.learning_rate" is a knob).
+      train: optimiser and loop settings ("train.learning_rate" is a knob; `steps` None
+        sizes the training to the data, `latentjax.train.auto_steps`).
       kl_ramp_steps: steps of the linear KL ramp (static).
     """
 
@@ -84,7 +87,7 @@ class Config:
     anchor: str = "middle"
     segments: int = 1
     readout: str = "poisson"
-    time_scale: float = 1.0
+    time_scale: float | None = None
     solver: str = "tsit5"
     step_size: float | None = None
     rtol: float = 1e-3
@@ -96,7 +99,7 @@ class Config:
     kl_scale: float = knob(1.0, "nonnegative")
     continuity_std: float = knob(0.1, "positive")
     cd_rate: float = knob(0.0, "probability")
-    train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=2000, grad_clip=10.0)
+    train: TrainConfig = TrainConfig(learning_rate=3e-3, batch_size=32, steps=None, grad_clip=10.0)
 
     def __post_init__(self):
         for name in ("latent_dim", "hidden_dim", "encoder_dim", "segments", "max_steps"):
@@ -117,7 +120,11 @@ class Config:
                 raise ValueError(
                     f"node.Config: `{name}` must be one of {options}, got {getattr(self, name)!r}"
                 )
-        for name in ("time_scale", "rtol", "atol", "continuity_std"):
+        if self.time_scale is not None and not self.time_scale > 0:
+            raise ValueError(
+                f"node.Config: `time_scale` must be > 0 or None, got {self.time_scale}"
+            )
+        for name in ("rtol", "atol", "continuity_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"node.Config: `{name}` must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.cd_rate < 1.0:

@@ -45,7 +45,13 @@ from latentjax.nn.refine import check_refine_options, refine_to_map
 from latentjax.results import LearnedDynamics, Posterior
 from latentjax.train.schedules import ramp
 
-__all__ = ["dynamics", "init", "loss", "posterior", "validation_loss"]
+__all__ = ["adapt", "dynamics", "init", "loss", "posterior", "validation_loss"]
+
+SPAN_IN_ODE_TIME = 10.0
+"""ODE time units that the median trial spans when `Config.time_scale` is None (the value
+the Lorenz benchmark was tuned at, for 1 s trials; in a one-off run on 100 of those trials
+with 70% of bins dropped, the rate R² at dropped bins after 2000 steps was 0.32 at time
+scale 1, the old default, and 0.55 at 10)."""
 
 
 def _check_trials(config: Config, trials: Trials, where: str) -> None:
@@ -53,6 +59,35 @@ def _check_trials(config: Config, trials: Trials, where: str) -> None:
         raise ValueError(f"node.{where}: `trials` must be a Trials, got {type(trials).__name__}")
     if trials.continuous and config.readout == "poisson":
         raise ValueError(f"node.{where}: continuous signals need readout='gaussian', not 'poisson'")
+    if config.time_scale is None:
+        raise ValueError(
+            f"node.{where}: `time_scale` is None (set from the data by lj.fit); give a number or "
+            "call lj.models.node.adapt(config, trials) first"
+        )
+
+
+def adapt(config: Config, trials: Trials) -> Config:
+    """`config` with `time_scale` None set from the data: the median span of the trials'
+    observed times becomes `SPAN_IN_ODE_TIME` ODE time units (so the field's speed is of
+    order one whatever the trial length); a given `time_scale` is kept.
+
+    Example:
+      >>> import numpy as np, latentjax as lj
+      >>> trials = lj.Trials(np.zeros((2, 51, 3)), dt=0.01)    # trials of 0.5 s
+      >>> adapt(lj.models.node.Config(), trials).time_scale
+      20.0
+    """
+    if config.time_scale is not None:
+        return config
+    _check_trials(dataclasses.replace(config, time_scale=1.0), trials, "adapt")
+    times, mask = np.asarray(trials.times), np.asarray(trials.mask)
+    spans = [t[m].max() - t[m].min() for t, m in zip(times, mask, strict=True) if m.sum() > 1]
+    span = float(np.median(spans)) if spans else 0.0
+    if not span > 0:
+        raise ValueError(
+            "node.adapt: no trial has two observed bins to set `time_scale` from; give it"
+        )
+    return dataclasses.replace(config, time_scale=float(f"{SPAN_IN_ODE_TIME / span:.3g}"))
 
 
 def init(key, config: Config, trials: Trials) -> dict:
