@@ -78,8 +78,8 @@ def _lorenz_with_dropped_bins(seed=0):
     "name, floor", [("seqvae", 0.35), ("node", 0.4)]
 )  # fmt: skip
 def test_default_config_recovers_rates_at_dropped_bins_of_100_trials(name, floor):
-    """Measured on seed 0: seqvae 0.50, node 0.55 at time scale 10 (LFADS's default fit here did not finish
-    within 50 minutes on a shared 2-core CPU, so it has no floor yet)."""
+    """Measured on seed 0: seqvae 0.50, node 0.55 at time scale 10 (LFADS's default fit
+    here did not finish within 50 minutes on a shared 2-core CPU: no floor yet)."""
     data, sparse, kept = _lorenz_with_dropped_bins()
     family = lj.family.get(name).family
     if name == "node":  # irregular observations; rates read out at every original time
