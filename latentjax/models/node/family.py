@@ -59,10 +59,13 @@ def _check_trials(config: Config, trials: Trials, where: str) -> None:
         raise ValueError(f"node.{where}: `trials` must be a Trials, got {type(trials).__name__}")
     if trials.continuous and config.readout == "poisson":
         raise ValueError(f"node.{where}: continuous signals need readout='gaussian', not 'poisson'")
+
+
+def _check_time_scale(config: Config, where: str) -> None:
     if config.time_scale is None:
         raise ValueError(
-            f"node.{where}: `time_scale` is None (set from the data by lj.fit); give a number or "
-            "call lj.models.node.adapt(config, trials) first"
+            f"node.{where}: `time_scale` is None (set from the data by lj.fit); give a number "
+            "or call lj.models.node.adapt(config, trials) first"
         )
 
 
@@ -79,7 +82,7 @@ def adapt(config: Config, trials: Trials) -> Config:
     """
     if config.time_scale is not None:
         return config
-    _check_trials(dataclasses.replace(config, time_scale=1.0), trials, "adapt")
+    _check_trials(config, trials, "adapt")
     times, mask = np.asarray(trials.times), np.asarray(trials.mask)
     spans = [t[m].max() - t[m].min() for t, m in zip(times, mask, strict=True) if m.sum() > 1]
     span = float(np.median(spans)) if spans else 0.0
@@ -93,6 +96,7 @@ def adapt(config: Config, trials: Trials) -> Config:
 def init(key, config: Config, trials: Trials) -> dict:
     """Parameters; the read-out bias starts at each neuron's marginal mean (and variance)."""
     _check_trials(config, trials, "init")
+    _check_time_scale(config, "init")
     encoder_key, field_key, readout_key = jax.random.split(key, 3)
     readout = init_readout(readout_key, config.latent_dim, trials, config.readout)
     return {
@@ -404,6 +408,7 @@ def posterior(
       SolverError: a solve failed and `config.throw` is True.
     """
     _check_trials(config, trials, "posterior")
+    _check_time_scale(config, "posterior")
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"node.posterior: `num_samples` must be an int >= 1, got {num_samples!r}")
     num_neurons = params["readout"]["bias"].shape[0]
