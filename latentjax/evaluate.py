@@ -71,6 +71,8 @@ def _split_rates(posterior: Posterior, trials: Trials, heldout: Trials | None):
                 f"evaluate: `posterior.heldout_rates` must have the shape of `heldout.spikes` "
                 f"{heldout.shape}, got {heldout_rates.shape}"
             )
+        if rates is not None and rates.shape[2] == num_heldin + heldout.num_neurons:
+            rates = rates[:, :, :num_heldin]  # held-in then held-out, as the module docs say
         return rates, heldout_rates
     if rates is None or rates.shape[2] != num_heldin + heldout.num_neurons:
         got = None if rates is None else rates.shape

@@ -78,10 +78,29 @@ def test_posterior_accepts_all_or_heldin_neurons():
     heldin_only = lj.infer(result, trials.select_neurons(np.arange(5)))
     assert full.rates.shape == (6, 20, 8)
     assert full.latents.shape == (6, 20, 5)
-    np.testing.assert_allclose(full.rates, heldin_only.rates, rtol=1e-6)
+    np.testing.assert_allclose(full.rates, heldin_only.rates, rtol=1e-6)  # held-out ones last
     np.testing.assert_allclose(full.rates[:, :, list(heldout_idx)], full.heldout_rates)
     with pytest.raises(ValueError, match="held-in"):
         lj.infer(result, trials.select_neurons(np.arange(4)))
+
+
+def test_evaluate_scores_interleaved_heldout_neurons_from_the_heldin_ones():
+    rng = np.random.default_rng(4)
+    trials, *_ = simulate_readout(rng, num_trials=6, num_bins=20)
+    order = np.array([5, 0, 1, 6, 2, 3, 7, 4])  # held-out neurons 0, 3, 6 among the held-in
+    trials = trials.select_neurons(order)
+    withheld = np.isin(np.arange(8), (0, 3, 6))
+    heldin, heldout = lj.data.heldout_neurons(trials, neurons=withheld)
+    config = smoothing.Config(kernel_sd=0.03, heldout_neurons=(0, 3, 6))
+    result = lj.fit(config, trials, steps=5, progress=False)
+    post = lj.infer(result, heldin)
+    np.testing.assert_allclose(post.rates[:, :, :5], post.latents)
+    np.testing.assert_allclose(post.rates[:, :, 5:], post.heldout_rates)
+    scores = lj.evaluate(post, heldin, heldout=heldout)
+    expected = lj.metrics.co_bps(post.heldout_rates, heldout.spikes)
+    assert scores["co_bps"] == pytest.approx(float(expected), rel=1e-6)
+    heldin_bps = lj.metrics.bits_per_spike(post.latents, heldin.spikes)
+    assert scores["bps"] == pytest.approx(float(heldin_bps), rel=1e-6)
 
 
 def test_co_bps_on_lorenz_is_positive():

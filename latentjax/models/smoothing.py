@@ -378,8 +378,9 @@ def posterior(
     ignored) or only the held-in neurons, in their original order.
 
     Returns a `Posterior` with `latents` `[trials, time, heldin]` the smoothed held-in rates,
-    `rates` `[trials, time, all neurons]` (held-in: smoothed counts; held-out: GLM), and
-    extras `heldout_rates` `[trials, time, heldout]`.
+    `rates` `[trials, time, all neurons]` (held-in: smoothed counts; held-out: GLM; in the
+    fitted order when given all neurons, held-in then held-out when given the held-in ones),
+    and extras `heldout_rates` `[trials, time, heldout]`.
     """
     del key  # deterministic
     num_heldin, num_heldout = params.weights.shape
@@ -399,6 +400,9 @@ def posterior(
     spikes = jnp.asarray(spikes, dtype=jnp.result_type(float))
     smoothed = _smooth(spikes, trials.mask, trials.dt, config.kernel_sd, config.truncate)
     heldout_rates = jnp.exp(jnp.log(smoothed + config.log_offset) @ params.weights + params.bias)
-    rates = jnp.zeros(smoothed.shape[:2] + (num_neurons,), smoothed.dtype)
-    rates = rates.at[:, :, heldin].set(smoothed).at[:, :, heldout].set(heldout_rates)
+    if trials.num_neurons == num_heldin:  # held-in then held-out, as `lj.evaluate` reads them
+        rates = jnp.concatenate([smoothed, heldout_rates], axis=-1)
+    else:
+        rates = jnp.zeros(smoothed.shape[:2] + (num_neurons,), smoothed.dtype)
+        rates = rates.at[:, :, heldin].set(smoothed).at[:, :, heldout].set(heldout_rates)
     return Posterior(latents=smoothed, rates=rates, extras={"heldout_rates": heldout_rates})
