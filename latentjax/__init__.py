@@ -1,7 +1,10 @@
 """latentjax: latent dynamics of neural populations in JAX.
 
->>> import latentjax as lj
->>> data = lj.datasets.lorenz(seed=0)
+Examples:
+    >>> import latentjax as lj
+    >>> data = lj.datasets.lorenz(seed=0)
+    >>> data.trials.shape      # [trials, time, neurons]
+    (160, 100, 30)
 """
 
 from latentjax import data, datasets, family, geometry, metrics, models, multiregion, plot, train

@@ -4,14 +4,18 @@ The family of a config is the registered family whose `Config` it is (`latentjax
 holds the contract and the one registry). Training data are one `Trials`, or a sequence of
 `Trials` (one per session, neuron counts may differ) for families that fit several sessions.
 
+Examples:
     >>> import latentjax as lj
-    >>> train, test = lj.data.split(lj.datasets.lds(seed=0).trials)  # doctest: +SKIP
-    >>> config = lj.models.lds.Config(latent_dim=3)                   # doctest: +SKIP
-    >>> result = lj.fit(config, train, out="runs/lds")                # doctest: +SKIP
-    >>> posterior = lj.infer(result, test)                            # doctest: +SKIP
-    >>> population = lj.sweep(config, train, valid=test, seeds=(0, 1),
-    ...                       grid={"latent_dim": [2, 4, 8]})          # doctest: +SKIP
-    >>> lj.best(population).config.latent_dim                         # doctest: +SKIP
+    >>> data = lj.datasets.lds(seed=0, num_trials=20, num_bins=30, num_latents=2)
+    >>> train, test = lj.data.split(data.trials, (0.8, 0.2), seed=0)
+    >>> config = lj.models.lds.Config(latent_dim=2, train=lj.train.TrainConfig(steps=20))
+    >>> result = lj.fit(config, train, out="runs/lds", progress=False)
+    >>> lj.infer(result, test).latents.shape                     # [trials, time, latents]
+    (4, 30, 2)
+    >>> population = lj.sweep(config, train, valid=test, grid={"latent_dim": [1, 2]},
+    ...                       progress=False)
+    >>> lj.best(population).config.latent_dim in (1, 2)
+    True
 
 A sweep's grid may name any Config field: continuous knobs (`latentjax.train.knob`: learning
 rates, KL weights, ...) form one vmapped program; every combination of the other fields
@@ -485,11 +489,16 @@ def sweep(
     compiled group.
 
     Args:
-      config, train, valid, steps, out, progress: as in `fit`.
+      config: as in `fit`.
+      train: as in `fit`.
+      valid: as in `fit`.
       seeds: one member per seed and grid combination.
       grid: `{Config field path: [values]}`, e.g. `{"train.learning_rate": [1e-3, 3e-3]}` or
         `{"latent_dim": [2, 4, 8]}`. A field the family does not have, or does not use (the
         optimiser settings of an EM family), raises.
+      steps: as in `fit`.
+      out: as in `fit`.
+      progress: as in `fit`.
       pbt: population-based training over the grid knobs (`latentjax.train.PBTConfig`).
       devices: the devices to shard the population over; the population is padded to a
         multiple of their number.

@@ -91,12 +91,13 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
 def update_config(config: Any, changes: Mapping[str, Any], _prefix: str = "") -> Any:
     """A copy of `config` with `changes` applied (dotted keys or nested dicts).
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass(frozen=True)
-    ... class C:
-    ...     rate: float = 1.0
-    >>> update_config(C(), {"rate": 2}).rate
-    2.0
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     rate: float = 1.0
+        >>> update_config(C(), {"rate": 2}).rate
+        2.0
     """
     grouped: dict[str, dict[str, Any]] = {}
     for path, value in _flatten(changes).items():
@@ -123,13 +124,14 @@ def update_config(config: Any, changes: Mapping[str, Any], _prefix: str = "") ->
 def make_config(config_type: type, changes: Mapping[str, Any]) -> Any:
     """`config_type(...)` from its defaults and `changes`; required fields must be in `changes`.
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass(frozen=True)
-    ... class C:
-    ...     latent_dim: int
-    ...     rate: float = 1.0
-    >>> make_config(C, {"latent_dim": 3, "rate": 2}).rate
-    2.0
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     latent_dim: int
+        ...     rate: float = 1.0
+        >>> make_config(C, {"latent_dim": 3, "rate": 2}).rate
+        2.0
     """
     flat = _flatten(changes)
     required = [

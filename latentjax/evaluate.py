@@ -125,7 +125,7 @@ def evaluate(
     Returns:
       `Evaluation` (a dict subclass whose `str` is a table).
 
-    Example:
+    Examples:
       >>> import numpy as np, latentjax as lj
       >>> spikes = np.random.default_rng(0).poisson(2.0, size=(4, 10, 3))
       >>> trials = lj.Trials(spikes, dt=0.01)

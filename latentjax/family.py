@@ -39,10 +39,15 @@ Optional names:
 
 Registering makes a family available everywhere, the command line included:
 
+Examples:
     >>> import latentjax as lj
     >>> lj.family.get("lds").name
     'lds'
-    >>> lj.family.register("my_model", my_module, data="lorenz")     # doctest: +SKIP
+    >>> "gpfa" in lj.family.names()
+    True
+
+and `lj.family.register("my_model", my_module, data="lorenz")` adds one (README: "Adding a
+model family" has a complete module).
 
 The command line finds families registered by an imported module: `latentjax fit
 my_package.my_model` imports `my_package.my_model` (which registers itself), and installed

@@ -9,14 +9,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-# The quick-start notebook runs by default; the others (1-3 min each on 2 cores) are `slow`.
-PARAMS = [
-    pytest.param(p, id=p.stem, marks=() if p.stem == "quickstart" else pytest.mark.slow)
-    for p in NOTEBOOKS
-]
-
-
-@pytest.mark.parametrize("path", PARAMS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("LATENTJAX_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -36,3 +29,7 @@ def test_notebook_executes(path, monkeypatch):
         if output.output_type == "error"
     ]
     assert not errors
+    first = notebook.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), (
+        "a notebook opens with its title (the documentation site shows it as the page title)"
+    )

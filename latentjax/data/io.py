@@ -7,7 +7,7 @@ it back, or dispatches `.nwb` files to `load_nwb`.
 A hand-made `.npz` file loads too: only `spikes` `[trials, time, neurons]` and `dt` (seconds
 per bin) are required; the other fields take their `Trials` defaults.
 
-Example:
+Examples:
   >>> import numpy as np, latentjax as lj
   >>> trials = lj.Trials(np.ones((2, 5, 3), dtype=np.int32), dt=0.01, regions=["M1"] * 3)
   >>> lj.io.save(trials, "session.npz")

@@ -28,11 +28,13 @@ Check the regions you get: in the NLB MC_Maze files the units' electrode links i
 array (every unit links to an electrode of the PMd group), while the first digit of the unit id
 names the array; pass `regions=` (one label per unit, or a units column name) to override.
 
-Example:
+Examples:
+  The NLB MC_Maze_Small file (DANDI:000140; the examples need it, so doctests skip them):
+
   >>> import latentjax as lj
   >>> trials = lj.io.load_nwb("sub-Jenkins_ses-small_desc-test_ecephys.nwb", bin_size=0.005,
-  ...                         align="move_onset_time", window=(-0.25, 0.45))
-  >>> trials.shape
+  ...                         align="move_onset_time", window=(-0.25, 0.45))  # doctest: +SKIP
+  >>> trials.shape                                                              # doctest: +SKIP
   (100, 140, 107)
 """
 
@@ -175,9 +177,11 @@ def load_nwb(
 def nwb_heldout_units(path) -> np.ndarray:
     """The NLB `heldout` column of the units table: bool `[units]`, in the order of `load_nwb`.
 
-    Example:
-      >>> mask = lj.io.nwb_heldout_units(path)
-      >>> heldin, heldout = lj.data.heldout_neurons(trials, neurons=mask)
+    Examples:
+      On an NLB training file (skipped by doctests: it needs the file):
+
+      >>> mask = lj.io.nwb_heldout_units(path)                            # doctest: +SKIP
+      >>> heldin, heldout = lj.data.heldout_neurons(trials, neurons=mask)  # doctest: +SKIP
     """
     with _open(path, _import_pynwb()) as nwb:
         if nwb.units is None:

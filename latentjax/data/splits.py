@@ -6,7 +6,7 @@
 
 Every split keeps the original order of trials and neurons within each part.
 
-Example:
+Examples:
   >>> import numpy as np, latentjax as lj
   >>> trials = lj.Trials(np.zeros((10, 20, 6), dtype=int), dt=0.01)
   >>> train, test = lj.data.split(trials, (0.8, 0.2), seed=0)

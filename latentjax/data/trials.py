@@ -74,7 +74,7 @@ class Trials:
       neuron_ids: `[neurons]` identifier of each neuron (e.g. NWB unit ids).
       continuous: `spikes` holds continuous signals rather than counts.
 
-    Example:
+    Examples:
       >>> import numpy as np, latentjax as lj
       >>> trials = lj.Trials(np.zeros((4, 50, 10)), dt=0.01)
       >>> trials[:2].spikes.shape

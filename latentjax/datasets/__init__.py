@@ -4,6 +4,7 @@ Every generator is `NAME(*, seed=0, **sizes) -> Dataset(trials, truth)`; `truth`
 `latents` `[trials, time, latents]`, `rates` `[trials, time, neurons]` (expected counts per
 bin, or the observation mean for continuous data) and what the system has.
 
+Examples:
     >>> import latentjax as lj
     >>> data = lj.datasets.lorenz(seed=0, num_trials=8)
     >>> data.trials.spikes.shape

@@ -51,8 +51,9 @@ def chaotic_rnn(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins: sizes; `num_units` is both the network size and the number of
-        neurons.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_units: both the network size and the number of neurons.
       dt: seconds per bin; `tau`: the units' time constant in seconds.
       gain: scale of the recurrent weights (chaotic above 1).
       substeps: RK4 steps per bin.
@@ -68,7 +69,7 @@ def chaotic_rnn(
       without pulses) and `params`: `J` `[units, units]`, `gain`, `tau`, `input_weights`
       `[units, 1]`, `substeps`, `initial_states` `[trials, units]`.
 
-    Example:
+    Examples:
       >>> data = chaotic_rnn(seed=0, num_trials=4, input_pulses=True)
       >>> data.truth["inputs"].shape
       (4, 100, 1)

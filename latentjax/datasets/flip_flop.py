@@ -46,7 +46,9 @@ def flip_flop(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_neurons: sizes.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_neurons: observed neurons.
       num_bits: memory channels (`2 ** num_bits` memory states).
       dt: seconds per bin.
       pulse_probability: chance of a pulse per bin and channel, in (0, 1).
@@ -57,7 +59,7 @@ def flip_flop(
       `[trials, time, neurons]` (counts per bin), `inputs` `[trials, time, bits]` (the
       pulses: +1, -1 or 0) and `params`: `readout` `[bits, neurons]`, `bias` `[neurons]`.
 
-    Example:
+    Examples:
       >>> data = flip_flop(seed=0, num_trials=4)
       >>> sorted(np.unique(data.truth["latents"]).tolist())
       [-1.0, 1.0]

@@ -96,7 +96,10 @@ def lds(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_latents, num_neurons: sizes.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_latents: latent dimensions.
+      num_neurons: observed neurons.
       dt: seconds per bin.
       spectral_radius: modulus of every eigenvalue of `A`, in (0, 1).
       observation_noise: typical standard deviation of the observation noise; `R` is diagonal
@@ -107,7 +110,7 @@ def lds(
       `[trials, time, latents]`, `rates` `[trials, time, neurons]` = `C x + d` (the
       observation mean) and `params` `A, Q, C, d, R, m0, S0` (layouts in the module doc).
 
-    Example:
+    Examples:
       >>> data = lds(seed=0, num_trials=5)
       >>> data.trials.continuous, data.truth["params"]["C"].shape
       (True, (30, 4))
@@ -151,7 +154,10 @@ def plds(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_latents, num_neurons: sizes.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_latents: latent dimensions.
+      num_neurons: observed neurons.
       dt: seconds per bin.
       spectral_radius: modulus of every eigenvalue of `A`, in (0, 1).
       baseline_hz: range of the neurons' baseline rates (spikes/s): `d = log(baseline * dt)`.
@@ -161,7 +167,7 @@ def plds(
       `params` `A, Q, C, d, m0, S0`; each row of `C` has length in [0.5, 1], so a log rate
       has a standard deviation between 0.5 and 1.
 
-    Example:
+    Examples:
       >>> data = plds(seed=0, num_trials=5)
       >>> data.trials.spikes.shape
       (5, 100, 50)

@@ -59,7 +59,9 @@ def lorenz(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_neurons: sizes of `spikes` `[trials, time, neurons]`.
+      num_trials: number of trials (`spikes` is `[trials, time, neurons]`).
+      num_bins: bins per trial.
+      num_neurons: observed neurons.
       dt: seconds per bin (sets the counts per bin of a rate in Hz).
       ode_time_per_bin: Lorenz time units per bin (0.025 x 100 bins: about three loops).
       substeps: RK4 steps per bin.
@@ -76,7 +78,7 @@ def lorenz(
       mean), `initial_states` `[trials, 3]` (state at bin 0), `readout` `[3, neurons]`, `bias`
       `[neurons]`.
 
-    Example:
+    Examples:
       >>> data = lorenz(seed=0, num_trials=8)
       >>> data.trials.spikes.shape, data.truth["latents"].shape
       ((8, 100, 30), (8, 100, 3))

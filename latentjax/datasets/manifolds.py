@@ -95,7 +95,9 @@ def ring(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_neurons: sizes.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_neurons: observed neurons.
       dt: seconds per bin.
       kappa: tuning concentration; `peak_hz`, `baseline_hz`: tuning rates (spikes/s).
       angular_speed: stationary std of the angular velocity (rad/s).
@@ -106,7 +108,7 @@ def ring(
       (cos, sin) of the angle, `rates` (counts per bin) and `params` (`preferred` `[neurons]`
       rad and the tuning and velocity settings).
 
-    Example:
+    Examples:
       >>> data = ring(seed=0, num_trials=4)
       >>> data.truth["angle"].shape, data.trials.behavior.shape
       ((4, 100), (4, 100, 2))
@@ -145,7 +147,9 @@ def torus(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_neurons: sizes.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_neurons: observed neurons.
       dt: seconds per bin.
       kappa: tuning concentration along each angle; `peak_hz`, `baseline_hz`: rates
         (spikes/s).
@@ -157,7 +161,7 @@ def torus(
       (cos a, sin a, cos b, sin b), `rates` (counts per bin) and `params` (`preferred`
       `[neurons, 2]` rad and the tuning and velocity settings).
 
-    Example:
+    Examples:
       >>> data = torus(seed=0, num_trials=4)
       >>> data.truth["angles"].shape, data.truth["latents"].shape
       ((4, 100, 2), (4, 100, 4))

@@ -133,8 +133,11 @@ def multiregion(
 
     Args:
       seed: seed of every random draw.
-      num_trials, num_bins, num_regions: sizes.
-      latent_dim, neurons_per_region: an int, or one per region.
+      num_trials: number of trials.
+      num_bins: bins per trial.
+      num_regions: number of regions.
+      latent_dim: latent dimensions, an int or one per region.
+      neurons_per_region: an int, or one per region.
       edges: directed `(source, target)` region pairs.
       delays: delay in bins (>= 1) of each edge.
       coupling_strength: spectral norm of each edge's `B` (a number, or one per edge), before
@@ -155,7 +158,7 @@ def multiregion(
       (`{(source, target): B}`, `B` `[K_target, K_source]`), `var_matrices` `[L, K, K]`,
       `noise_variance`, `readout` `[K, neurons]`, `bias` `[neurons]`, and `R` (Gaussian).
 
-    Example:
+    Examples:
       >>> data = multiregion(seed=0, num_trials=4)
       >>> data.trials.region_names, int(data.truth["delays"][0, 1])
       (('R0', 'R1', 'R2'), 2)

@@ -29,7 +29,7 @@ GENERATORS: dict[str, Callable[..., Dataset]] = {
 def available() -> dict[str, str]:
     """Name -> one-line description (the first line of the generator's docstring).
 
-    Example:
+    Examples:
       >>> "lorenz" in available()
       True
     """

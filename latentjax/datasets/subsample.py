@@ -42,7 +42,7 @@ def subsample(
       `Trials` `[trials, kept, neurons]` with irregular `times` and `mask` (False in padding),
       and `index` if asked for. `behavior` and `conditions` follow the kept bins and trials.
 
-    Example:
+    Examples:
       >>> import numpy as np, latentjax as lj
       >>> trials = lj.Trials(np.zeros((2, 10, 3)), dt=0.1)
       >>> sparse, index = subsample(trials, 0.5, seed=0, return_index=True)

@@ -2,6 +2,7 @@
 comparison and decoding. Inputs are `[trials, time, dims]` latents or `[points, dims]` points;
 nothing here imports a model or the training engine.
 
+Examples:
     >>> import latentjax as lj
     >>> import numpy as np
     >>> emb = lj.geometry.pca(np.random.default_rng(0).normal(size=(3, 20, 5)), 2)

@@ -61,7 +61,7 @@ def procrustes(X: Any, Y: Any) -> ProcrustesResult:
     """Orthogonal Procrustes alignment of `X` onto `Y` (translation, rotation or reflection,
     isotropic scale).
 
-    Example:
+    Examples:
       >>> points = np.random.default_rng(0).normal(size=(50, 3))
       >>> round(procrustes(points, 2 * points[:, ::-1] + 1).distance, 6)
       0.0
@@ -114,7 +114,7 @@ def cca(
     `regularization` adds that fraction of the mean variance to each covariance's diagonal
     (needed when dims approach the number of samples).
 
-    Example:
+    Examples:
       >>> rng = np.random.default_rng(0)
       >>> shared = rng.normal(size=(500, 1))
       >>> X, Y = np.c_[shared, rng.normal(size=(500, 2))], np.c_[rng.normal(size=(500, 2)), -shared]

@@ -44,7 +44,7 @@ def decode_behavior(
       n_folds: folds over trials (at most the number of trials).
       alpha: ridge penalty.
 
-    Example:
+    Examples:
       >>> rng = np.random.default_rng(0)
       >>> latents = rng.normal(size=(10, 20, 3))
       >>> decode_behavior(latents, latents @ rng.normal(size=(3, 2))).r2 > 0.99

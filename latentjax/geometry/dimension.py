@@ -31,7 +31,7 @@ def _covariance_eigenvalues(points: np.ndarray) -> np.ndarray:
 def participation_ratio(X: Any) -> float:
     """Participation ratio of `X` (`[trials, time, dims]` or `[points, dims]`).
 
-    Example:
+    Examples:
       >>> round(participation_ratio(np.random.default_rng(0).normal(size=(5000, 3))), 1)
       3.0
     """
@@ -55,7 +55,7 @@ def twonn_dimension(X: Any, *, discard_fraction: float = 0.1) -> float:
 
     Duplicate points (zero nearest-neighbour distance) are dropped first.
 
-    Example:
+    Examples:
       >>> round(twonn_dimension(np.random.default_rng(0).uniform(size=(2000, 2))))
       2
     """

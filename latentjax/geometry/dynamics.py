@@ -140,7 +140,7 @@ def fixed_points(
       unique_tolerance: points closer than this (Euclidean) are one fixed point.
       eigen_tolerance: eigenvalues within it of the stability boundary count as marginal.
 
-    Example:
+    Examples:
       >>> def flow(state):
       ...     return jnp.stack([state[0] - state[0] ** 3, -state[1]])
       >>> found = fixed_points(flow, np.random.default_rng(0).uniform(-2, 2, (64, 2)))
@@ -279,7 +279,7 @@ def tangling(X: Any, *, dt: float = 1.0, epsilon: float | None = None) -> np.nda
     al. pool conditions). `epsilon` defaults to 0.1 x the total variance of `X` (sum over `K`
     of the variance over trials and time). Derivatives by `numpy.gradient` / `dt`.
 
-    Example:
+    Examples:
       >>> angle = np.linspace(0, 2 * np.pi, 50)[None]
       >>> circle = np.stack([np.cos(angle), np.sin(angle)], -1)
       >>> tangling(circle).shape

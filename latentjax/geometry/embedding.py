@@ -79,7 +79,7 @@ def _fit_estimator(
 def pca(X: Any, n_components: int) -> Embedding:
     """Principal components of `X` (`[trials, time, dims]` or `[points, dims]`).
 
-    Example:
+    Examples:
       >>> emb = pca(np.random.default_rng(0).normal(size=(4, 50, 10)), 3)
       >>> emb.coordinates.shape, emb.explained_variance_ratio.shape
       ((4, 50, 3), (3,))

@@ -89,7 +89,7 @@ def jpca(
       `axes` `[neurons, n_components]` (the jPCs in neuron space), `pca_ratio` (variance the
       PCs keep).
 
-    Example:
+    Examples:
       >>> emb = jpca(np.random.default_rng(0).normal(size=(8, 30, 12)), 4)
       >>> emb.coordinates.shape, sorted(emb.info)[:2]
       ((8, 30, 4), ['axes', 'frequencies'])

@@ -106,7 +106,7 @@ def persistence(
       `maxdim + 1` diagrams, `[bars, 2]` arrays of (birth, death) per dimension; the bar of
       the whole cloud in H0 dies at `inf`.
 
-    Example:
+    Examples:
       >>> angle = np.linspace(0, 2 * np.pi, 100, endpoint=False)
       >>> diagrams = persistence(np.c_[np.cos(angle), np.sin(angle)])
       >>> len(diagrams), int(np.argmax(np.diff(diagrams[1], axis=1)))
@@ -242,7 +242,7 @@ def betti(
         under the noise model.
       max_memory_gb: passed to `persistence`.
 
-    Example:
+    Examples:
       >>> angle = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)
       >>> betti(np.c_[np.cos(angle), np.sin(angle)])
       (1, 1)

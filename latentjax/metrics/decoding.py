@@ -55,7 +55,7 @@ def velocity_r2(
     Returns:
       R² on the test trials (float, at most 1).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> latents = np.random.default_rng(0).normal(size=(10, 50, 3))
       >>> velocity = latents @ np.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]])

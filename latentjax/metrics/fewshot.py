@@ -57,7 +57,7 @@ def few_shot_co_bps(
     Returns:
       Mean few-shot co-bps over repeats (float).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> rng = np.random.default_rng(0)
       >>> latents = rng.normal(size=(40, 20, 2))

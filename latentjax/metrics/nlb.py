@@ -56,7 +56,7 @@ def bits_per_spike(rates, spikes, *, mask=None) -> float:
     Returns:
       Bits per spike (float): 0 for the mean-rate model, higher is better.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> spikes = np.random.default_rng(0).poisson(2.0, size=(10, 20, 3))
       >>> neuron_means = np.broadcast_to(spikes.mean(axis=(0, 1)), spikes.shape)
@@ -176,7 +176,7 @@ def psth_r2(rates, spikes, conditions, *, dt=None, kernel_sd=PSTH_KERNEL_SD, mas
     Returns:
       Mean PSTH R² over neurons (float, at most 1).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> spikes = np.random.default_rng(0).poisson(1.0, size=(6, 20, 2)).astype(float)
       >>> conditions = np.array([0, 1, 0, 1, 0, 1])

@@ -71,7 +71,7 @@ def latent_r2(
     Returns:
       `LatentR2(per_dim, mean, affine_map)`.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> z = np.random.default_rng(0).normal(size=(20, 30, 2))
       >>> round(latent_r2(z, 3.0 * z[..., ::-1] + 1.0).mean, 6)
@@ -119,7 +119,7 @@ def rate_r2(true_rates, est_rates, *, mask=None) -> float:
     Returns:
       Mean R² over neurons (float, at most 1).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> rates = np.random.default_rng(0).gamma(2.0, size=(4, 10, 3))
       >>> rate_r2(rates, rates)

@@ -19,13 +19,15 @@ latents are inferred from the GP prior. M-step: closed form for `C`, `d` and `R`
 timescales with a line search that never lowers the expected complete-data log-likelihood, so
 the marginal log-likelihood is non-decreasing over EM iterations (generalised EM).
 
-Example:
+Examples:
   >>> import latentjax as lj
   >>> from latentjax.models import gpfa
-  >>> config = gpfa.Config(latent_dim=3)
-  >>> result = lj.fit(config, trials)                       # doctest: +SKIP
-  >>> posterior = lj.infer(result, trials)                  # doctest: +SKIP
-  >>> posterior.latents.shape, posterior.timescales         # doctest: +SKIP
+  >>> trials = lj.datasets.lorenz(seed=0, num_trials=10, num_bins=30).trials
+  >>> config = gpfa.Config(latent_dim=3, train=lj.train.TrainConfig(steps=5))
+  >>> result = lj.fit(config, trials, progress=False)
+  >>> posterior = lj.infer(result, trials)
+  >>> posterior.latents.shape, posterior.timescales.shape    # timescales in seconds
+  ((10, 30, 3), (3,))
 """
 
 from __future__ import annotations

@@ -24,10 +24,13 @@ counts under `"auto"`: variance stabilising, and the rates E[y^2] = (Cz + d)^2 +
 non-negative counts per bin) or as given (`transform="none"`, the default for continuous
 signals; rates are then the Gaussian mean and can be negative).
 
-Example:
+Examples:
     >>> import latentjax as lj
-    >>> result = lj.fit(lj.models.lds.Config(latent_dim=4), train)  # doctest: +SKIP
-    >>> posterior = lj.infer(result, train)                           # doctest: +SKIP
+    >>> train = lj.datasets.lorenz(seed=0, num_trials=20, num_bins=40).trials
+    >>> result = lj.fit(lj.models.lds.Config(latent_dim=4), train, progress=False)
+    >>> posterior = lj.infer(result, train)
+    >>> posterior.latents.shape, posterior.covariances.shape
+    ((20, 40, 4), (20, 40, 4, 4))
 """
 
 from __future__ import annotations
@@ -149,12 +152,18 @@ def params_from_arrays(
     """Build validated `Params` from arrays.
 
     Args:
-      initial_mean: `[K]`; initial_cov: `[K, K]`; dynamics: `[K, K]` (F); dynamics_cov: `[K, K]`
-      (Q); emissions: `[N, K]` (C); emissions_cov: `[N]` noise variances, or an `[N, N]`
-      diagonal matrix; dynamics_bias: `[K]`; emissions_bias: `[N]`;
-      dynamics_input_weights: `[K, U]` (B); emissions_input_weights: `[N, U]` (D).
+      initial_mean: `[K]`.
+      initial_cov: `[K, K]`.
+      dynamics: `[K, K]` (F).
+      dynamics_cov: `[K, K]` (Q).
+      emissions: `[N, K]` (C).
+      emissions_cov: `[N]` noise variances, or an `[N, N]` diagonal matrix.
+      dynamics_bias: `[K]`.
+      emissions_bias: `[N]`.
+      dynamics_input_weights: `[K, U]` (B).
+      emissions_input_weights: `[N, U]` (D).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from latentjax.models import lds
       >>> p = lds.params_from_arrays(initial_mean=np.zeros(2), initial_cov=np.eye(2),

@@ -22,9 +22,13 @@ emissions maximise the exact expected log-likelihood under the Laplace posterior
 E[exp(c^T z + d)] = exp(c^T m + d + c^T P c / 2), by damped per-neuron Newton steps; for the
 softplus link the expected log-likelihood is approximated at the posterior mean.
 
-Example:
+Examples:
     >>> import latentjax as lj
-    >>> result = lj.fit(lj.models.plds.Config(latent_dim=4), train)   # doctest: +SKIP
+    >>> train = lj.datasets.lorenz(seed=0, num_trials=10, num_bins=30).trials
+    >>> config = lj.models.plds.Config(latent_dim=3, train=lj.train.TrainConfig(steps=5))
+    >>> result = lj.fit(config, train, progress=False)
+    >>> lj.infer(result, train).rates.shape                      # [trials, time, neurons]
+    (10, 30, 30)
 """
 
 from __future__ import annotations

@@ -15,7 +15,12 @@ bins) each training step hides that fraction of the observed bins from the encod
 only those (weight `1 / cd_rate`). Encoder inputs are `log1p(counts)` for the
 Poisson read-out. GRUs, read-out likelihoods and Gaussian KL come from `lj.models.lfads`.
 
+Examples:
+    Training takes minutes, so doctests skip the last two lines:
+
     >>> import latentjax as lj
+    >>> data = lj.datasets.lorenz(seed=0)
+    >>> train, test = lj.data.split(data.trials, (0.8, 0.2), seed=0)
     >>> result = lj.fit(lj.models.seqvae.Config(), train)    # doctest: +SKIP
     >>> post = lj.infer(result, test)                        # doctest: +SKIP
 """
@@ -285,7 +290,8 @@ def posterior(
     means of the initial state and inputs.
 
     Args:
-      params, config: a fitted model (`FitResult.params`, `FitResult.config`).
+      params: a fitted model's parameters (`FitResult.params`).
+      config: its config (`FitResult.config`).
       trials: `Trials` `[trials, time, neurons]`.
       key: unused (the read-out is deterministic).
       refine_steps: Adam steps that refine each trial's initial state (and inputs) from the

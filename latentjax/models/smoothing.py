@@ -16,13 +16,14 @@ Differences from nlb_tools: the kernel is odd-length and centred (nlb_tools roun
 whole bins and uses an even-length window), and the smoothed value is normalised by the
 smoothed mask, so trial edges and missing bins are not pulled towards zero.
 
-Example:
+Examples:
   >>> import latentjax as lj
   >>> from latentjax.models import smoothing
+  >>> trials = lj.datasets.lorenz(seed=0, num_trials=20, num_bins=40).trials
   >>> config = smoothing.Config(kernel_sd=0.05, heldout_neurons=(0, 5, 9))
-  >>> result = lj.fit(config, train)                       # doctest: +SKIP
-  >>> posterior = lj.infer(result, test)                   # doctest: +SKIP
-  >>> posterior.rates.shape    # [trials, time, all neurons]   # doctest: +SKIP
+  >>> result = lj.fit(config, trials, progress=False)
+  >>> lj.infer(result, trials).rates.shape      # [trials, time, all neurons]
+  (20, 40, 30)
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def smooth_spikes(spikes, dt: float, kernel_sd: float, mask=None, *, truncate: f
     Returns:
       `[trials, time, neurons]` smoothed counts per bin.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> smooth_spikes(np.ones((2, 50, 3)), dt=0.01, kernel_sd=0.05).shape
       (2, 50, 3)
@@ -289,7 +290,7 @@ def adapt(config: Config, trials: Trials) -> Config:
     bin from its neighbours (lowest leave-one-bin-out Poisson NLL, the score `validation_loss`
     gives without held-out neurons); a given `kernel_sd` is kept.
 
-    Example:
+    Examples:
       >>> import numpy as np, latentjax as lj
       >>> rates = 2 + np.sin(np.arange(200) / 10.0)       # slow: a wide kernel wins
       >>> spikes = np.random.default_rng(0).poisson(rates[None, :, None], (20, 200, 5))

@@ -16,6 +16,9 @@ read-out per region; trained by gradient through `lj.fit`.
 Posterior extras: `attention` `[B, T, R, R]` (`a_sr[t]`, source s -> target r, zero diagonal),
 `edge_strengths` `[R, R]` its average over trials and observed bins.
 
+Examples:
+    Training takes minutes, so doctests skip the lines that fit and infer:
+
     >>> import latentjax as lj
     >>> data = lj.datasets.multiregion(seed=0, num_trials=40, num_bins=50)
     >>> result = lj.fit(lj.multiregion.attention.Config(), data.trials)    # doctest: +SKIP

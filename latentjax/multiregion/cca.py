@@ -6,7 +6,7 @@ the mean variance on the diagonal) and the SVD L_x^-1 C_xy L_y^-T = U diag(rho) 
 correlations are `rho` and the directions a = L_x^-T U, b = L_y^-T V. Cross-validation fits the
 directions on the training folds and reports the correlation of the held-out projections.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> shared = rng.standard_normal((1000, 1))

@@ -67,7 +67,9 @@ posterior probability that its strength, the Frobenius norm of `B_rs` (in units 
 standardised latents), exceeds `min_coupling`; an edge is reported where it exceeds 0.5.
 (The norm's credible interval never contains 0, so it cannot decide edges by itself.)
 
-Example:
+Examples:
+    Sampling takes a minute on 2 cores, so doctests skip the lines that fit and infer:
+
     >>> import latentjax as lj
     >>> data = lj.datasets.multiregion(seed=0, num_trials=30)
     >>> result = lj.fit(lj.multiregion.coupled_lds.Config(), data.trials)  # doctest: +SKIP

@@ -43,14 +43,16 @@ tightly to the current delays, so EM moves delays by small steps (on simulated d
 hundredths of a bin per iteration at first); expect a few hundred iterations for delays to
 settle (`FitResult.history["log_likelihood"]` flattens).
 
-Example:
+Examples:
   >>> import latentjax as lj
-  >>> data = lj.datasets.multiregion(num_regions=2, edges=((0, 1),), delays=(2,))
-  >>> config = lj.multiregion.dlag.Config(across_dim=1, within_dim=1, max_delay=0.05)
-  >>> result = lj.fit(config, data.trials)                  # doctest: +SKIP
-  >>> posterior = lj.infer(result, data.trials)             # doctest: +SKIP
-  >>> posterior.delays_bins                                  # doctest: +SKIP
-  >>> # [R, across_dim]: row 0 is 0; a positive row 1 means region R1 lags region R0
+  >>> data = lj.datasets.multiregion(num_regions=2, edges=((0, 1),), delays=(2,),
+  ...                                num_trials=10, num_bins=30)
+  >>> config = lj.multiregion.dlag.Config(
+  ...     across_dim=1, within_dim=1, max_delay=0.05, train=lj.train.TrainConfig(steps=5))
+  >>> result = lj.fit(config, data.trials, progress=False)
+  >>> posterior = lj.infer(result, data.trials)
+  >>> posterior.delays_bins.shape  # [R, across_dim]: row 0 is 0; > 0 where R1 lags R0
+  (2, 1)
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ unit-norm matrix `V^_sr` only chooses the direction of the message) and an L1 sp
 `edge_penalty * sum_{s != r} w_sr`. Each region's neurons read out its state with Poisson
 log-rates; trained by gradient through `lj.fit`.
 
+Examples:
+    Training takes minutes, so doctests skip the lines that fit and infer:
+
     >>> import latentjax as lj
     >>> data = lj.datasets.multiregion(seed=0, num_trials=40, num_bins=50)
     >>> result = lj.fit(lj.multiregion.gnn.Config(), data.trials)         # doctest: +SKIP

@@ -11,7 +11,7 @@ solution of the ridge-regularised problem, Mukherjee & Zhu 2011). The *predictiv
 dimensionality* is the smallest rank whose cross-validated R^2 is within one standard error
 of the best rank's (Semedo's rule). `X` and `Y` are centred with the training folds' means.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> x = rng.standard_normal((500, 10))

@@ -5,7 +5,7 @@ the engine drives (one E-step and one M-step per engine step), with the same `in
 `log_likelihood` (log p(y) of the observed entries, or its approximation, at the parameters
 entering the step) and `loss`, its negative per observed entry.
 
-    >>> fitter = em_fitter(e_step, m_step)                            # doctest: +SKIP
+A family's `fitter(config)` returns `em_fitter(e_step, m_step)` (see `models/lds.py`).
 """
 
 from __future__ import annotations

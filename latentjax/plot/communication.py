@@ -83,5 +83,5 @@ def communication_graph(posterior, *, region_names=None, show_all: bool = False)
     axes.set_ylim(-1.5, 1.5)
     axes.set_aspect("equal")
     axes.axis("off")
-    axes.set_title("communication graph: mean [credible interval], delay (bins)")
+    axes.set_title("communication graph\nstrength: mean [credible interval], delay (bins)")
     return figure

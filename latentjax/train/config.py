@@ -165,7 +165,7 @@ def auto_steps(num_trials: int) -> int:
     benchmark); on 1600 trials its best validation step lay at 11000 to 13300
     (benchmarks/node.md).
 
-    Example:
+    Examples:
       >>> auto_steps(100), auto_steps(1600), auto_steps(10)
       (2000, 12700, 500)
     """

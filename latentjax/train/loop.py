@@ -351,7 +351,8 @@ def train_population(
       params: initial parameters, host arrays with a leading `[members]` axis.
       knobs: `{knob path: [members] float32}`, every knob of the config.
       keys: `[members, 2]` uint32 PRNG keys of the loop.
-      train, valid: `Trials` (valid may be None: no validation, no early stopping).
+      train: training `Trials`.
+      valid: validation `Trials`, or None (no validation, no early stopping).
       steps: total steps per member.
       checkpoint_every: steps between checkpoints (with `run`).
       patience: validations without improvement before stopping (all members must be out

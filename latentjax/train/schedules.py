@@ -1,6 +1,11 @@
 """Schedules as pure functions of the (traced) step: KL / L2 ramps and learning-rate decay.
 
->>> kl_weight = config.kl_weight * ramp(step, start=config.kl_start, length=config.kl_ramp)
+A loss weights its KL term by `config.kl_weight * ramp(step, start=..., length=...)`.
+
+Examples:
+    >>> from latentjax.train.schedules import ramp
+    >>> [float(ramp(step, start=100, length=200)) for step in (0, 200, 400)]
+    [0.0, 0.5, 1.0]
 """
 
 from __future__ import annotations

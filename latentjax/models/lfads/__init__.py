@@ -6,7 +6,11 @@ that a per-session read-out maps to rates (Poisson) or continuous signals (Gauss
 zero-inflated Gamma). AutoLFADS augmentations (coordinated dropout, sample validation) guard
 against identity overfitting; its hyperparameter search is `lj.sweep` with PBT over the knobs.
 
+Examples:
+    Training takes minutes, so doctests skip the last two lines:
+
     >>> import latentjax as lj
+    >>> train, test = lj.data.split(lj.datasets.lorenz(seed=0).trials, (0.8, 0.2))
     >>> config = lj.models.lfads.Config.preset("lorenz")
     >>> result = lj.fit(config, train)                     # doctest: +SKIP
     >>> post = lj.infer(result, test, n_samples=20)        # doctest: +SKIP

@@ -129,8 +129,9 @@ class Config:
     def preset(cls, name: str, **overrides) -> Config:
         """A published setup: "lorenz", "nlb_mc_maze" (AutoLFADS sizes on MC_Maze), "tiny".
 
-        >>> Config.preset("nlb_mc_maze", n_heldout=45).co_dim
-        4
+        Examples:
+            >>> Config.preset("nlb_mc_maze", n_heldout=45).co_dim
+            4
         """
         if name not in PRESETS:
             raise ValueError(

@@ -161,9 +161,10 @@ def init(key, config: Config, trials) -> dict:
     Read-outs start at each neuron's marginal statistics; read-ins (with `readin_dim`) by
     PCA regression.
 
-    >>> import latentjax as lj, numpy as np
-    >>> trials = lj.Trials(np.random.default_rng(0).poisson(1.0, (8, 20, 6)), dt=0.01)
-    >>> params = lj.models.lfads.init(jax.random.key(0), Config.preset("tiny"), trials)
+    Examples:
+        >>> import latentjax as lj, numpy as np
+        >>> trials = lj.Trials(np.random.default_rng(0).poisson(1.0, (8, 20, 6)), dt=0.01)
+        >>> params = lj.models.lfads.init(jax.random.key(0), Config.preset("tiny"), trials)
     """
     sessions = _as_sessions(trials, "init")
     _check_sessions(config, sessions)

@@ -9,6 +9,9 @@ times=...)` evaluates latents and rates at any times (`refine_steps` refines eac
 anchor state to its MAP first), and `vector_field` returns the learned flow for
 `lj.geometry`.
 
+Examples:
+    Training takes minutes, so doctests skip the lines that fit and infer:
+
     >>> import latentjax as lj
     >>> data = lj.datasets.lorenz(seed=0)
     >>> sparse = lj.datasets.subsample(data.trials, 0.3)

@@ -74,7 +74,7 @@ def adapt(config: Config, trials: Trials) -> Config:
     observed times becomes `SPAN_IN_ODE_TIME` ODE time units (so the field's speed is of
     order one whatever the trial length); a given `time_scale` is kept.
 
-    Example:
+    Examples:
       >>> import numpy as np, latentjax as lj
       >>> trials = lj.Trials(np.zeros((2, 51, 3)), dt=0.01)    # trials of 0.5 s
       >>> adapt(lj.models.node.Config(), trials).time_scale
@@ -378,7 +378,8 @@ def posterior(
     between observations and extrapolate before and after them.
 
     Args:
-      params, config: a fitted model (`FitResult.params`, `FitResult.config`).
+      params: a fitted model's parameters (`FitResult.params`).
+      config: its config (`FitResult.config`).
       trials: `Trials` `[trials, time, neurons]` (irregular `times` and `mask` allowed).
       key: draws the initial states when `num_samples > 1` (unused otherwise).
       times: None (each trial's own `Trials.times`; unobserved bins get the last observed

@@ -165,7 +165,9 @@ def integrate_segments(field: Callable, field_params, states, anchors, active, t
     of its nearest anchor.
 
     Args:
-      field, field_params, config: as `integrate`.
+      field: as `integrate`.
+      field_params: as `integrate`.
+      config: as `integrate`.
       states: `[segments, K]` states at the anchors.
       anchors: `[segments]` non-decreasing ODE times of the anchors; `active` `[segments]`
         flags those in use (inactive ones, at the end, repeat the last active anchor).

@@ -55,7 +55,10 @@ def vector_field(params: dict, config: Config) -> Callable:
       params: fitted parameters (`FitResult.params`), or their `"field"` entry.
       config: the model's `Config`.
 
-    Example:
+    Examples:
+      With `result = lj.fit(node.Config(), trials)` and `post = lj.infer(result, trials)`
+      (minutes of training, so doctests skip these lines):
+
       >>> field = vector_field(result.params, result.config)     # doctest: +SKIP
       >>> found = lj.geometry.fixed_points(field, post.latents)  # doctest: +SKIP
     """
