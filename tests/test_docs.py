@@ -85,9 +85,7 @@ def test_every_notebook_and_guide_is_a_page(site):
 
 
 def modules_with_examples() -> list[str]:
-    names = ["latentjax"] + [
-        info.name for info in pkgutil.walk_packages(lj.__path__, "latentjax.")
-    ]
+    names = ["latentjax"] + [info.name for info in pkgutil.walk_packages(lj.__path__, "latentjax.")]
     finder = doctest.DocTestFinder()
     return [
         name
