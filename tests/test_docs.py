@@ -105,3 +105,25 @@ def test_docstring_examples_run(module, tmp_path, monkeypatch):
     for test in finder.find(importlib.import_module(module), module):
         runner.run(test, out=report.append)
     assert runner.failures == 0, "".join(report)
+
+
+def guide_snippets() -> list:
+    """The Python blocks of the hand-written guides (not those included from the README)."""
+    blocks = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = page.read_text()
+        for number, block in enumerate(text.split("```python\n")[1:]):
+            blocks.append(pytest.param(block.split("```")[0], id=f"{page.stem}-{number}"))
+    return blocks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code", guide_snippets())
+def test_guide_snippets_run(code, shared_file, tmp_path, monkeypatch):
+    """Each Python block of docs/*.md runs as written (minutes: fits at full size)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nwb = "sub-Jenkins_ses-small_desc-test_ecephys.nwb"
+    if nwb in code:
+        code = code.replace(nwb, str(shared_file(f"mc_maze_small_test/{nwb}")))
+    exec(compile(code, "<guide>", "exec"), {"__name__": "__guide__"})
