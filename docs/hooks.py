@@ -2,7 +2,8 @@
 
 - `api/<module>.md`: one API-reference page per public module (`latentjax`, every module in
   `lj.__all__`, and every model family inside `lj.models` and `lj.multiregion`), listing the
-  names of the module's `__all__` for mkdocstrings.
+  names of the module's `__all__` for mkdocstrings; and one per building block a family
+  author uses (`latentjax.results`, `latentjax.nn.*`).
 - `cli.md`: the `--help` of every `latentjax` subcommand, from the parser itself.
 - `benchmarks.md`: every table in `benchmarks/`, as the scripts wrote it.
 - `notebooks/*.ipynb`: the notebooks of the repository, rendered by mkdocs-jupyter.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pkgutil
 import re
 import types
 from pathlib import Path
@@ -52,6 +54,16 @@ def public_modules() -> dict[str, list[str] | None]:
 
     visit(latentjax)
     return pages
+
+
+def building_blocks() -> list[str]:
+    """The modules a family author builds on: `latentjax.results` and `latentjax.nn.*`."""
+    import latentjax.nn
+
+    submodules = pkgutil.iter_modules(latentjax.nn.__path__, "latentjax.nn.")
+    return ["latentjax.results", "latentjax.nn"] + sorted(
+        info.name for info in submodules if not info.name.rsplit(".", 1)[-1].startswith("_")
+    )
 
 
 def api_page(module: str, members: list[str] | None) -> str:
@@ -131,6 +143,8 @@ def _title(notebook: Path) -> str:
 
 def on_config(config):
     api = [{module: f"api/{module}.md"} for module in public_modules()]
+    blocks = [{module: f"api/{module}.md"} for module in building_blocks()]
+    api.append({"Building blocks for families": blocks})
     tutorials = [{_title(nb): f"notebooks/{nb.name}"} for nb in notebooks()]
     for item in config["nav"]:
         if isinstance(item, dict) and "API reference" in item:
@@ -143,7 +157,8 @@ def on_config(config):
 # Before mkdocs-jupyter's own `on_files`, which turns .ipynb files into pages.
 @event_priority(100)
 def on_files(files, config):
-    for module, members in public_modules().items():
+    pages = {**public_modules(), **dict.fromkeys(building_blocks())}
+    for module, members in pages.items():
         files.append(File.generated(config, f"api/{module}.md", content=api_page(module, members)))
     files.append(File.generated(config, "cli.md", content=cli_page()))
     files.append(File.generated(config, "benchmarks.md", content=benchmarks_page()))
