@@ -134,7 +134,8 @@ def benchmarks_page() -> str:
 
 
 def notebooks() -> list[Path]:
-    return sorted((ROOT / "notebooks").glob("*.ipynb"))
+    """The notebooks, the quick start first."""
+    return sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: (p.stem != "quickstart", p))
 
 
 def _title(notebook: Path) -> str:
