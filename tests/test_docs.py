@@ -48,6 +48,11 @@ def inventory(site: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """The site built with `mkdocs build --strict`; CI builds it once before the tests and
+    names the folder in LATENTJAX_DOCS_SITE."""
+    built = os.environ.get("LATENTJAX_DOCS_SITE")
+    if built and (Path(built) / "objects.inv").exists():
+        return Path(built)
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     env.pop("LATENTJAX_DOCS_EXECUTE", None)
