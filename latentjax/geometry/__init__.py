@@ -16,7 +16,7 @@ from latentjax.geometry.comparison import (
     dsa,
     procrustes,
 )
-from latentjax.geometry.decoding import DecodingResult, decode_behavior
+from latentjax.geometry.decoding import DecodingResult, decode_behavior, knn_decode
 from latentjax.geometry.dimension import (
     n_components_for_variance,
     participation_ratio,
@@ -50,6 +50,7 @@ __all__ = [
     "greedy_landmarks",
     "isomap",
     "jpca",
+    "knn_decode",
     "lle",
     "long_bars",
     "n_components_for_variance",
