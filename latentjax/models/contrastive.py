@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,33 +130,43 @@ class Config:
             raise ValueError("contrastive.Config: `train` must be a latentjax.train.TrainConfig")
 
 
-class Encoder(nn.Module):
-    """Sequence encoder: `[length, neurons]` -> `[length - window + 1, output_dim]` (one
-    embedding per full window; not normalised)."""
-
-    kind: str
-    window: int
-    hidden_dim: int
-    output_dim: int
-
-    @nn.compact
-    def __call__(self, x):
-        if self.kind == "conv":
-            x = nn.gelu(nn.Conv(self.hidden_dim, (self.window - 4,), padding="VALID")(x))
-            x = nn.gelu(nn.Conv(self.hidden_dim, (3,), padding="VALID")(x))
-            return nn.Conv(self.output_dim, (3,), padding="VALID")(x)
-        x = nn.gelu(nn.Conv(self.hidden_dim, (self.window,), padding="VALID")(x))
-        x = nn.gelu(nn.Dense(self.hidden_dim)(x))
-        return nn.Dense(self.output_dim)(x)
+def kernel_sizes(config: Config) -> tuple[int, int, int]:
+    """Time kernels of the encoder's three layers; they add up to a receptive field of
+    `window` bins ("conv": `window - 4, 3, 3`; "mlp": `window, 1, 1`)."""
+    return (config.window - 4, 3, 3) if config.encoder == "conv" else (config.window, 1, 1)
 
 
-def _encoder(config: Config) -> Encoder:
-    return Encoder(config.encoder, config.window, config.hidden_dim, config.output_dim)
+def _conv(layer: dict, x):
+    """Valid 1-D convolution `[length, c_in] -> [length - k + 1, c_out]` as one matrix product
+    of the stacked shifted inputs (fast inside the engine's compiled loops on CPU)."""
+    k = layer["kernel"].shape[0]
+    length = x.shape[0] - k + 1
+    patches = jnp.concatenate([x[i : i + length] for i in range(k)], axis=-1)
+    return patches @ layer["kernel"].reshape(-1, layer["kernel"].shape[-1]) + layer["bias"]
+
+
+def _init_encoder(key, config: Config, num_neurons: int) -> dict:
+    widths = (num_neurons, config.hidden_dim, config.hidden_dim, config.output_dim)
+    layers = {}
+    for i, (k, key_i) in enumerate(zip(kernel_sizes(config), jax.random.split(key, 3),
+                                       strict=True)):  # fmt: skip
+        fan_in = k * widths[i]
+        kernel = jax.random.normal(key_i, (k, widths[i], widths[i + 1])) / np.sqrt(fan_in)
+        layers[f"layer{i}"] = {"kernel": kernel, "bias": jnp.zeros(widths[i + 1])}
+    return layers
+
+
+def _apply_encoder(params: dict, x):
+    """`[length, neurons]` -> `[length - window + 1, output_dim]`: one embedding per full
+    window (not normalised): two GELU layers and a linear one."""
+    x = jax.nn.gelu(_conv(params["layer0"], x))
+    x = jax.nn.gelu(_conv(params["layer1"], x))
+    return _conv(params["layer2"], x)
 
 
 def _normalise(z, config: Config):
     if config.distance == "cosine":
-        return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
+        return z * jax.lax.rsqrt(jnp.sum(z**2, axis=-1, keepdims=True) + 1e-12)  # finite grad at 0
     return z
 
 
@@ -241,14 +250,13 @@ def adapt(config: Config, trials) -> Config:
 
 
 def init(key, config: Config, trials) -> dict:
-    """Parameters `{"encoders": (Flax params of Encoder, one per session)}`."""
+    """Parameters `{"encoders": (one per session: {"layer0", "layer1", "layer2"}, each
+    {"kernel": [k, c_in, c_out], "bias": [c_out]})}`."""
     sessions = _as_sessions(trials, "init")
     _check_trials(config, sessions, "init")
     keys = jax.random.split(key, len(sessions))
-    encoder = _encoder(config)
     encoders = tuple(
-        encoder.init(k, jnp.zeros((config.window, t.num_neurons), jnp.float32))["params"]
-        for k, t in zip(keys, sessions, strict=True)
+        _init_encoder(k, config, t.num_neurons) for k, t in zip(keys, sessions, strict=True)
     )
     return {"encoders": encoders}
 
@@ -263,7 +271,7 @@ def _encode_windows(params, spikes, flat_index, config: Config):
         return jax.lax.dynamic_slice_in_dim(spikes[b], t, config.window, axis=0)
 
     windows = jax.vmap(window)(trial, start)
-    z = jax.vmap(lambda w: _encoder(config).apply({"params": params}, w)[0])(windows)
+    z = jax.vmap(lambda w: _apply_encoder(params, w)[0])(windows)
     return _normalise(z, config)
 
 
@@ -385,7 +393,7 @@ def _embed_trial(params, spikes, config: Config):
     before = config.window // 2
     after = config.window - 1 - before
     padded = jnp.pad(spikes, ((before, after), (0, 0)), mode="edge")
-    return _normalise(_encoder(config).apply({"params": params}, padded), config)
+    return _normalise(_apply_encoder(params, padded), config)
 
 
 _embed_batch = jax.jit(jax.vmap(_embed_trial, in_axes=(None, 0, None)), static_argnames="config")
@@ -404,8 +412,7 @@ def embed(params, trials: Trials, config: Config, *, session: int = 0) -> np.nda
     if not isinstance(trials, Trials):
         raise ValueError(f"contrastive.embed: `trials` must be a Trials, got {type(trials)}")
     params_s = encoders[session]
-    kernel = jax.tree.leaves(params_s["Conv_0"])
-    num_neurons = [x for x in kernel if x.ndim == 3][0].shape[1]
+    num_neurons = params_s["layer0"]["kernel"].shape[1]
     if trials.num_neurons != num_neurons:
         raise ValueError(
             f"contrastive.embed: `trials` has {trials.num_neurons} neurons, the encoder of "
