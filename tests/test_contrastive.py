@@ -56,7 +56,7 @@ def _head_direction_ring(shared_file, num_bins: int, steps: int, batch_points: i
     result = lj.fit(config, trials[:heldout], seed=0, progress=False)
     embedding = lj.infer(result, trials).latents
     predicted = lj.geometry.knn_decode(
-        embedding[:heldout], angle[:heldout], embedding[heldout:], circular=True, metric="cosine"
+        embedding[:heldout], angle[:heldout], embedding[heldout:], circular=True
     )
     error = _angle_error_degrees(predicted, angle[heldout:].reshape(-1))
     points = embedding[heldout:].reshape(-1, 3)[:: config.window]
@@ -172,8 +172,9 @@ def test_loss_is_jittable_and_vmappable(positives):
     assert values.shape == (2,) and np.all(np.isfinite(values))
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     np.testing.assert_allclose(values, aux["uniformity"] - aux["alignment"], rtol=1e-5)
-    single = jax.jit(contrastive.loss, static_argnames="config")(params, trials, keys[0],
-                                                                  config=config, step=0)
+    single = jax.jit(contrastive.loss, static_argnames="config")(
+        params, trials, keys[0], config=config, step=0
+    )
     np.testing.assert_allclose(values[0], single[0], rtol=1e-4)
 
 

@@ -24,6 +24,7 @@ from latentjax.geometry.dimension import (
 )
 from latentjax.geometry.dynamics import FixedPoints, curvature, fixed_points, speed, tangling
 from latentjax.geometry.embedding import Embedding, isomap, lle, pca, tsne, umap
+from latentjax.geometry.flowfield import FlowField, flow_features, flowfield
 from latentjax.geometry.jpca import jpca
 from latentjax.geometry.topology import (
     betti,
@@ -39,6 +40,7 @@ __all__ = [
     "DecodingResult",
     "Embedding",
     "FixedPoints",
+    "FlowField",
     "ProcrustesResult",
     "betti",
     "cca",
@@ -47,6 +49,8 @@ __all__ = [
     "decode_behavior",
     "dsa",
     "fixed_points",
+    "flow_features",
+    "flowfield",
     "greedy_landmarks",
     "isomap",
     "jpca",

@@ -93,9 +93,7 @@ def consistency(
     count = len(embeddings)
     if masks is not None and len(masks) != count:
         raise ValueError(f"{_WHERE}: `masks` must hold {count} entries, got {len(masks)}")
-    pairs = [
-        _points(i, z, None if masks is None else masks[i]) for i, z in enumerate(embeddings)
-    ]
+    pairs = [_points(i, z, None if masks is None else masks[i]) for i, z in enumerate(embeddings)]
     if labels is None:
         shapes = {np.shape(z)[:-1] for z in embeddings}
         if len(shapes) > 1:
