@@ -15,12 +15,13 @@ the bin whose behaviour is nearest to the reference's plus N(0, 0.1^2) noise), t
 (no window crosses a cut), cebra reads it as one stream.
 
 Scores on the held-out bins: median |error| of the head angle decoded by k-NN (k = 32,
-Euclidean metric: the cosine order on the sphere; circular mean; `lj.geometry.knn_decode`)
-from the training embedding; consistency across the 3 seeds (`lj.metrics.consistency`,
-affine R² averaged over ordered pairs); Betti numbers (`lj.geometry.betti`) of the held-out
-embedding at non-overlapping windows (every 10th bin). Time per step: latentjax's whole training step (sampling, loss, gradient, AdamW
-update) under `jax.jit`, timed over repeated calls after compilation; cebra's `fit` (its
-documented path, `device="cpu"`) wall time divided by its iterations. Both on the CPU.
+Euclidean metric: the cosine order on the sphere; circular mean; `lj.geometry.knn_decode`) from
+the training embedding; consistency across the 3 seeds (`lj.metrics.consistency`, affine R²
+averaged over ordered pairs); Betti numbers (`lj.geometry.betti`) of the held-out embedding at
+non-overlapping windows (every 10th bin). Time per step: latentjax's whole training step
+(sampling, loss, gradient, AdamW update) under `jax.jit`, timed over repeated calls after
+compilation; cebra's `fit` (its documented path, `device="cpu"`) wall time divided by its
+iterations. Both on the CPU.
 
     python scripts/bench_cebra.py [--steps 2000] [--seeds 0 1 2]
 
