@@ -19,8 +19,9 @@ Negatives are bins drawn uniformly from the batch. Positives (`positives`):
   `time_offset` bins at a random other bin (CEBRA's "time_delta");
 - "label": a random bin of a trial with the same `Trials.conditions` label.
 
-Nearest neighbours are searched in a pool of `num_candidates` bins drawn at each step (not the
-whole data set). All sampling happens inside the jitted loss from its key; the engine draws
+Nearest neighbours (and same-label bins) are searched in a pool of `num_candidates` bins drawn
+at each step, not the whole data set (a reference with no same-label bin in the pool takes a
+random pool bin). All sampling happens inside the jitted loss from its key; the engine draws
 minibatches of trials (`train.batch_size`, None: every trial each step), and the loss draws
 `batch_points` references, positives and negatives from the bins of those trials whose whole
 window is observed.
@@ -209,7 +210,8 @@ def _check_trials(config: Config, sessions: tuple[Trials, ...], where: str) -> N
     dims = set()
     for s, trials in enumerate(sessions):
         name = "trials" if len(sessions) == 1 else f"trials[{s}]"
-        need = config.window + (config.time_offset if config.positives == "time" else 0)
+        uses_offset = config.positives in ("time", "time_delta")
+        need = config.window + (config.time_offset if uses_offset else 0)
         if trials.num_bins < need:
             field = "window" if trials.num_bins < config.window else "time_offset"
             raise ValueError(
