@@ -220,6 +220,29 @@ def test_sessions_share_one_embedding():
         contrastive.posterior(params, sessions[1], config, None, session=0)
 
 
+@pytest.mark.slow
+def test_two_ring_sessions_share_one_embedding():
+    """Two recordings of ring systems with different neurons (20 and 30), fitted together
+    with behaviour positives: their embeddings agree through the angle (label-binned
+    consistency >= 0.9, both directions) and each decodes the true angle."""
+    sessions = [
+        lj.datasets.ring(seed=seed, num_trials=40, num_bins=100, num_neurons=n)
+        for seed, n in ((0, 20), (1, 30))
+    ]
+    config = contrastive.Config(
+        positives="delta", output_dim=3, batch_points=256,
+        train=TRAIN(learning_rate=5e-3, steps=400, chunk_size=400),
+    )  # fmt: skip
+    result = lj.fit(config, [s.trials for s in sessions], seed=0, progress=False)
+    embeddings = [p.latents for p in lj.infer(result, [s.trials for s in sessions])]
+    angles = [s.truth["angle"] for s in sessions]
+    score = lj.metrics.consistency(embeddings, labels=angles, num_bins=36)
+    assert score.matrix[0, 1] >= 0.9 and score.matrix[1, 0] >= 0.9
+    for z, angle in zip(embeddings, angles, strict=True):
+        predicted = lj.geometry.knn_decode(z[:30], angle[:30], z[30:], circular=True)
+        assert _angle_error_degrees(predicted, angle[30:].reshape(-1)) < 20.0
+
+
 # ------------------------------------------------------------------------------- errors
 
 
