@@ -10,6 +10,8 @@ normalised to the unit sphere when `distance="cosine"`. With similarity `s(a, b)
 
     L = mean_i [ -s(r_i, p_i) / tau + logsumexp_j s(r_i, n_j) / tau ]
 
+(for "euclidean" the positive joins the logsumexp, which bounds the loss below).
+
 Negatives are bins drawn uniformly from the batch. Positives (`positives`):
 
 - "time": the bin `time_offset` bins later in the same trial (self-supervised);
@@ -183,15 +185,18 @@ def info_nce(reference, positive, negative, temperature, config: Config):
 
     Returns `(loss, alignment, uniformity)`: `loss = uniformity - alignment`, alignment the
     mean positive similarity over `temperature`, uniformity the mean logsumexp of the
-    negative similarities over `temperature`."""
+    negative similarities over `temperature`. For "euclidean" the positive joins the
+    logsumexp (so the loss is >= 0): without it, pushing every point apart lowers the loss
+    without end and the embedding's scale diverges."""
     if config.distance == "cosine":
         aligned = jnp.sum(reference * positive, axis=-1)
     else:
         aligned = -jnp.sum((reference - positive) ** 2, axis=-1)
+    logits = _similarity(reference, negative, config) / temperature
+    if config.distance == "euclidean":
+        logits = jnp.concatenate([aligned[:, None] / temperature, logits], axis=1)
     alignment = jnp.mean(aligned) / temperature
-    uniformity = jnp.mean(
-        jax.nn.logsumexp(_similarity(reference, negative, config) / temperature, axis=-1)
-    )
+    uniformity = jnp.mean(jax.nn.logsumexp(logits, axis=-1))
     return uniformity - alignment, alignment, uniformity
 
 
