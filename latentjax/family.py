@@ -127,6 +127,7 @@ _BUILT_IN = {
     "lfads": ("latentjax.models.lfads", "lorenz"),
     "seqvae": ("latentjax.models.seqvae", "lorenz"),
     "node": ("latentjax.models.node", "lorenz"),
+    "contrastive": ("latentjax.models.contrastive", "lorenz"),
     "coupled_lds": ("latentjax.multiregion.coupled_lds", "multiregion"),
     "dlag": ("latentjax.multiregion.dlag", "multiregion"),
     "gnn": ("latentjax.multiregion.gnn", "multiregion"),

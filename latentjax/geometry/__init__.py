@@ -17,7 +17,7 @@ from latentjax.geometry.comparison import (
     dsa,
     procrustes,
 )
-from latentjax.geometry.decoding import DecodingResult, decode_behavior
+from latentjax.geometry.decoding import DecodingResult, decode_behavior, knn_decode
 from latentjax.geometry.dimension import (
     n_components_for_variance,
     participation_ratio,
@@ -25,6 +25,7 @@ from latentjax.geometry.dimension import (
 )
 from latentjax.geometry.dynamics import FixedPoints, curvature, fixed_points, speed, tangling
 from latentjax.geometry.embedding import Embedding, isomap, lle, pca, tsne, umap
+from latentjax.geometry.flowfield import FlowField, flow_features, flowfield
 from latentjax.geometry.jpca import jpca
 from latentjax.geometry.topology import (
     betti,
@@ -40,6 +41,7 @@ __all__ = [
     "DecodingResult",
     "Embedding",
     "FixedPoints",
+    "FlowField",
     "ProcrustesResult",
     "betti",
     "cca",
@@ -48,9 +50,12 @@ __all__ = [
     "decode_behavior",
     "dsa",
     "fixed_points",
+    "flow_features",
+    "flowfield",
     "greedy_landmarks",
     "isomap",
     "jpca",
+    "knn_decode",
     "lle",
     "long_bars",
     "n_components_for_variance",

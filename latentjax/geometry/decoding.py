@@ -1,4 +1,5 @@
-"""Decoding behaviour from latents or embedding coordinates: cross-validated ridge regression.
+"""Decoding behaviour from latents or embedding coordinates: cross-validated ridge regression
+(`decode_behavior`) and k-nearest-neighbour decoding, circular for angles (`knn_decode`).
 
 Folds split whole trials (scikit-learn `KFold`, shuffled with `seed`), so no time bin of a test
 trial is seen in training; each fold fits `Ridge` (with intercept) on the training trials' bins
@@ -13,7 +14,7 @@ import numpy as np
 
 from latentjax.geometry._arrays import as_points, check_positive_int
 
-__all__ = ["DecodingResult", "decode_behavior"]
+__all__ = ["DecodingResult", "decode_behavior", "knn_decode"]
 
 
 class DecodingResult(NamedTuple):
@@ -92,3 +93,70 @@ def decode_behavior(
         r2_per_dim=r2_per_dim,
         predictions=predictions.reshape(*leading, -1),
     )
+
+
+def knn_decode(
+    train_coords: Any,
+    train_targets: Any,
+    test_coords: Any,
+    *,
+    n_neighbors: int = 32,
+    circular: bool = False,
+    metric: str = "euclidean",
+) -> np.ndarray:
+    """k-nearest-neighbour decoding: each test point's prediction is the mean target of its
+    `n_neighbors` nearest training points (circular mean for angles).
+
+    Args:
+      train_coords: `[points, K]` (or `[trials, time, K]`, flattened) training coordinates.
+      train_targets: `[points, D]` or `[points]` targets (same leading shape); with
+        `circular=True`, angles in radians `[points]`.
+      test_coords: `[test_points, K]` (or `[trials, time, K]`).
+      n_neighbors: neighbours averaged (at most the number of training points).
+      circular: targets are angles: predictions are the angle of the mean unit vector.
+      metric: "euclidean" or "cosine" (for embeddings on a sphere).
+
+    Returns:
+      predictions `[test_points, D]` (or `[test_points]` for 1-D targets and angles).
+
+    Example:
+      >>> angle = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+      >>> ring = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+      >>> got = knn_decode(ring, angle, ring[:3], n_neighbors=3, circular=True)
+      >>> bool(np.allclose(np.cos(got), np.cos(angle[:3])))
+      True
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    train, _ = as_points("train_coords", train_coords, min_points=1)
+    test, _ = as_points("test_coords", test_coords, min_points=1)
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(
+            f"`test_coords` must have {train.shape[1]} dims like `train_coords`, got "
+            f"{test.shape[1]}"
+        )
+    targets = np.asarray(train_targets, dtype=np.float64)
+    scalar = targets.ndim == np.ndim(train_coords) - 1
+    targets = targets.reshape(train.shape[0], -1) if targets.size % train.shape[0] == 0 else None
+    if targets is None or (np.shape(train_targets)[: np.ndim(train_coords) - 1]
+                           != np.shape(train_coords)[:-1]):  # fmt: skip
+        raise ValueError(
+            f"`train_targets` must have the leading shape of `train_coords` "
+            f"{np.shape(train_coords)[:-1]}, got {np.shape(train_targets)}"
+        )
+    if not np.all(np.isfinite(targets)):
+        raise ValueError("`train_targets` holds NaN or Inf values")
+    check_positive_int("n_neighbors", n_neighbors, maximum=train.shape[0])
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"`metric` must be 'euclidean' or 'cosine', got {metric!r}")
+    if circular and targets.shape[1] != 1:
+        raise ValueError(f"`train_targets` must be angles `[points]` with circular=True, got "
+                         f"{np.shape(train_targets)}")  # fmt: skip
+    index = NearestNeighbors(n_neighbors=n_neighbors, metric=metric).fit(train)
+    _, neighbours = index.kneighbors(test)
+    if circular:
+        angles = targets[:, 0][neighbours]
+        prediction = np.arctan2(np.sin(angles).mean(axis=1), np.cos(angles).mean(axis=1))
+        return prediction
+    prediction = targets[neighbours].mean(axis=1)
+    return prediction[:, 0] if scalar else prediction
