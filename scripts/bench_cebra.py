@@ -166,7 +166,7 @@ def main() -> None:
     header = (
         "| package | parameters | median held-out angle error (deg), per seed | Betti (b0, b1) "
         "per seed | consistency across seeds (mean affine R²) | seconds per step | fit seconds, "
-        "all seeds |\n|---|---|---|---|---|---|---|---|"
+        "all seeds |\n|---|---|---|---|---|---|---|"
     )
     lines = [header]
     for name, runs, timing, consistency in rows:
