@@ -32,11 +32,12 @@ Several sessions (a tuple of `Trials`; neuron counts may differ) each get their 
 into one shared embedding: each session's references also take positives (by behaviour or
 label) from the next session, which aligns the sessions' embeddings.
 
+Examples:
     >>> import latentjax as lj
-    >>> data = lj.datasets.ring(seed=0)                                        # doctest: +SKIP
-    >>> config = lj.models.contrastive.Config(positives="delta", output_dim=3)  # doctest: +SKIP
-    >>> result = lj.fit(config, data.trials)                                   # doctest: +SKIP
-    >>> embedding = lj.infer(result, data.trials).latents   # [trials, time, 3]   doctest: +SKIP
+    >>> data = lj.datasets.ring(seed=0)
+    >>> config = lj.models.contrastive.Config(positives="delta", output_dim=3)
+    >>> result = lj.fit(config, data.trials)                 # minutes   # doctest: +SKIP
+    >>> embedding = lj.infer(result, data.trials).latents    # [trials, time, 3]  # doctest: +SKIP
 """
 
 from __future__ import annotations
