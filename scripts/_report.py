@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -47,3 +48,18 @@ def write_section(path: str | os.PathLike, name: str, text: str, title: str) -> 
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     new = pattern.sub(lambda _: section, old) if pattern.search(old) else f"{old}\n{section}\n"
     path.write_text(new)
+
+
+def seconds_per_step(step, state, trials, keys, warmup: int) -> float:
+    """Mean seconds of `state, _ = step(state, trials, key)` over `keys[warmup:]`, after
+    `warmup` calls that compile it (`step` jitted; the result waited for, not printed)."""
+    import jax
+
+    for key in keys[:warmup]:
+        state, _ = step(state, trials, key)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for key in keys[warmup:]:
+        state, _ = step(state, trials, key)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - start) / (len(keys) - warmup)

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 import scipy.io
 import torch
-from _report import BENCHMARKS, PACKAGES, machine, write_section
+from _report import BENCHMARKS, PACKAGES, machine, seconds_per_step, write_section
 
 import latentjax as lj
 from latentjax.models import contrastive
@@ -84,13 +84,7 @@ def latentjax_step_seconds(config, trials, repeats: int = 100) -> float:
     state = fitter.init(params, trials)
     step = jax.jit(fitter.step)
     keys = jax.random.split(jax.random.PRNGKey(1), repeats + 1)
-    state, _ = step(state, trials, keys[0])
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for key in keys[1:]:
-        state, _ = step(state, trials, key)
-    jax.block_until_ready(state)
-    return (time.perf_counter() - start) / repeats
+    return seconds_per_step(step, state, trials, keys, warmup=1)
 
 
 def run_latentjax(args, train, test, train_angle, test_angle):

@@ -24,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _report import BENCHMARKS, machine, write_section
+from _report import BENCHMARKS, machine, seconds_per_step, write_section
 
 import latentjax as lj
 from latentjax.models import lfads
@@ -50,14 +50,8 @@ def make_trials(num_trials, bins, neurons, seed=0):
 
 def time_steps(step, state, trials, repeats):
     keys = jax.random.split(jax.random.key(0), repeats + 2)
-    for key in keys[:2]:  # compile (twice: the first output may differ in weak types)
-        state, _ = step(state, trials, key)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for key in keys[2:]:
-        state, info = step(state, trials, key)
-    jax.block_until_ready(state)
-    return (time.perf_counter() - start) / repeats
+    # compile (twice: the first output may differ in weak types)
+    return seconds_per_step(step, state, trials, keys, warmup=2)
 
 
 def training_gflop(config, neurons: int, bins: int, batch: int) -> float:
