@@ -182,9 +182,17 @@ def test_heldout_units_select_nlb_heldout_neurons(nlb_file):
     assert heldout.neuron_ids == (21, 23) and heldin.neuron_ids == (11, 12, 22)
 
 
-def test_no_trials_table_needs_trial_length(untrialled_file, spike_times):
-    with pytest.raises(ValueError, match="no trials table.*trial_length"):
-        lj.io.load_nwb(untrialled_file, bin_size=BIN)
+def test_no_trials_table_loads_a_stream_or_tiles(untrialled_file, spike_times):
+    stream = lj.io.load_nwb(untrialled_file, bin_size=BIN)
+    last_spike = max(t[-1] for t in spike_times)
+    num_bins = int(np.floor(last_spike / BIN + 1e-6))
+    assert stream.shape == (1, num_bins, 5) and stream.mask.all()
+    for unit, times in enumerate(spike_times):
+        np.testing.assert_array_equal(
+            stream.spikes[0, :, unit], histogram_counts(times, 0.0, num_bins)
+        )
+    with pytest.raises(ValueError, match="no trials table to align on"):
+        lj.io.load_nwb(untrialled_file, bin_size=BIN, align="move_onset_time", window=(0, 1))
     with pytest.raises(ValueError, match="no `heldout` column"):
         lj.io.nwb_heldout_units(untrialled_file)
     trials = lj.io.load_nwb(untrialled_file, bin_size=BIN, trial_length=1.0)

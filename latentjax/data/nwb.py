@@ -6,9 +6,10 @@ What is read (with `pynwb`):
 - `trials`: one trial per row, from `start_time` to `stop_time` (the partial last bin is
   dropped; shorter trials are padded and `mask` is False on the padding), or a fixed `window`
   around the column named by `align` (e.g. `move_onset_time`). Files without a trials table
-  are cut into consecutive trials of `trial_length` seconds (over the epochs table if there is
-  one, else from 0 to the end of the recording); on a file with a trials table this needs
-  `ignore_trials=True`.
+  load as one continuous stream, a one-trial `Trials` over the epochs table if there is one,
+  else from 0 to the end of the recording (`lj.data.chop` cuts it into overlapping windows),
+  or are cut into consecutive trials of `trial_length` seconds; on a file with a trials
+  table `trial_length` needs `ignore_trials=True`.
 - what was recorded: a bin is kept (`mask` True) only when it lies inside its trial's
   `start_time`..`stop_time` (a `window` that runs past them does not reach into the gap or the
   next trial) and inside the `obs_intervals` of every unit (when the units table has them).
@@ -80,7 +81,8 @@ def load_nwb(
         with a warning.
       window: `(before, after)` seconds around the `align` event, e.g. `(-0.25, 0.45)`.
       trial_length: seconds per trial when cutting the recording into consecutive trials
-        (needed when the file has no trials table; a file with one needs `ignore_trials`).
+        (a file with a trials table needs `ignore_trials`); without it a file with no
+        trials table loads as one stream `[1, time, units]`.
       behavior: names of `TimeSeries` to read into `behavior` `[trials, time, dims]`
         (their columns concatenated); default: `hand_vel` when the file has it; `()` for none.
       regions: region labels of the units: default from the file (see the module docstring);
@@ -127,10 +129,14 @@ def load_nwb(
             starts, durations, references = _tile_recording(nwb, trial_length, recording_end)
             row_ids = np.arange(len(starts))
         elif nwb.trials is None:
-            raise ValueError(
-                f"load_nwb: {str(path)!r} has no trials table; pass `trial_length` (seconds) "
-                "to cut the recording into consecutive trials"
-            )
+            if align is not None:
+                raise ValueError(
+                    f"load_nwb: {str(path)!r} has no trials table to align on (`align`); "
+                    "load it as one stream (no `align`/`window`) or pass `trial_length`"
+                )
+            span_start, span_stop = _recording_span(nwb, recording_end)
+            starts, durations = np.array([span_start]), np.array([span_stop - span_start])
+            references, row_ids = starts, np.arange(1)
         elif align is not None:
             starts, durations, references, spans, row_ids = _aligned_windows(
                 nwb.trials, align, window
@@ -314,13 +320,19 @@ def _aligned_windows(trials, align: str, window):
     return events + before, np.full(events.shape, after - before), events, spans, row_ids
 
 
+def _recording_span(nwb, recording_end: float) -> tuple[float, float]:
+    """(start, stop) seconds of the recording: over the epochs, or 0..recording end."""
+    if nwb.epochs is not None and len(nwb.epochs):
+        return (
+            float(np.min(nwb.epochs["start_time"].data[:])),
+            float(np.max(nwb.epochs["stop_time"].data[:])),
+        )
+    return 0.0, recording_end
+
+
 def _tile_recording(nwb, trial_length: float, recording_end: float):
     """Consecutive trials of `trial_length` seconds over the epochs, or 0..recording end."""
-    if nwb.epochs is not None and len(nwb.epochs):
-        span_start = float(np.min(nwb.epochs["start_time"].data[:]))
-        span_stop = float(np.max(nwb.epochs["stop_time"].data[:]))
-    else:
-        span_start, span_stop = 0.0, recording_end
+    span_start, span_stop = _recording_span(nwb, recording_end)
     num_trials = int(np.floor((span_stop - span_start) / trial_length + _BIN_SLACK))
     if num_trials < 1:
         raise ValueError(
