@@ -7,7 +7,18 @@ Examples:
     (160, 100, 30)
 """
 
-from latentjax import data, datasets, family, geometry, metrics, models, multiregion, plot, train
+from latentjax import (
+    data,
+    datasets,
+    decode,
+    family,
+    geometry,
+    metrics,
+    models,
+    multiregion,
+    plot,
+    train,
+)
 from latentjax.api import best, fit, infer, load_run, sweep
 from latentjax.data import Trials, io
 from latentjax.evaluate import evaluate
@@ -22,6 +33,7 @@ __all__ = [
     "best",
     "data",
     "datasets",
+    "decode",
     "evaluate",
     "family",
     "fit",

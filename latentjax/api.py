@@ -547,7 +547,9 @@ def best(results: Sequence[FitResult], *, score: str = "valid_loss") -> FitResul
     return results[int(np.argmin(scores))]
 
 
-def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[Posterior]:
+def infer(
+    result: FitResult, trials, *, seed=0, causal: bool = False, **options
+) -> Posterior | list[Posterior]:
     """The family's posterior of `trials` under a fitted model.
 
     Args:
@@ -556,6 +558,9 @@ def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[P
         a multi-session fit, a sequence with one `Trials` per session (or one `Trials` and
         `session=s`).
       seed: seeds sampling-based posteriors.
+      causal: the latents of bin t from bins up to t only (filtering, what a real-time
+        decoder knows: `lj.decode.stream` gives the same one bin at a time); families
+        whose `posterior` takes `causal` (`causal_families()`), a ValueError for others.
       **options: passed to the family's `posterior`.
 
     Returns:
@@ -565,6 +570,15 @@ def infer(result: FitResult, trials, *, seed=0, **options) -> Posterior | list[P
     if not isinstance(result, FitResult):
         raise ValueError(f"result must be a FitResult, got {type(result).__name__}")
     registration = families.of_config(result.config)
+    if not isinstance(causal, bool):
+        raise ValueError(f"infer: `causal` must be True or False, got {causal!r}")
+    if causal:
+        if not families.has_causal_posterior(registration.family):
+            raise ValueError(
+                f"infer: `causal=True`: the family {registration.name!r} has no causal "
+                f"posterior; families with one: {', '.join(families.causal_families())}"
+            )
+        options["causal"] = True
     trials = _as_data("trials", trials, registration)
     trials = fitted_neurons("trials", trials, result, options.get("session"))
     key = jax.random.PRNGKey(seed)

@@ -30,6 +30,9 @@ Optional names:
   autonomous dynamics (a flow or a map on its state) with the states it visited on the
   trials of `posterior`, for `lj.geometry.fixed_points(result, posterior)` (node, seqvae,
   LFADS).
+- `causal_filter(params, config, *, continuous) -> latentjax.results.CausalFilter`: causal
+  inference one bin at a time, for `lj.decode.stream` (lds, plds). A family whose
+  `posterior` takes `causal=True` (past bins only) serves `lj.infer(..., causal=True)`.
 - `adapt(config, train) -> Config`: data-dependent defaults filled in from the training
   data before anything is built (node: `time_scale` None from the trials' spans); the run
   records the adapted config. After it, `train.steps` None becomes
@@ -58,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -65,7 +69,9 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "Family",
     "Registration",
+    "causal_families",
     "get",
+    "has_causal_posterior",
     "hook",
     "names",
     "of_config",
@@ -256,3 +262,23 @@ def hook(name: str | None, hook_name: str) -> Callable | None:
     _load_built_in()
     registration = _REGISTRY.get(name) if name is not None else None
     return None if registration is None else getattr(registration.family, hook_name, None)
+
+
+def has_causal_posterior(family: Any) -> bool:
+    """Whether `family.posterior` takes the keyword `causal` (filtering on past bins)."""
+    try:
+        parameters = inspect.signature(family.posterior).parameters
+    except (TypeError, ValueError):
+        return False
+    return "causal" in parameters
+
+
+def causal_families() -> list[str]:
+    """The registered families with a causal posterior (`lj.infer(..., causal=True)`).
+
+    Examples:
+      >>> import latentjax as lj
+      >>> "lds" in lj.family.causal_families()
+      True
+    """
+    return [name for name in names() if has_causal_posterior(get(name).family)]

@@ -1,5 +1,5 @@
 """What fitting and inference return: `FitResult` and `Posterior`, and what a family's
-`dynamics` hook returns: `LearnedDynamics`.
+`dynamics` and `causal_filter` hooks return: `LearnedDynamics`, `CausalFilter`.
 
 Both are plain containers that know nothing of the family that made them, so metrics,
 geometry, plots and reports can read them without importing any model.
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["FitResult", "LearnedDynamics", "Posterior"]
+__all__ = ["CausalFilter", "FitResult", "LearnedDynamics", "Posterior"]
 
 
 @jax.tree_util.register_dataclass
@@ -99,3 +99,23 @@ class LearnedDynamics(NamedTuple):
     args: tuple
     states: Any
     latents: Callable[[Any], Any]
+
+
+class CausalFilter(NamedTuple):
+    """A fitted model's causal inference one bin at a time: what a family's optional
+    `causal_filter(params, config, *, continuous)` hook returns, for `lj.decode.stream` and
+    the family's own `posterior(..., causal=True)` (a `lax.scan` of the same `step`).
+
+    Attributes:
+      step: pure `step(constants, state, counts [N], observed) -> (state, latents [K])`:
+        bin t's counts (or signals) update the state; `observed` (a bool scalar) False
+        makes the bin a pure prediction (padding, missing bins). Defined at module level
+        (or a `functools.partial` of one with static settings), so one compilation serves
+        every set of parameters of a shape.
+      constants: the arrays `step` reads (parameters and what is precomputed from them).
+      state: the state before the first bin (a pytree of arrays).
+    """
+
+    step: Callable[..., Any]
+    constants: Any
+    state: Any

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,7 @@ from latentjax.nn.kalman import (
     Potentials,
     SmootherResult,
     filter_potentials,
+    filter_step,
     smooth_potentials,
 )
 from latentjax.nn.linear_gaussian import (
@@ -65,15 +67,17 @@ from latentjax.nn.linear_gaussian import (
     second_moment,
     subspace_init,
 )
-from latentjax.results import Posterior
+from latentjax.results import CausalFilter, Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.fitter import Fitter
 
 __all__ = [
     "Config",
+    "causal_filter",
     "FilterResult",
     "Params",
     "SmootherResult",
+    "StreamConstants",
     "canonicalize",
     "filter",
     "fitter",
@@ -548,39 +552,129 @@ def _e_step_filter_ll(params, signals, bin_mask, inputs, parallel):
     return jax.vmap(one)(signals, bin_mask, inputs)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _posterior_arrays(params, trials, config):
+def _filter_all(params: Params, signals, bin_mask, inputs, parallel: bool) -> FilterResult:
+    """Kalman filter of every trial (vmapped): the causal posterior."""
+
+    def one(signal, mask, inp):
+        prior = _latent_prior(params, inp)
+        return filter_potentials(prior, _potentials(params, signal, mask, inp), parallel=parallel)
+
+    return jax.vmap(one)(signals, bin_mask, inputs)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "causal"))
+def _posterior_arrays(params, trials, config, causal=False):
     signals, bin_mask, inputs = _signals(trials, config)
-    smoothed = _e_step(params, signals, bin_mask, inputs, config.parallel)
+    if causal:
+        marginals = _filter_all(params, signals, bin_mask, inputs, config.parallel)
+    else:
+        marginals = _e_step(params, signals, bin_mask, inputs, config.parallel)
     emissions = params.emissions
     mean_signal = (
-        smoothed.means @ emissions.weights.T + emissions.bias + inputs @ emissions.input_weights.T
+        marginals.means @ emissions.weights.T + emissions.bias + inputs @ emissions.input_weights.T
     )
     if _square_root(config, trials):
         variance = jnp.einsum(
-            "nk,btkl,nl->btn", emissions.weights, smoothed.covariances, emissions.weights
+            "nk,btkl,nl->btn", emissions.weights, marginals.covariances, emissions.weights
         )
         rates = mean_signal**2 + variance + emissions.cov
     else:
         rates = mean_signal
-    return smoothed, rates
+    return marginals, rates
 
 
-def posterior(params: Params, trials, config: Config, key=None, **options) -> Posterior:
-    """Smoothed latents of every trial.
+def posterior(
+    params: Params, trials, config: Config, key=None, *, causal: bool = False, **options
+) -> Posterior:
+    """Smoothed (or, with `causal`, filtered) latents of every trial.
+
+    Args:
+      params: fitted `Params`.
+      trials: `Trials` `[B, T, N]`.
+      config: the `Config` fitted with.
+      key: unused (exact inference).
+      causal: Kalman filter instead of the RTS smoother: the latents of bin t see bins up
+        to t only (what a real-time decoder can know; `lj.decode.stream` gives the same
+        one bin at a time).
 
     Returns:
-      `Posterior` with `latents` `[B, T, K]` (smoothed means), `rates` `[B, T, N]` (the
-      model's expected signal; for `transform="sqrt"`, expected counts per bin) and extras
-      `covariances` `[B, T, K, K]`, `log_likelihood` `[B]`.
+      `Posterior` with `latents` `[B, T, K]` (smoothed or filtered means), `rates` `[B, T, N]`
+      (the model's expected signal; for `transform="sqrt"`, expected counts per bin) and
+      extras `covariances` `[B, T, K, K]`, `log_likelihood` `[B]`.
     """
     del key
     if options:
         raise ValueError(f"lds.posterior: unknown options {sorted(options)}")
+    if not isinstance(causal, bool):
+        raise ValueError(f"lds.posterior: `causal` must be True or False, got {causal!r}")
     _check_trials(config, trials, "lds.posterior")
-    smoothed, rates = _posterior_arrays(params, trials, config)
+    marginals, rates = _posterior_arrays(params, trials, config, causal)
     return Posterior(
-        latents=smoothed.means,
+        latents=marginals.means,
         rates=rates,
-        extras={"covariances": smoothed.covariances, "log_likelihood": smoothed.log_likelihood},
+        extras={"covariances": marginals.covariances, "log_likelihood": marginals.log_likelihood},
     )
+
+
+class StreamConstants(NamedTuple):
+    """What the streaming filter of an LDS reads: `dynamics` `[K, K]`, `dynamics_bias` `[K]`,
+    `dynamics_cov` `[K, K]`, `emissions` `[N, K]`, `emissions_bias` `[N]`, `inverse_noise`
+    `[N]` (1 / r) and `precision` `[K, K]` (C^T R^-1 C, shared by every observed bin)."""
+
+    dynamics: jax.Array
+    dynamics_bias: jax.Array
+    dynamics_cov: jax.Array
+    emissions: jax.Array
+    emissions_bias: jax.Array
+    inverse_noise: jax.Array
+    precision: jax.Array
+
+
+def _stream_step(square_root: bool, constants: StreamConstants, state, counts, observed):
+    mean, cov = state
+    signal = jnp.sqrt(counts) if square_root else counts
+    weight = jnp.asarray(observed, mean.dtype)
+    scaled = weight * constants.inverse_noise * (signal - constants.emissions_bias)
+    filtered_mean, _, next_mean, next_cov = filter_step(
+        mean,
+        cov,
+        weight * constants.precision,
+        constants.emissions.T @ scaled,
+        constants.dynamics,
+        constants.dynamics_bias,
+        constants.dynamics_cov,
+    )
+    return (next_mean, next_cov), filtered_mean
+
+
+def causal_filter(params: Params, config: Config, *, continuous: bool = False) -> CausalFilter:
+    """The Kalman filter one bin at a time (the `causal_filter` hook of `lj.decode.stream`).
+
+    Args:
+      params: fitted `Params` (without inputs: a stream has no future behaviour to drive it).
+      config: the `Config` fitted with.
+      continuous: whether the model was fitted on continuous signals (then no square root).
+
+    Returns:
+      `CausalFilter` whose `step(constants, state, counts [N], observed)` returns the
+      filtered mean `[K]`: over a trial, exactly `posterior(..., causal=True).latents`.
+    """
+    if config.inputs != "none":
+        raise ValueError(
+            "lds.causal_filter: a model driven by `inputs` cannot stream (it would need "
+            "the behaviour it decodes); fit with inputs='none'"
+        )
+    square_root = config.transform == "sqrt" or (config.transform == "auto" and not continuous)
+    emissions, dynamics = params.emissions, params.dynamics
+    inverse_noise = 1.0 / emissions.cov
+    constants = StreamConstants(
+        dynamics.weights,
+        dynamics.bias,
+        dynamics.cov,
+        emissions.weights,
+        emissions.bias,
+        inverse_noise,
+        emissions.weights.T @ (inverse_noise[:, None] * emissions.weights),
+    )
+    step = functools.partial(_stream_step, square_root)
+    return CausalFilter(step, constants, (params.initial.mean, params.initial.cov))

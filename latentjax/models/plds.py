@@ -45,11 +45,20 @@ from jax.scipy.special import gammaln
 from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
 from latentjax.nn.linear_gaussian import emission_potentials, prior_m_step, subspace_init
-from latentjax.results import Posterior
+from latentjax.results import CausalFilter, Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.fitter import Fitter
 
-__all__ = ["Config", "Params", "fitter", "init", "posterior", "validation_loss"]
+__all__ = [
+    "Config",
+    "Params",
+    "StreamConstants",
+    "causal_filter",
+    "fitter",
+    "init",
+    "posterior",
+    "validation_loss",
+]
 
 _LINKS = ("exp", "softplus")
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
@@ -66,6 +75,8 @@ class Config:
       newton_iters: damped Newton iterations of the Laplace E-step per EM iteration (warm
         started from the previous iteration's mode).
       posterior_newton_iters: Newton iterations when inferring new trials (cold start).
+      filter_newton_iters: damped Newton iterations per bin of the causal Laplace filter
+        (`posterior(..., causal=True)`, `lj.decode.stream`), started at the prediction.
       emission_newton_iters: damped Newton iterations of the emission M-step.
       parallel: associative-scan smoother inside each Newton step.
       min_variance: floor on the eigenvalues of Q and P_0 (knob).
@@ -77,13 +88,14 @@ class Config:
     train: TrainConfig = TrainConfig(steps=50, chunk_size=10)
     newton_iters: int = 5
     posterior_newton_iters: int = 25
+    filter_newton_iters: int = 3
     emission_newton_iters: int = 3
     parallel: bool = False
     min_variance: float = knob(1e-4, "positive")
     init_jitter: float = knob(0.05, "nonnegative")
 
     def __post_init__(self):
-        for name in ("latent_dim", "newton_iters", "posterior_newton_iters"):
+        for name in ("latent_dim", "newton_iters", "posterior_newton_iters", "filter_newton_iters"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"plds.Config: `{name}` must be a positive int, got {value!r}")
@@ -342,30 +354,154 @@ def _posterior_arrays(params: Params, trials, config: Config):
     counts, bin_mask = _counts(trials)
     start = jnp.zeros(counts.shape[:2] + (config.latent_dim,), counts.dtype)
     smoothed = _laplace(params, counts, bin_mask, start, config, config.posterior_newton_iters)
-    linear = smoothed.means @ params.emissions.T + params.emissions_bias
-    if config.link == "exp":
-        variance = jnp.einsum(
-            "nk,btkl,nl->btn", params.emissions, smoothed.covariances, params.emissions
-        )
-        rates = jnp.exp(linear + 0.5 * variance)
-    else:
-        rates = jax.nn.softplus(linear)
-    return smoothed, rates
+    return smoothed, _rates(params, smoothed.means, smoothed.covariances, config)
 
 
-def posterior(params: Params, trials, config: Config, key=None, **options) -> Posterior:
-    """Laplace posterior of every trial.
+class StreamConstants(NamedTuple):
+    """What the causal Laplace filter reads: `dynamics` `[K, K]`, `dynamics_bias` `[K]`,
+    `dynamics_cov` `[K, K]`, `emissions` `[N, K]`, `emissions_bias` `[N]`."""
+
+    dynamics: jax.Array
+    dynamics_bias: jax.Array
+    dynamics_cov: jax.Array
+    emissions: jax.Array
+    emissions_bias: jax.Array
+
+
+def _inverse_spd(matrix):
+    root = jnp.linalg.cholesky(0.5 * (matrix + matrix.T))
+    return jax.scipy.linalg.cho_solve((root, True), jnp.eye(matrix.shape[0], dtype=matrix.dtype))
+
+
+def _filter_bin(link: str, num_iters: int, constants: StreamConstants, state, counts, observed):
+    """One bin of the causal Laplace filter: the mode and curvature of
+    log p(y_t | z) + log N(z; predicted) by damped Newton from the prediction, then the
+    Gaussian prediction of the next bin. Returns (state, (mode [K], covariance [K, K]))."""
+    mean, cov = state
+    weight = jnp.asarray(observed, mean.dtype)
+    emissions = constants.emissions
+    prior_precision = _inverse_spd(cov)
+
+    def terms(latent):
+        return _log_likelihood_terms(link, counts, emissions @ latent + constants.emissions_bias)
+
+    def objective(latent):
+        offset = latent - mean
+        return weight * jnp.sum(terms(latent)[0]) - 0.5 * offset @ prior_precision @ offset
+
+    def hessian(curvature):
+        return emissions.T @ ((weight * curvature)[:, None] * emissions) + prior_precision
+
+    def newton(latent, _):
+        _, gradient, curvature = terms(latent)
+        ascent = emissions.T @ (weight * gradient) - prior_precision @ (latent - mean)
+        direction = jnp.linalg.solve(hessian(curvature), ascent)
+        candidates = jnp.stack([latent + a * direction for a in _STEP_SIZES])
+        values = jax.vmap(objective)(candidates)
+        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
+        return candidates[best], None
+
+    mode, _ = jax.lax.scan(newton, mean, None, length=num_iters)
+    filtered_cov = _inverse_spd(hessian(terms(mode)[2]))
+    dynamics = constants.dynamics
+    next_mean = dynamics @ mode + constants.dynamics_bias
+    next_cov = dynamics @ filtered_cov @ dynamics.T + constants.dynamics_cov
+    return (next_mean, 0.5 * (next_cov + next_cov.T)), (mode, filtered_cov)
+
+
+def _stream_step(link: str, num_iters: int, constants, state, counts, observed):
+    state, (mode, _) = _filter_bin(link, num_iters, constants, state, counts, observed)
+    return state, mode
+
+
+def _stream_constants(params: Params) -> StreamConstants:
+    return StreamConstants(
+        params.dynamics,
+        params.dynamics_bias,
+        params.dynamics_cov,
+        params.emissions,
+        params.emissions_bias,
+    )
+
+
+def causal_filter(params: Params, config: Config, *, continuous: bool = False) -> CausalFilter:
+    """The causal Laplace filter one bin at a time (the hook of `lj.decode.stream`).
+
+    At bin t the Gaussian prediction N(m_t, P_t) of z_t meets the Poisson likelihood of
+    y_t; the filtered latent is the mode of their product (`filter_newton_iters` damped
+    Newton steps from m_t) and its covariance the inverse curvature there (a Laplace
+    approximation, as the point-process filters of Eden et al. 2004); the next prediction
+    is N(F mode + b, F Sigma F^T + Q).
+
+    Args:
+      params: fitted `Params`.
+      config: the `Config` fitted with.
+      continuous: must be False (the model is of spike counts).
 
     Returns:
-      `Posterior` with `latents` `[B, T, K]` (posterior modes), `rates` `[B, T, N]` (expected
-      counts per bin: E[exp(c^T z + d)] under the Laplace posterior for the exp link, the
-      plug-in rate for softplus) and extras `covariances` `[B, T, K, K]` and
-      `log_likelihood` `[B]` (Laplace approximation of log p(y)).
+      `CausalFilter` whose `step(constants, state, counts [N], observed)` returns the
+      filtered mode `[K]`: over a trial, exactly `posterior(..., causal=True).latents`.
+    """
+    if continuous:
+        raise ValueError("plds.causal_filter: the Poisson LDS needs spike counts")
+    step = functools.partial(_stream_step, config.link, config.filter_newton_iters)
+    return CausalFilter(step, _stream_constants(params), (params.initial_mean, params.initial_cov))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _causal_arrays(params: Params, trials, config: Config):
+    counts, bin_mask = _counts(trials)
+    constants = _stream_constants(params)
+    bin_step = functools.partial(_filter_bin, config.link, config.filter_newton_iters, constants)
+
+    def one(trial_counts, trial_mask):
+        state = (params.initial_mean, params.initial_cov)
+        _, (modes, covs) = jax.lax.scan(
+            lambda carry, inputs: bin_step(carry, *inputs), state, (trial_counts, trial_mask)
+        )
+        return modes, covs
+
+    modes, covs = jax.vmap(one)(counts, bin_mask)
+    return modes, covs, _rates(params, modes, covs, config)
+
+
+def _rates(params: Params, means, covs, config: Config):
+    linear = means @ params.emissions.T + params.emissions_bias
+    if config.link == "exp":
+        variance = jnp.einsum("nk,btkl,nl->btn", params.emissions, covs, params.emissions)
+        return jnp.exp(linear + 0.5 * variance)
+    return jax.nn.softplus(linear)
+
+
+def posterior(
+    params: Params, trials, config: Config, key=None, *, causal: bool = False, **options
+) -> Posterior:
+    """Laplace posterior of every trial, or with `causal` the causal Laplace filter.
+
+    Args:
+      params: fitted `Params`.
+      trials: `Trials` `[B, T, N]` of spike counts.
+      config: the `Config` fitted with.
+      key: unused.
+      causal: filter instead of smooth: the latents of bin t see bins up to t only
+        (`causal_filter`; `lj.decode.stream` gives the same one bin at a time).
+
+    Returns:
+      `Posterior` with `latents` `[B, T, K]` (posterior modes, or filtered modes), `rates`
+      `[B, T, N]` (expected counts per bin: E[exp(c^T z + d)] under the Laplace posterior
+      for the exp link, the plug-in rate for softplus) and extras `covariances`
+      `[B, T, K, K]` and (smoothing only) `log_likelihood` `[B]` (Laplace approximation
+      of log p(y)).
     """
     del key
     if options:
         raise ValueError(f"plds.posterior: unknown options {sorted(options)}")
+    if not isinstance(causal, bool):
+        raise ValueError(f"plds.posterior: `causal` must be True or False, got {causal!r}")
     _check_trials(config, trials, "plds.posterior")
+    if causal:
+        modes, covs, rates = _causal_arrays(params, trials, config)
+        return Posterior(latents=modes, rates=rates, extras={"covariances": covs})
     smoothed, rates = _posterior_arrays(params, trials, config)
     return Posterior(
         latents=smoothed.means,

@@ -58,6 +58,7 @@ __all__ = [
     "Potentials",
     "SmootherResult",
     "filter_potentials",
+    "filter_step",
     "smooth_potentials",
 ]
 
@@ -166,6 +167,38 @@ def _predict(mean, cov, prior: LatentPrior, offset):
     new_mean = prior.dynamics @ mean + offset
     new_cov = prior.dynamics @ cov @ prior.dynamics.T + prior.dynamics_cov
     return new_mean, _symmetrize(new_cov)
+
+
+def filter_step(mean, cov, information, shift, dynamics, offset, dynamics_cov):
+    """One bin of the Kalman filter, for streaming: condition, then predict the next bin.
+
+    The same recursion as `filter_potentials` (which runs it over a whole trial), written
+    for one bin so that a real-time decoder can carry `(mean, cov)` from bin to bin.
+
+    Args:
+      mean: `[K]` predicted mean of z_t given the bins before t.
+      cov: `[K, K]` its covariance.
+      information: `[K, K]` J_t of bin t's potential (zero for a missing bin).
+      shift: `[K]` h_t of bin t's potential.
+      dynamics: `[K, K]` (F); offset: `[K]` (b_{t+1}); dynamics_cov: `[K, K]` (Q).
+
+    Returns:
+      `(filtered_mean [K], filtered_cov [K, K], next_mean [K], next_cov [K, K])`: z_t given
+      bins up to t, and the prediction of z_{t+1}.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from latentjax.nn.kalman import filter_step
+      >>> eye = jnp.eye(2)
+      >>> m, P, m_next, P_next = filter_step(jnp.zeros(2), eye, eye, jnp.ones(2),
+      ...                                    0.5 * eye, jnp.zeros(2), eye)
+      >>> m.round(4).tolist(), P_next[0, 0].round(4).item()  # N(0, I) given y = 1
+      ([0.5, 0.5], 1.125)
+    """
+    filtered_mean, filtered_cov, _ = _condition(mean, cov, information, shift, 0.0)
+    next_mean = dynamics @ filtered_mean + offset
+    next_cov = _symmetrize(dynamics @ filtered_cov @ dynamics.T + dynamics_cov)
+    return filtered_mean, filtered_cov, next_mean, next_cov
 
 
 def _sequential_filter(prior: LatentPrior, potentials: Potentials) -> FilterResult:
