@@ -493,10 +493,14 @@ class Stream:
 
     def __init__(self, filter_step, filter_constants, filter_state, readout, num_neurons):
         readout_init, readout_step = (None, None) if readout is None else _readout(readout)
-        self._readout_state = None if readout is None else readout_init(readout.params)
-        self._filter_state = filter_state
+        readout_state = None if readout is None else readout_init(readout.params)
+        # device arrays throughout, so that the first call and the later ones (which get
+        # the step's own outputs) hit the same compiled program
+        self._state = jax.tree.map(jnp.asarray, (filter_state, readout_state))
         self.num_neurons = num_neurons
-        self.constants = (filter_constants, None if readout is None else readout.params)
+        self.constants = jax.tree.map(
+            jnp.asarray, (filter_constants, None if readout is None else readout.params)
+        )
         body = functools.partial(_combined_step, filter_step, readout_step)
         self._step = jax.jit(body)
 
@@ -507,7 +511,7 @@ class Stream:
 
     def init(self):
         """The state before the first bin (a pytree of arrays)."""
-        return (self._filter_state, self._readout_state)
+        return self._state
 
     def step(self, state, counts):
         """One bin: `counts` `[neurons]` -> `(state, out)`."""

@@ -398,8 +398,11 @@ def _filter_bin(link: str, num_iters: int, constants: StreamConstants, state, co
         direction = jnp.linalg.solve(hessian(curvature), ascent)
         candidates = jnp.stack([latent + a * direction for a in _STEP_SIZES])
         values = jax.vmap(objective)(candidates)
-        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-        return candidates[best], None
+        # the longest step that does not lower the objective (Newton's full step near the
+        # mode): unlike the best of the candidates, rounding cannot flip this choice there
+        tolerance = 1e-5 * (1.0 + jnp.abs(values[-1]))
+        accepted = jnp.isfinite(values) & (values >= values[-1] - tolerance)
+        return candidates[jnp.argmax(accepted)], None
 
     mode, _ = jax.lax.scan(newton, mean, None, length=num_iters)
     filtered_cov = _inverse_spd(hessian(terms(mode)[2]))
