@@ -16,7 +16,8 @@ from pathlib import Path
 __all__ = ["main"]
 
 DATA_HELP = """trials to use: a .npz written by lj.io.save, an .nwb file in the NLB layout (with
---bin-size and optionally --align/--window or --trial-length), or a built-in dataset name with
+--bin-size and optionally --align/--window or --trial-length), a .csv recording of one row per
+sample (lj.io.load_csv, with --bin-size), or a built-in dataset name with
 optional sizes, e.g. `lorenz` or `lorenz:num_trials=40,num_bins=50`. Default: for `fit` and
 `sweep` the built-in dataset that suits the family; for `infer` and `evaluate` the data the
 run was fitted on"""
@@ -61,11 +62,15 @@ def load_data(spec: str, args) -> tuple:
     import latentjax as lj
 
     path = Path(spec)
-    if path.suffix in (".npz", ".nwb"):
+    if path.suffix in (".npz", ".nwb", ".csv"):
         if not path.exists():
             raise CommandError(f"--data: no such file {spec}")
         if path.suffix == ".npz":
             return lj.io.load(path), None
+        if path.suffix == ".csv":
+            if args.bin_size is None:
+                raise CommandError("--data: a .csv recording needs --bin-size (seconds)")
+            return lj.io.load_csv(path, bin_size=args.bin_size), None
         if args.bin_size is None:
             raise CommandError("--data: an .nwb file needs --bin-size (seconds)")
         window = tuple(args.window) if args.window else None
@@ -264,6 +269,116 @@ def cmd_evaluate(args) -> None:
     print(f"wrote {out}")
 
 
+_DECODERS = ("wiener", "kalman_velocity")
+
+
+def _held_out(trials, test_spec, fraction, args):
+    """(train, test): the trials of `--test`, else the last trial, else (one stream) its
+    last `fraction` of bins."""
+    import latentjax as lj
+
+    if test_spec is not None:
+        test, _ = load_data(test_spec, args)
+        return trials, test
+    if trials.num_trials > 1:
+        return trials[: trials.num_trials - 1], trials[trials.num_trials - 1]
+    if not 0 < fraction < 1:
+        raise CommandError(f"--test-fraction must be in (0, 1), got {fraction}")
+    cut = int(round(trials.num_bins * (1 - fraction)))
+    if cut < 10 or trials.num_bins - cut < 2:
+        raise CommandError(f"--test-fraction: {trials.num_bins} bins are too few to split")
+
+    def part(start, stop):
+        fields = trials.fields()
+        for name in ("spikes", "times", "mask", "behavior"):
+            if fields[name] is not None:
+                fields[name] = fields[name][:, start:stop]
+        return lj.Trials(**fields)
+
+    return part(0, cut), part(cut, trials.num_bins)
+
+
+def cmd_decode(args) -> None:
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    import latentjax as lj
+
+    if args.data is None:
+        raise CommandError("--data: give the recording to train on (with behaviour)")
+    if args.data_seed is None:
+        args.data_seed = 0
+    trials, _ = load_data(args.data, args)
+    train, test = _held_out(trials, args.test, args.test_fraction, args)
+    if train.behavior is None or test.behavior is None:
+        raise CommandError("--data: the recording has no behaviour to decode")
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    wiener = lj.decode.Wiener(lags=args.lags, smooth=args.smooth)
+    if args.family == "kalman_velocity":
+        decoder = lj.decode.stream(
+            None, lj.decode.fit(lj.decode.KalmanVelocity(), train, train.behavior)
+        )
+    elif args.family == "wiener":
+        decoder = lj.decode.stream(None, lj.decode.fit(wiener, train, train.behavior))
+    else:
+        streaming = [
+            name
+            for name in lj.family.names()
+            if callable(getattr(lj.family.get(name).family, "causal_filter", None))
+        ]
+        if family_registration(args.family).name not in streaming:
+            raise CommandError(
+                f"family {args.family!r} has no causal filter to stream; choose one of "
+                f"{', '.join(streaming + list(_DECODERS))}"
+            )
+        config = build_config(args.family, args.config, args.set)
+        result = lj.fit(
+            config, train, seed=args.seed, steps=args.steps, out=out / "model",
+            progress=not args.no_progress,
+        )  # fmt: skip
+        latents = lj.infer(result, train, causal=True)
+        readout = lj.decode.fit(dataclasses.replace(wiener, smooth=0.0), latents, train.behavior)
+        decoder = lj.decode.stream(result, readout)
+    replayed = lj.decode.replay(decoder, test)
+    score = lj.decode.r2(replayed.outputs, test.behavior, mask=test.mask)
+    milliseconds = replayed.seconds * 1000
+    summary = {
+        "decoder": args.family,
+        "test_bins": int(np.prod(milliseconds.shape)),
+        "r2_per_axis": [float(v) for v in score.per_axis],
+        "r2_mean": score.mean,
+        "latency_ms": {
+            "p50": float(np.percentile(milliseconds, 50)),
+            "p99": float(np.percentile(milliseconds, 99)),
+            "max": float(milliseconds.max()),
+        },
+    }
+    np.savez(
+        out / "decoded.npz",
+        decoded=replayed.outputs,
+        behavior=test.behavior,
+        latency_seconds=replayed.seconds,
+    )
+    (out / "decode.json").write_text(json.dumps(summary, indent=1) + "\n")
+    figures = {
+        "latency.png": lj.plot.latency_histogram(replayed.seconds),
+        "decoded_velocity.png": lj.plot.decoded_behavior(
+            replayed.outputs[0], test.behavior[0], dt=test.dt, title=f"{args.family}, causal"
+        ),
+    }
+    for name, figure in figures.items():
+        figure.savefig(out / "figures" / name, dpi=100)
+    print(
+        f"R² {score.mean:.3f} (per axis {', '.join(f'{v:.3f}' for v in score.per_axis)}); "
+        f"latency p50 {summary['latency_ms']['p50']:.3f} ms, "
+        f"p99 {summary['latency_ms']['p99']:.3f} ms over {summary['test_bins']} bins"
+    )
+    print(f"wrote {out}")
+
+
 def _one_result(results, run):
     if isinstance(results, list):
         raise CommandError(
@@ -391,6 +506,38 @@ def make_parser() -> argparse.ArgumentParser:
         "latentjax report --run runs/lds",
     )
     report.add_argument("--run", required=True, help="run folder written by fit")
+
+    decode = add(
+        "decode",
+        cmd_decode,
+        "train a real-time decoder on a recording, replay a held-out stream bin by bin",
+        "latentjax decode lds --data trial_748_data.csv --test trial_1356_data.csv "
+        "--bin-size 0.02 --set latent_dim=8 --out runs/decode",
+    )
+    decode.add_argument(
+        "family",
+        help="a family with a causal filter (lds, plds: a Wiener read-out of its causal "
+        "latents), or `wiener` (Wiener filter on smoothed spikes) or `kalman_velocity` "
+        "(Kalman filter with behaviour as the state)",
+    )
+    decode.add_argument("--out", required=True, help="output folder")
+    decode.add_argument(
+        "--test", help="held-out recording to replay (default: the last trial, or the last "
+        "--test-fraction of a single stream)"
+    )  # fmt: skip
+    decode.add_argument("--test-fraction", type=float, default=0.2)
+    decode.add_argument("--lags", type=int, default=5, help="Wiener window in bins (default 5)")
+    decode.add_argument(
+        "--smooth", type=float, default=2.0, help="`wiener`: smoothing time constant in bins"
+    )
+    decode.add_argument("--config", help="TOML file of Config fields")
+    decode.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    decode.add_argument("--steps", type=int, help="EM iterations / training steps")
+    decode.add_argument("--seed", type=int, default=0)
+    decode.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_arguments(decode)
 
     add("datasets", cmd_datasets, "list the built-in synthetic datasets", "latentjax datasets")
     add("families", cmd_families, "list the registered model families", "latentjax families")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -65,11 +66,13 @@ __all__ = [
     "fit",
     "predict",
     "r2",
+    "replay",
     "stream",
 ]
 
 _ALPHAS = np.logspace(-3, 5, 17)
 _CV_FOLDS = 5
+_CV_BLOCK = 5
 _TRANSFORMS = ("sqrt", "none")
 
 
@@ -85,7 +88,8 @@ class Wiener:
       lags: bins of history in the design (1: the current bin only); the causal window is
         `lags` bins (plus the smoothing's memory).
       alpha: ridge penalty on standardised inputs; None chooses it from
-        `logspace(-3, 5, 17)` by 5-fold cross-validation over contiguous blocks of bins.
+        `logspace(-3, 5, 17)` by 5-fold cross-validation, the folds made of interleaved
+        blocks of 5 bins.
       smooth: time constant, in bins, of a causal exponential smoothing of the inputs
         before the lags (0: none), s_t = a s_{t-1} + (1 - a) x_t with a = exp(-1 / smooth).
     """
@@ -165,12 +169,16 @@ class Decoder:
       params: `WienerParams` or `KalmanParams`.
       num_inputs: input features per bin it takes.
       alpha: the ridge penalty used (Wiener), or None.
+      cv_r2: the cross-validated R² on the training bins (mean over behaviour dims) at the
+        chosen penalty, when `alpha` was chosen by cross-validation; else None. A score of
+        the training data only, for choosing among decoders without the test data.
     """
 
     config: Any
     params: Any
     num_inputs: int
     alpha: float | None = None
+    cv_r2: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,8 +281,12 @@ def _ridge(design: np.ndarray, targets: np.ndarray, alpha: float):
     return weights, mean_y - mean_x @ weights
 
 
-def _cv_alpha(design: np.ndarray, targets: np.ndarray) -> float:
-    folds = np.array_split(np.arange(len(design)), _CV_FOLDS)
+def _cv_alpha(design: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """The penalty of least squared error over folds of interleaved blocks of `_CV_BLOCK`
+    bins (block i in fold i mod 5): every fold sees every part of a recording, so one
+    movement in a short recording is not all in one fold."""
+    blocks = np.arange(len(design)) // _CV_BLOCK
+    folds = [np.flatnonzero(blocks % _CV_FOLDS == fold) for fold in range(_CV_FOLDS)]
     scores = []
     for alpha in _ALPHAS:
         error = 0.0
@@ -282,9 +294,11 @@ def _cv_alpha(design: np.ndarray, targets: np.ndarray) -> float:
             train = np.ones(len(design), bool)
             train[fold] = False
             weights, intercept = _ridge(design[train], targets[train], alpha)
-            error += np.sum((design[fold] @ weights + intercept - targets[fold]) ** 2)
+            error += np.sum((design[fold] @ weights + intercept - targets[fold]) ** 2, 0)
         scores.append(error)
-    return float(_ALPHAS[int(np.argmin(scores))])
+    best = int(np.argmin([np.sum(score) for score in scores]))
+    total = np.sum((targets - targets.mean(0)) ** 2, 0)
+    return float(_ALPHAS[best]), float(np.mean(1 - scores[best] / total))
 
 
 def _fit_wiener(config: Wiener, inputs, behavior, mask) -> Decoder:
@@ -294,7 +308,9 @@ def _fit_wiener(config: Wiener, inputs, behavior, mask) -> Decoder:
     targets = behavior[mask]
     scale = features.std(0) + 1e-12
     standardised = features / scale
-    alpha = config.alpha if config.alpha is not None else _cv_alpha(standardised, targets)
+    alpha, cv_r2 = config.alpha, None
+    if alpha is None:
+        alpha, cv_r2 = _cv_alpha(standardised, targets)
     weights, intercept = _ridge(standardised, targets, alpha)
     weights = (weights / scale[:, None]).reshape(config.lags, inputs.shape[-1], -1)
     params = WienerParams(
@@ -303,7 +319,7 @@ def _fit_wiener(config: Wiener, inputs, behavior, mask) -> Decoder:
         jnp.asarray(decay, jnp.float32),
         jnp.asarray(start, jnp.float32),
     )
-    return Decoder(config, params, inputs.shape[-1], alpha)
+    return Decoder(config, params, inputs.shape[-1], alpha, cv_r2)
 
 
 def _covariance(residuals: np.ndarray) -> np.ndarray:
@@ -571,3 +587,49 @@ def stream(result: FitResult | None, readout: Decoder | None = None) -> Stream:
     if num_neurons is None:
         num_neurons = np.shape(causal.constants.emissions)[0]
     return Stream(causal.step, causal.constants, causal.state, readout, num_neurons)
+
+
+class Replay(NamedTuple):
+    """What `replay` returns: `outputs` `[trials, time, ...]` (decoded behaviour or latents)
+    and `seconds` `[trials, time]`, the wall time of each step (output on the host)."""
+
+    outputs: np.ndarray
+    seconds: np.ndarray
+
+
+def replay(decoder: Stream, recording, *, warmup: int = 5) -> Replay:
+    """Replay a recording as a live stream: one `step` per bin, its output copied to the
+    host before the next bin, as a real-time loop would.
+
+    Args:
+      decoder: a `Stream` from `stream`.
+      recording: `Trials` (each trial replayed from a fresh `init()`) or `[time, neurons]`
+        counts of one recording.
+      warmup: steps run (and discarded) first, so that compiling is not timed.
+
+    Returns:
+      `Replay(outputs [trials, time, ...], seconds [trials, time])`.
+    """
+    if not isinstance(decoder, Stream):
+        raise ValueError(f"replay: `decoder` must be a Stream, got {type(decoder).__name__}")
+    counts = recording.spikes if isinstance(recording, Trials) else np.asarray(recording)[None]
+    if counts.ndim != 3 or counts.shape[-1] != decoder.num_neurons:
+        raise ValueError(
+            f"replay: `recording` must be [time, {decoder.num_neurons}] counts or Trials of "
+            f"{decoder.num_neurons} neurons, got shape {np.shape(counts)}"
+        )
+    counts = np.asarray(counts, np.float32)
+    state = decoder.init()
+    for t in range(warmup):
+        state, out = decoder.step(state, counts[0, t % counts.shape[1]])
+        np.asarray(out)
+    outputs, seconds = [], np.empty(counts.shape[:2])
+    for trial, trial_counts in enumerate(counts):
+        state, trial_outputs = decoder.init(), []
+        for t, bin_counts in enumerate(trial_counts):
+            start = time.perf_counter()
+            state, out = decoder.step(state, bin_counts)
+            trial_outputs.append(np.asarray(out))
+            seconds[trial, t] = time.perf_counter() - start
+        outputs.append(trial_outputs)
+    return Replay(np.asarray(outputs), seconds)

@@ -54,9 +54,9 @@ def run(model: str, seed: int, trials: int, steps: int) -> dict:
     corners = {tuple(np.sign(point).astype(int)) for point in attractors}
     return dict(
         rate_r2=lj.metrics.rate_r2(rates, np.asarray(post.rates)),
-        bits_r2=1 - np.sum((design @ to_bits - bits.reshape(-1, 3)) ** 2) / np.sum(
-            (bits.reshape(-1, 3) - bits.reshape(-1, 3).mean(0)) ** 2
-        ),
+        bits_r2=1
+        - np.sum((design @ to_bits - bits.reshape(-1, 3)) ** 2)
+        / np.sum((bits.reshape(-1, 3) - bits.reshape(-1, 3).mean(0)) ** 2),
         attractors=int(found.stable.sum()),
         other=int((~found.stable).sum()),
         corners=len(corners),

@@ -26,7 +26,7 @@ import numpy as np
 from latentjax.data.nwb import load_nwb, nwb_heldout_units
 from latentjax.data.trials import Trials
 
-__all__ = ["load", "load_nwb", "nwb_heldout_units", "save"]
+__all__ = ["load", "load_csv", "load_nwb", "nwb_heldout_units", "save"]
 
 _REQUIRED = ("spikes", "dt")
 _LABELS = ("condition_names", "regions", "neuron_ids")
@@ -92,6 +92,77 @@ def load(path, **nwb_options) -> Trials:
     if path.suffix != ".npz":
         raise ValueError(f"load: `path` must end in .npz or .nwb, got {str(path)!r}")
     return _load_npz(path)
+
+
+def load_csv(
+    path,
+    *,
+    bin_size: float,
+    time_column: str = "timestamp",
+    unit_prefix: str = "unit_",
+    behavior=("hand_vel_x", "hand_vel_y"),
+) -> Trials:
+    """Read a continuous recording stored one row per sample (e.g. 1 ms) as a stream.
+
+    The layout of `shared/data/mc_maze_two_trials`: a column of times in seconds, one 0/1
+    (or count) column per unit, and behaviour columns. Rows are grouped into bins of
+    `bin_size` (a whole number of rows; the partial last bin is dropped): spikes are summed,
+    behaviour averaged.
+
+    Args:
+      path: a `.csv` file with a header row.
+      bin_size: seconds per bin; a whole multiple of the rows' sampling interval.
+      time_column: the column of sample times (seconds, regular).
+      unit_prefix: columns whose names start with it are units (their name, less the
+        prefix, becomes the neuron id).
+      behavior: columns read into `behavior` (`()` for none).
+
+    Returns:
+      A one-trial `Trials` `[1, bins, units]` (a stream; `lj.data.chop` cuts it into windows)
+      with `times` from 0, `neuron_ids`, and `behavior` `[1, bins, len(behavior)]`.
+
+    Examples:
+      >>> import latentjax as lj
+      >>> stream = lj.io.load_csv("trial_748_data.csv", bin_size=0.02)  # doctest: +SKIP
+      >>> stream.shape                                                  # doctest: +SKIP
+      (1, 161, 182)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"load_csv: no such file {str(path)!r}")
+    with path.open() as handle:
+        header = handle.readline().strip().split(",")
+    values = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    if time_column not in header:
+        raise ValueError(f"load_csv: no column `time_column` {time_column!r} in {str(path)!r}")
+    behavior = [behavior] if isinstance(behavior, str) else list(behavior)
+    missing = [name for name in behavior if name not in header]
+    if missing:
+        raise ValueError(f"load_csv: `behavior` columns {missing} are not in {str(path)!r}")
+    units = [i for i, name in enumerate(header) if name.startswith(unit_prefix)]
+    if not units:
+        raise ValueError(f"load_csv: no column starts with `unit_prefix` {unit_prefix!r}")
+    times = values[:, header.index(time_column)]
+    step = float(np.median(np.diff(times)))
+    rows = bin_size / step
+    if not np.isclose(rows, round(rows), rtol=1e-6) or round(rows) < 1:
+        raise ValueError(
+            f"load_csv: `bin_size` {bin_size:g} s must be a whole multiple of the sampling "
+            f"interval {step:g} s"
+        )
+    rows = round(rows)
+    num_bins = len(values) // rows
+    if num_bins < 1:
+        raise ValueError(f"load_csv: the recording is shorter than one bin ({bin_size:g} s)")
+    binned = values[: num_bins * rows].reshape(num_bins, rows, -1)
+    spikes = np.rint(binned[:, :, units].sum(1)).astype(np.int32)
+    columns = [header.index(name) for name in behavior]
+    return Trials(
+        spikes[None],
+        bin_size,
+        behavior=binned[:, :, columns].mean(1)[None] if columns else None,
+        neuron_ids=[header[i][len(unit_prefix) :] for i in units],
+    )
 
 
 def _load_npz(path: Path) -> Trials:

@@ -1,0 +1,229 @@
+"""Real-time decoding on two real MC_Maze trials, and the latency of one streaming step.
+
+Writes `benchmarks/realtime.md` (sections `decoding` and `latency`):
+
+1. Decoding hand velocity (NLB MC_Maze, DANDI:000128, monkey Jenkins; trials 748 and 1356
+   from `shared/data/mc_maze_two_trials`, prepared by the HiSDE project): train on trial
+   748, test on trial 1356, 20 ms bins, 182 units. Every decoder is causal (bin t decoded
+   from bins up to t). For each causal window of `lags` bins, a Wiener filter (ridge on the
+   `lags` most recent bins) on the causal latents of each family that has a causal
+   posterior (lds, plds), against the same Wiener filter on causally smoothed spikes, and
+   the Kalman velocity decoder (Wu et al. 2006) on spikes. Model sizes (latents) and the
+   spike smoothing are chosen by the training trial's cross-validated R² only; the ridge
+   penalties likewise. R² on the test trial per axis and mean. Two trials are a smoke test
+   of the pipeline on real data, not a ranking of decoders.
+2. Latency of `lj.decode.stream(...).step` per bin (182 neurons, the test trial replayed
+   in a loop, the output copied to the host every step), p50 and p99 over at least 10,000
+   steps, one process: Kalman-family streams (lds, plds, the Kalman velocity decoder) and
+   the Wiener filter on spikes.
+
+Usage: `python scripts/bench_realtime.py [--quick]` (`--quick`: one model size, 2,000
+steps, no file written unless `--out` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from _report import BENCHMARKS, machine, write_section
+
+import latentjax as lj
+
+DATA = Path(
+    os.environ.get("LATENTJAX_SHARED_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+BIN = 0.02
+LAGS = (1, 5, 10)
+
+
+def load():
+    folder = DATA / "mc_maze_two_trials"
+    train = lj.io.load_csv(folder / "trial_748_data.csv", bin_size=BIN)
+    test = lj.io.load_csv(folder / "trial_1356_data.csv", bin_size=BIN)
+    return train, test
+
+
+def config_of(family: str, latent_dim: int):
+    if family == "lds":
+        return lj.models.lds.Config(latent_dim=latent_dim, train=lj.train.TrainConfig(steps=100))
+    return lj.models.plds.Config(latent_dim=latent_dim, train=lj.train.TrainConfig(steps=50))
+
+
+def choose(candidates):
+    """The candidate (a dict with `cv_r2`) of best training cross-validated R²."""
+    return max(candidates, key=lambda c: c["cv_r2"])
+
+
+def decoding(train, test, sizes, smooths):
+    rows, fitted = [], {}
+    for family in ("lds", "plds"):
+        candidates = []
+        for latent_dim in sizes:
+            start = time.perf_counter()
+            result = lj.fit(config_of(family, latent_dim), train, progress=False)
+            causal_train = lj.infer(result, train, causal=True)
+            causal_test = lj.infer(result, test, causal=True)
+            readouts = {
+                lags: lj.decode.fit(lj.decode.Wiener(lags=lags), causal_train, train.behavior)
+                for lags in LAGS
+            }
+            candidates.append(
+                {
+                    "latent_dim": latent_dim,
+                    "result": result,
+                    "readouts": readouts,
+                    "test_latents": causal_test,
+                    "cv_r2": np.mean([r.cv_r2 for r in readouts.values()]),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            print(f"{family} K={latent_dim}: cv R² {candidates[-1]['cv_r2']:.3f}", flush=True)
+        best = choose(candidates)
+        fitted[family] = best
+        for lags, readout in best["readouts"].items():
+            score = lj.decode.r2(lj.decode.predict(readout, best["test_latents"]), test.behavior)
+            rows.append(
+                (f"Wiener on causal {family} latents (K={best['latent_dim']})", lags, readout,
+                 score)
+            )  # fmt: skip
+    candidates = []
+    for smooth in smooths:
+        readouts = {
+            lags: lj.decode.fit(lj.decode.Wiener(lags=lags, smooth=smooth), train, train.behavior)
+            for lags in LAGS
+        }
+        cv_r2 = np.mean([r.cv_r2 for r in readouts.values()])
+        candidates.append({"smooth": smooth, "readouts": readouts, "cv_r2": cv_r2})
+    best = choose(candidates)
+    fitted["spikes"] = best
+    for lags, readout in best["readouts"].items():
+        score = lj.decode.r2(lj.decode.predict(readout, test), test.behavior)
+        rows.append(
+            (f"Wiener on smoothed spikes (tau={best['smooth']:g} bins)", lags, readout, score)
+        )
+    kalman = lj.decode.fit(lj.decode.KalmanVelocity(), train, train.behavior)
+    fitted["kalman"] = kalman
+    rows.append(
+        ("Kalman velocity decoder on spikes", None, kalman,
+         lj.decode.r2(lj.decode.predict(kalman, test), test.behavior))
+    )  # fmt: skip
+    return rows, fitted
+
+
+def decoding_table(rows, train, test) -> str:
+    lines = [
+        f"Train: trial 748 ({train.num_bins} bins), test: trial 1356 ({test.num_bins} bins); "
+        f"{BIN * 1000:g} ms bins, {train.num_neurons} units; hand velocity (x, y). "
+        "**Two trials are a smoke test of the pipeline on real data, not a ranking**: one "
+        "reach per trial, a few hundred bins.",
+        "",
+        "| decoder (causal) | window (lags, bins) | train CV R² | test R² x | test R² y | "
+        "test R² mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, lags, readout, score in rows:
+        cv = "-" if readout.cv_r2 is None else f"{readout.cv_r2:.3f}"
+        window = "state" if lags is None else str(lags)
+        lines.append(
+            f"| {name} | {window} | {cv} | {score.per_axis[0]:.3f} | {score.per_axis[1]:.3f} "
+            f"| {score.mean:.3f} |"
+        )
+    best_latent = {}
+    for name, lags, _, score in rows:
+        if "latents" in name:
+            best_latent[lags] = max(best_latent.get(lags, -np.inf), score.mean)
+    spikes = {lags: score.mean for name, lags, _, score in rows if "spikes" in name and lags}
+    beats = [lags for lags in LAGS if best_latent.get(lags, -np.inf) > spikes.get(lags, np.inf)]
+    verdict = (
+        f"Causal latents beat the Wiener filter on smoothed spikes at the same window for "
+        f"lags {beats}."
+        if beats
+        else "At no window did a family's causal latents beat the Wiener filter on smoothed "
+        "spikes here."
+    )
+    lines += ["", verdict]
+    return "\n".join(lines)
+
+
+def latency(stream: lj.decode.Stream, counts: np.ndarray, steps: int) -> np.ndarray:
+    """Seconds per `step` (output copied to the host) over `steps` bins of `counts` replayed."""
+    state = stream.init()
+    for t in range(20):  # compile and warm up
+        state, out = stream.step(state, counts[t % len(counts)])
+        np.asarray(out)
+    seconds = np.empty(steps)
+    for t in range(steps):
+        bin_counts = counts[t % len(counts)]
+        start = time.perf_counter()
+        state, out = stream.step(state, bin_counts)
+        np.asarray(out)
+        seconds[t] = time.perf_counter() - start
+    return seconds
+
+
+def latency_table(fitted, test, steps) -> str:
+    counts = np.asarray(test.spikes[0], np.float32)
+    streams = {
+        f"lds (K={fitted['lds']['latent_dim']}) + Wiener (5 lags)": lj.decode.stream(
+            fitted["lds"]["result"], fitted["lds"]["readouts"][5]
+        ),
+        f"plds (K={fitted['plds']['latent_dim']}) + Wiener (5 lags)": lj.decode.stream(
+            fitted["plds"]["result"], fitted["plds"]["readouts"][5]
+        ),
+        "Kalman velocity decoder": lj.decode.stream(None, fitted["kalman"]),
+        "Wiener on smoothed spikes (5 lags)": lj.decode.stream(
+            None, fitted["spikes"]["readouts"][5]
+        ),
+    }
+    lines = [
+        f"{counts.shape[1]} neurons, {steps} steps each (the test trial replayed), one "
+        "process; each step is one compiled call plus the copy of its output to the host.",
+        "",
+        "| stream | p50 (ms) | p99 (ms) | max (ms) | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, stream in streams.items():
+        seconds = latency(stream, counts, steps) * 1000
+        target = "< 0.2 ms" if "Wiener on smoothed" not in name else "-"
+        lines.append(
+            f"| {name} | {np.percentile(seconds, 50):.3f} | {np.percentile(seconds, 99):.3f} "
+            f"| {seconds.max():.3f} | {target} |"
+        )
+        print(lines[-1], flush=True)
+    lines.append(
+        "| causal LFADS | - | - | - | < 2 ms: not measured, causal LFADS is not implemented |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    out = args.out or (None if args.quick else BENCHMARKS / "realtime.md")
+    train, test = load()
+    sizes, smooths = ((8,), (2.0,)) if args.quick else ((4, 8, 12), (1.0, 2.0, 4.0))
+    steps = 2_000 if args.quick else 10_000
+    rows, fitted = decoding(train, test, sizes, smooths)
+    decoding_text = decoding_table(rows, train, test)
+    print(decoding_text, flush=True)
+    latency_text = latency_table(fitted, test, steps)
+    print(latency_text)
+    header = f"Machine: {machine()}; devices {jax.devices()}; written by scripts/bench_realtime.py."
+    if out:
+        title = "Real-time decoding"
+        write_section(
+            out, "decoding", f"## Decoding hand velocity\n\n{header}\n\n{decoding_text}", title
+        )
+        write_section(out, "latency", f"## Latency per bin\n\n{header}\n\n{latency_text}", title)
+
+
+if __name__ == "__main__":
+    main()
