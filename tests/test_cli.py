@@ -264,7 +264,7 @@ def test_console_script_help(capsys):
         [sys.executable, "-m", "latentjax.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    commands = ("fit", "sweep", "infer", "evaluate", "report", "families", "datasets", "demo")
+    commands = ("fit", "sweep", "infer", "evaluate", "report", "decode", "families", "datasets")
     for command in commands:
         assert command in result.stdout
         with pytest.raises(SystemExit) as exit_info:
@@ -285,7 +285,9 @@ def help_examples() -> list[list[str]]:
     commands = {
         line.strip() for text in texts for line in text.splitlines() if "latentjax " in line
     }
-    order = ["datasets", "families", "fit", "sweep", "infer", "evaluate", "report", "demo"]
+    order = [
+        "datasets", "families", "fit", "sweep", "infer", "evaluate", "report", "decode", "demo",
+    ]  # fmt: skip
     examples = [command.split()[1:] for command in commands]
     return sorted(examples, key=lambda argv: (order.index(argv[0]), argv))
 
@@ -309,7 +311,37 @@ def test_help_examples_run_as_written(capsys, tmp_path, monkeypatch, shared_file
     (tmp_path / "session.nwb").symlink_to(
         shared_file("mc_maze_small_test/sub-Jenkins_ses-small_desc-test_ecephys.nwb")
     )
+    for trial in ("748", "1356"):
+        name = f"trial_{trial}_data.csv"
+        (tmp_path / name).symlink_to(shared_file(f"mc_maze_two_trials/{name}"))
     monkeypatch.chdir(tmp_path)
     for argv in help_examples():
         code, _, err = run(capsys, *argv)
         assert code == 0, (argv, err)
+
+
+def test_decode_trains_replays_and_writes_the_outputs(tmp_path, capsys):
+    """`latentjax decode`: fit on the first 75% of a stream, replay the rest bin by bin."""
+    rng = np.random.default_rng(0)
+    velocity = np.cumsum(rng.normal(size=(1, 80, 2)), axis=1) * 0.1
+    counts = rng.poisson(np.exp(0.3 + velocity @ rng.normal(size=(2, 6))))
+    lj.io.save(lj.Trials(counts, dt=0.02, behavior=velocity), tmp_path / "stream.npz")
+    out = tmp_path / "decode"
+    common = ["--data", str(tmp_path / "stream.npz"), "--test-fraction", "0.25", "--lags", "2"]
+    code, stdout, err = run(
+        capsys, "decode", "lds", *common, "--out", str(out), "--set", "latent_dim=2",
+        "--steps", "2", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "R²" in stdout and "latency p50" in stdout
+    summary = json.loads((out / "decode.json").read_text())
+    assert summary["test_bins"] == 20 and len(summary["r2_per_axis"]) == 2
+    arrays = np.load(out / "decoded.npz")
+    assert arrays["decoded"].shape == arrays["behavior"].shape == (1, 20, 2)
+    assert arrays["latency_seconds"].shape == (1, 20) and (arrays["latency_seconds"] > 0).all()
+    for figure in ("latency.png", "decoded_velocity.png"):
+        assert imread(out / "figures" / figure).size > 0
+    code, _, _ = run(capsys, "decode", "kalman_velocity", *common, "--out", str(tmp_path / "k"))
+    assert code == 0 and (tmp_path / "k" / "decode.json").exists()
+    code, _, err = run(capsys, "decode", "gpfa", *common, "--out", str(tmp_path / "g"))
+    assert code == 1 and "no causal filter to stream" in err
