@@ -272,33 +272,41 @@ def _lagged(inputs: np.ndarray, lags: int, start: np.ndarray) -> np.ndarray:
     )
 
 
+def _ridge_path(design: np.ndarray, targets: np.ndarray, alphas, held_out: np.ndarray):
+    """Predictions at `held_out` `[M, P]` of ridge fits (unpenalised intercept, as
+    scikit-learn's `Ridge`) for every penalty in `alphas`: `[alphas, M, D]`, through one thin
+    SVD of the centred design."""
+    mean_x, mean_y = design.mean(0), targets.mean(0)
+    left, singular, right_t = np.linalg.svd(design - mean_x, full_matrices=False)
+    projected_targets = left.T @ (targets - mean_y)  # [R, D]
+    projected = (held_out - mean_x) @ right_t.T  # [M, R]
+    shrink = singular / (singular**2 + np.asarray(alphas, float)[:, None])  # [A, R]
+    return np.einsum("mr,ar,rd->amd", projected, shrink, projected_targets) + mean_y
+
+
 def _ridge(design: np.ndarray, targets: np.ndarray, alpha: float):
     """Ridge with an unpenalised intercept (scikit-learn's `Ridge`): (weights, intercept)."""
     mean_x, mean_y = design.mean(0), targets.mean(0)
-    centred = design - mean_x
-    gram = centred.T @ centred + alpha * np.eye(design.shape[1])
-    weights = np.linalg.solve(gram, centred.T @ (targets - mean_y))
+    left, singular, right_t = np.linalg.svd(design - mean_x, full_matrices=False)
+    weights = right_t.T @ (
+        (singular / (singular**2 + alpha))[:, None] * (left.T @ (targets - mean_y))
+    )
     return weights, mean_y - mean_x @ weights
 
 
 def _cv_alpha(design: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
     """The penalty of least squared error over folds of interleaved blocks of `_CV_BLOCK`
     bins (block i in fold i mod 5): every fold sees every part of a recording, so one
-    movement in a short recording is not all in one fold."""
+    movement in a short recording is not all in one fold. Returns (penalty, its CV R²)."""
     blocks = np.arange(len(design)) // _CV_BLOCK
-    folds = [np.flatnonzero(blocks % _CV_FOLDS == fold) for fold in range(_CV_FOLDS)]
-    scores = []
-    for alpha in _ALPHAS:
-        error = 0.0
-        for fold in folds:
-            train = np.ones(len(design), bool)
-            train[fold] = False
-            weights, intercept = _ridge(design[train], targets[train], alpha)
-            error += np.sum((design[fold] @ weights + intercept - targets[fold]) ** 2, 0)
-        scores.append(error)
-    best = int(np.argmin([np.sum(score) for score in scores]))
+    errors = np.zeros((len(_ALPHAS), targets.shape[1]))
+    for fold in range(_CV_FOLDS):
+        test = blocks % _CV_FOLDS == fold
+        predicted = _ridge_path(design[~test], targets[~test], _ALPHAS, design[test])
+        errors += np.sum((predicted - targets[test]) ** 2, axis=1)
+    best = int(np.argmin(errors.sum(1)))
     total = np.sum((targets - targets.mean(0)) ** 2, 0)
-    return float(_ALPHAS[best]), float(np.mean(1 - scores[best] / total))
+    return float(_ALPHAS[best]), float(np.mean(1 - errors[best] / total))
 
 
 def _fit_wiener(config: Wiener, inputs, behavior, mask) -> Decoder:

@@ -264,7 +264,17 @@ def test_console_script_help(capsys):
         [sys.executable, "-m", "latentjax.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    commands = ("fit", "sweep", "infer", "evaluate", "report", "decode", "families", "datasets")
+    commands = (
+        "fit",
+        "sweep",
+        "infer",
+        "evaluate",
+        "report",
+        "decode",
+        "families",
+        "datasets",
+        "demo",
+    )
     for command in commands:
         assert command in result.stdout
         with pytest.raises(SystemExit) as exit_info:
