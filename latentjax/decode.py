@@ -28,15 +28,16 @@ Examples:
   >>> predicted.shape, bool(lj.decode.r2(predicted, velocity).mean > 0.99)
   ((4, 30, 2), True)
 
-  Streaming a fitted model (one compiled step per bin):
+  Streaming a fitted model, one compiled step per bin (skipped in the doctests: the fit
+  takes seconds; `tests/test_decode.py` runs it):
 
   >>> train = lj.datasets.lds(seed=0, num_trials=4, num_bins=20, num_latents=2).trials
   >>> config = lj.models.lds.Config(latent_dim=2, train=lj.train.TrainConfig(steps=3))
-  >>> result = lj.fit(config, train, progress=False)
-  >>> decoder = lj.decode.stream(result)
-  >>> state = decoder.init()
-  >>> state, latents = decoder.step(state, train.spikes[0, 0])
-  >>> latents.shape
+  >>> result = lj.fit(config, train, progress=False)               # doctest: +SKIP
+  >>> decoder = lj.decode.stream(result)                           # doctest: +SKIP
+  >>> state = decoder.init()                                       # doctest: +SKIP
+  >>> state, latents = decoder.step(state, train.spikes[0, 0])     # doctest: +SKIP
+  >>> latents.shape                                                # doctest: +SKIP
   (2,)
 """
 
@@ -555,8 +556,8 @@ def stream(result: FitResult | None, readout: Decoder | None = None) -> Stream:
     """A real-time decoder: causal latents of `result` (and `readout` of them) bin by bin.
 
     Args:
-      result: a `FitResult` of a family with a causal filter (`lj.family.causal_families()`
-        whose module has `causal_filter`: lds, plds), or None to feed the counts straight
+      result: a `FitResult` of a family with a `causal_filter` hook (lds, plds, and lfads
+        trained with `Config(causal=True)`), or None to feed the counts straight
         to `readout` (a Wiener filter on smoothed spikes, a `KalmanVelocity` decoder).
       readout: a `Decoder` from `fit` on the model's causal latents (or on counts when
         `result` is None); None outputs the latents.
@@ -585,16 +586,15 @@ def stream(result: FitResult | None, readout: Decoder | None = None) -> Stream:
         )
     continuous = bool((result.data or {}).get("continuous", False))
     causal = hook(result.params, result.config, continuous=continuous)
-    num_latents = np.shape(causal.state[0])[-1]
+    num_latents = jax.eval_shape(
+        lambda: causal.step(causal.constants, causal.state, jnp.zeros(causal.num_neurons), True)
+    )[1].shape[-1]
     if readout is not None and readout.num_inputs != num_latents:
         raise ValueError(
             f"stream: the `readout` takes {readout.num_inputs} inputs; the model gives "
             f"{num_latents} latents (fit the read-out on its causal latents)"
         )
-    num_neurons = (result.data or {}).get("shape", (0, 0, None))[2]
-    if num_neurons is None:
-        num_neurons = np.shape(causal.constants.emissions)[0]
-    return Stream(causal.step, causal.constants, causal.state, readout, num_neurons)
+    return Stream(causal.step, causal.constants, causal.state, readout, causal.num_neurons)
 
 
 class Replay(NamedTuple):

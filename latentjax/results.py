@@ -114,8 +114,10 @@ class CausalFilter(NamedTuple):
         every set of parameters of a shape.
       constants: the arrays `step` reads (parameters and what is precomputed from them).
       state: the state before the first bin (a pytree of arrays).
+      num_neurons: the counts per bin that `step` takes.
     """
 
     step: Callable[..., Any]
     constants: Any
     state: Any
+    num_neurons: int

@@ -12,7 +12,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
 import latentjax as lj
-from latentjax.models import lds, plds
+from latentjax.models import lds, lfads, plds
 
 NUM_TRIALS, NUM_BINS, NUM_NEURONS, NUM_LATENTS = 3, 20, 6, 2
 
@@ -152,6 +152,37 @@ def test_streaming_one_bin_at_a_time_equals_causal_inference(family, gaussian, p
     assert decoder._step._cache_size() == 1
 
 
+@pytest.mark.parametrize("options", [{}, {"ci_lag": 0, "readin_dim": 3, "n_heldout": 1}])
+def test_causal_lfads_streams_its_causal_posterior_and_never_reads_the_future(options):
+    rng = np.random.default_rng(4)
+    trials = lj.Trials(rng.poisson(1.0, (NUM_TRIALS, NUM_BINS, NUM_NEURONS)), dt=0.02)
+    config = lfads.Config.preset("tiny", causal=True, **options)
+    result = lj.FitResult(lfads.init(jax.random.key(0), config, trials), config)
+    causal = lj.infer(result, trials, causal=True)
+    decoder = lj.decode.stream(result)
+    state, latents = decoder.init(), []
+    for t in range(NUM_BINS):
+        state, z = decoder.step(state, trials.spikes[0, t])
+        latents.append(np.asarray(z))
+    np.testing.assert_allclose(latents, causal.latents[0], rtol=1e-5, atol=1e-6)
+    # new spikes from bin 12 on change the factors from bin 12 on, and none before
+    spikes = np.array(trials.spikes)
+    spikes[:, 12:] = rng.poisson(3.0, spikes[:, 12:].shape)
+    changed = lj.infer(result, trials.replace(spikes=spikes), causal=True).latents
+    np.testing.assert_array_equal(changed[:, :12], causal.latents[:, :12])
+    assert np.abs(changed[:, 12:] - causal.latents[:, 12:]).max() > 1e-3
+
+
+def test_bidirectional_lfads_refuses_to_be_causal():
+    trials = lj.Trials(np.ones((2, NUM_BINS, NUM_NEURONS), int), dt=0.02)
+    config = lfads.Config.preset("tiny")
+    result = lj.FitResult(lfads.init(jax.random.key(0), config, trials), config)
+    with pytest.raises(ValueError, match=r"`causal=True` needs a model trained with"):
+        lj.infer(result, trials, causal=True)
+    with pytest.raises(ValueError, match=r"Config\(causal=True\)"):
+        lj.decode.stream(result)
+
+
 def test_families_without_a_causal_posterior_say_so():
     result = lj.FitResult(params=None, config=lj.models.gpfa.Config())
     trials = lj.Trials(np.zeros((1, 5, 3), int), dt=0.02)
@@ -161,7 +192,7 @@ def test_families_without_a_causal_posterior_say_so():
         lj.decode.stream(result)
     with pytest.raises(ValueError, match="`causal` must be True or False"):
         lj.infer(result, trials, causal="yes")
-    assert {"lds", "plds"} <= set(lj.family.causal_families())
+    assert {"lds", "plds", "lfads"} <= set(lj.family.causal_families())
 
 
 def lagged_reference(inputs, lags, start):

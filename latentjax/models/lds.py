@@ -677,4 +677,5 @@ def causal_filter(params: Params, config: Config, *, continuous: bool = False) -
         emissions.weights.T @ (inverse_noise[:, None] * emissions.weights),
     )
     step = functools.partial(_stream_step, square_root)
-    return CausalFilter(step, constants, (params.initial.mean, params.initial.cov))
+    state = (params.initial.mean, params.initial.cov)
+    return CausalFilter(step, constants, state, emissions.weights.shape[0])

@@ -448,7 +448,8 @@ def causal_filter(params: Params, config: Config, *, continuous: bool = False) -
     if continuous:
         raise ValueError("plds.causal_filter: the Poisson LDS needs spike counts")
     step = functools.partial(_stream_step, config.link, config.filter_newton_iters)
-    return CausalFilter(step, _stream_constants(params), (params.initial_mean, params.initial_cov))
+    state = (params.initial_mean, params.initial_cov)
+    return CausalFilter(step, _stream_constants(params), state, params.emissions.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

@@ -5,6 +5,8 @@ time-varying inputs (Gaussian or AR(1) prior), and a clipped-GRU generator produ
 that a per-session read-out maps to rates (Poisson) or continuous signals (Gaussian, Gamma,
 zero-inflated Gamma). AutoLFADS augmentations (coordinated dropout, sample validation) guard
 against identity overfitting; its hyperparameter search is `lj.sweep` with PBT over the knobs.
+`Config(causal=True)` is the real-time variant (forward-only encoders, no initial condition
+from the data): `lj.infer(..., causal=True)` and `lj.decode.stream` run it.
 
 Examples:
     Training takes minutes, so doctests skip the last two lines:
@@ -18,6 +20,8 @@ Examples:
 
 from latentjax.models.lfads.config import Config
 from latentjax.models.lfads.family import (
+    StreamConstants,
+    causal_filter,
     dynamics,
     heldin_neurons,
     init,
@@ -31,6 +35,8 @@ multi_session = True
 
 __all__ = [
     "Config",
+    "StreamConstants",
+    "causal_filter",
     "dynamics",
     "heldin_neurons",
     "init",

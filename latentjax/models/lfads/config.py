@@ -59,6 +59,10 @@ class Config:
         loss; `validation_loss` scores the reconstruction of exactly those entries. The
         hidden entries are a fixed function of each trial's content and `sv_seed`.
       kl_ramp_start, kl_ramp_steps, l2_ramp_start, l2_ramp_steps: linear ramps (in steps).
+      causal: the causal variant for real-time decoding: no initial-condition encoder (a
+        learned initial-condition posterior) and a forward-only controller-input encoder,
+        so the factors of bin t see bins up to t only; `lj.infer(..., causal=True)` and
+        `lj.decode.stream` run it (trained and swept like the bidirectional model).
     Knobs (a population may vary them):
       dropout: dropout rate on the encoder inputs, encoder outputs and generator states.
       cd_rate: coordinated dropout rate: each step hides this fraction of input entries from
@@ -94,6 +98,7 @@ class Config:
     kl_ramp_steps: int = 500
     l2_ramp_start: int = 0
     l2_ramp_steps: int = 500
+    causal: bool = False
 
     dropout: float = knob(0.05, "probability")
     cd_rate: float = knob(0.0, "probability")
@@ -121,6 +126,8 @@ class Config:
             raise ValueError(f"lfads.Config: `co_prior` must be one of {CO_PRIORS}")
         if not 0.0 <= self.sv_rate < 1.0:
             raise ValueError(f"lfads.Config: `sv_rate` must be in [0, 1), got {self.sv_rate}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"lfads.Config: `causal` must be True or False, got {self.causal!r}")
         if not self.cell_clip > 0:
             raise ValueError("lfads.Config: `cell_clip` must be positive")
         object.__setattr__(self, "external_inputs", tuple(int(i) for i in self.external_inputs))

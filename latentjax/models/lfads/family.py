@@ -14,6 +14,9 @@ columns or with the held-in columns only, and returns rates for all of them.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,11 +26,20 @@ from latentjax.models.lfads import augment
 from latentjax.models.lfads.config import Config
 from latentjax.models.lfads.network import Architecture, Core, Noise
 from latentjax.nn import priors, readouts
-from latentjax.nn.recurrent import GRU, autonomous_gru_step, run_gru
-from latentjax.results import LearnedDynamics, Posterior
+from latentjax.nn.recurrent import GRU, GRUWeights, autonomous_gru_step, gru_step, run_gru
+from latentjax.results import CausalFilter, LearnedDynamics, Posterior
 from latentjax.train.schedules import ramp
 
-__all__ = ["dynamics", "heldin_neurons", "init", "loss", "posterior", "validation_loss"]
+__all__ = [
+    "StreamConstants",
+    "causal_filter",
+    "dynamics",
+    "heldin_neurons",
+    "init",
+    "loss",
+    "posterior",
+    "validation_loss",
+]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -89,6 +101,7 @@ def _architecture(config: Config, num_heldin: int) -> Architecture:
         cell_clip=config.cell_clip,
         ic_post_var_min=config.ic_post_var_min,
         co_post_var_min=config.co_post_var_min,
+        causal=config.causal,
     )
 
 
@@ -396,14 +409,52 @@ def heldin_neurons(config: Config, num_neurons: int) -> np.ndarray | None:
     return np.arange(num_neurons - config.n_heldout) if config.n_heldout else None
 
 
+def _mean_noise(arch: Architecture, bins: int) -> Noise:
+    """The posterior means (no sampling noise) and no dropout: the causal network."""
+    return Noise(
+        ic=jnp.zeros((arch.ic_dim,)),
+        co=jnp.zeros((bins, arch.co_dim)),
+        input_keep=jnp.ones((bins, arch.input_dim)),
+        ic_keep=jnp.ones((2 * arch.ic_enc_dim,)),
+        ci_keep=jnp.ones((bins, 2 * arch.ci_enc_dim)),
+        gen_keep=jnp.ones((bins, arch.gen_dim)),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _causal_arrays(params, session_params, heldin, ext, config: Config):
+    """Factors, rates and inputs of every trial through the posterior means (one pass)."""
+    arch = _architecture(config, heldin.shape[-1])
+
+    def one(x, e):
+        out, log_params = _forward(params, session_params, x, e, _mean_noise(arch, x.shape[0]),
+                                   config)  # fmt: skip
+        rates = readouts.expected_value(config.readout, log_params, config.zig_threshold)
+        return out.factors, rates, out.inputs, out.initial_state
+
+    return jax.vmap(one)(heldin, ext)
+
+
 def posterior(params, trials: Trials, config: Config, key, *, n_samples: int = 20,
-              session: int = 0) -> Posterior:  # fmt: skip
+              session: int = 0, causal: bool = False) -> Posterior:  # fmt: skip
     """Posterior means over `n_samples` samples (no dropout).
+
+    With `causal` (a model trained with `Config(causal=True)` only): one deterministic pass
+    through the posterior means (u_t = the controller's mean, z0 = its learned mean), every
+    bin encoded (no `forward_bins`): the factors of bin t from bins up to t, exactly what
+    `lj.decode.stream` gives one bin at a time.
 
     Returns `latents` = factors `[trials, time, fac_dim]`, `rates` `[trials, time, neurons]`
     (expected value per bin of every neuron, held-out ones last), and extras `factors`,
     `inputs` `[trials, time, co_dim]` and `initial_states` `[trials, gen_dim]`.
     """
+    if not isinstance(causal, bool):
+        raise ValueError(f"lfads.posterior: `causal` must be True or False, got {causal!r}")
+    if causal and not config.causal:
+        raise ValueError(
+            "lfads.posterior: `causal=True` needs a model trained with "
+            "lfads.Config(causal=True) (forward-only encoders); this one reads the future"
+        )
     if not isinstance(trials, Trials):
         raise ValueError("lfads.posterior: `trials` must be a Trials (one session)")
     if not isinstance(n_samples, int) or n_samples < 1:
@@ -425,6 +476,12 @@ def posterior(params, trials: Trials, config: Config, key, *, n_samples: int = 2
         raise ValueError("lfads.posterior: `trials` must have more bins than `forward_bins`")
     heldin = jnp.asarray(trials.spikes, jnp.float32)[..., :num_heldin]
     ext = _external_inputs(trials, config)
+    if causal:
+        factors, rates, inputs, initial_states = _causal_arrays(
+            params, session_params, heldin, ext, config
+        )
+        extras = {"factors": factors, "inputs": inputs, "initial_states": initial_states}
+        return Posterior(latents=factors, rates=rates, extras=extras)
     keys = jax.random.split(key, trials.num_trials)
     factors, rates, inputs, initial_states = jax.tree.map(
         lambda total: total / n_samples,
@@ -459,3 +516,99 @@ def dynamics(params, config: Config, posterior: Posterior) -> LearnedDynamics:
         states=states,
         latents=lambda points: points @ factors,
     )
+
+
+class StreamConstants(NamedTuple):
+    """What the causal LFADS reads per bin: the GRUs (`encoder`: forward controller-input
+    encoder, `controller`, `generator`), `readin` `(kernel, bias)` or None, `co` `(kernel,
+    bias)` of the controller output, `factors` `[gen_dim, fac_dim]` (unit-norm columns) and
+    `initial` (g_0 `[gen_dim]`)."""
+
+    encoder: GRUWeights | None
+    controller: GRUWeights | None
+    generator: GRUWeights
+    readin: tuple | None
+    co: tuple | None
+    factors: jax.Array
+    initial: jax.Array
+
+
+def _stream_step(num_heldin, ci_lag, clip, constants: StreamConstants, state, counts, observed):
+    del observed  # LFADS has no missing-bin update: every streamed bin is read
+    encoded, history, hidden, generator_state, factors = state
+    c = constants
+    if c.controller is not None:
+        x = counts[:num_heldin]
+        if c.readin is not None:
+            x = x @ c.readin[0] + c.readin[1]
+        encoded = gru_step(c.encoder, x @ c.encoder.input_kernel + c.encoder.input_bias,
+                           encoded, clip)  # fmt: skip
+        if ci_lag:
+            ci, history = history[0], jnp.concatenate([history[1:], encoded[None]])
+        else:
+            ci = encoded
+        width = ci.shape[0]
+        gates = ci @ c.controller.input_kernel[:width] + c.controller.input_bias
+        hidden = gru_step(c.controller, gates + factors @ c.controller.input_kernel[width:],
+                          hidden, clip)  # fmt: skip
+        co_mean, _ = jnp.split(hidden @ c.co[0] + c.co[1], 2)
+        co_dim = co_mean.shape[0]
+        gates = c.generator.input_bias + co_mean @ c.generator.input_kernel[:co_dim]
+    else:
+        gates = c.generator.input_bias
+    generator_state = gru_step(c.generator, gates, generator_state, clip)
+    factors = generator_state @ c.factors
+    return (encoded, history, hidden, generator_state, factors), factors
+
+
+def causal_filter(params, config: Config, *, continuous: bool = False) -> CausalFilter:
+    """The causal LFADS one bin at a time (the hook of `lj.decode.stream`; session 0).
+
+    Args:
+      params: parameters of a model trained with `Config(causal=True)`, without
+        `external_inputs` (a stream has no future behaviour to feed the generator).
+      config: its `Config`.
+      continuous: unused (the read-out decides the observation model).
+
+    Returns:
+      `CausalFilter` whose `step(constants, state, counts [neurons], observed)` returns the
+      factors `[fac_dim]` of the bin: over a trial, `posterior(..., causal=True).latents`.
+    """
+    del continuous
+    if not config.causal:
+        raise ValueError(
+            "lfads.causal_filter: streaming needs a model trained with "
+            "lfads.Config(causal=True); this one has backward encoders"
+        )
+    if config.external_inputs:
+        raise ValueError("lfads.causal_filter: a model with `external_inputs` cannot stream")
+    core, session = params["core"], params["sessions"][0]
+    num_neurons = session["readout"]["bias"].shape[0] // readouts.num_params(config.readout)
+    num_heldin = num_neurons - config.n_heldout
+    input_dim = config.readin_dim or num_heldin
+
+    def weights(name, hidden, width, learned=True):
+        return GRU(hidden, learned).apply({"params": core[name]}, width)
+
+    generator = weights("generator", config.gen_dim, config.co_dim, False)
+    ic_mean = jnp.split(core["ic_causal"], 2)[0]
+    initial = ic_mean @ core["ic_to_g0_kernel"] + core["ic_to_g0_bias"]
+    factors = core["factors_kernel"] / jnp.linalg.norm(core["factors_kernel"], axis=0)
+    encoder = controller = co = None
+    if config.co_dim:
+        encoder = weights("ci_enc_fwd", config.ci_enc_dim, input_dim)
+        controller = weights("controller", config.con_dim, config.ci_enc_dim + config.fac_dim)
+        co = (core["co_kernel"], core["co_bias"])
+    readin = None
+    if "readin" in session:
+        readin = (session["readin"]["kernel"], session["readin"]["bias"])
+    constants = StreamConstants(encoder, controller, generator, readin, co, factors, initial)
+    state = (
+        jnp.zeros(config.ci_enc_dim) if encoder is None else encoder.initial_state,
+        jnp.zeros((config.ci_lag, config.ci_enc_dim)),
+        jnp.zeros(config.con_dim) if controller is None else controller.initial_state,
+        initial,
+        initial @ factors,
+    )
+    step = functools.partial(_stream_step, num_heldin, config.ci_lag, config.cell_clip)
+    return CausalFilter(step, constants, state, num_neurons)

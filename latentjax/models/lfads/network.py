@@ -19,6 +19,11 @@ GRU (input gates precomputed for whole sequences outside the scan):
     r = sigma(W_r x + b_r + U_r h + c_r),  z = sigma(W_z x + b_z + U_z h + c_z)
     n = tanh(W_n x + b_n + r * (U_n h + c_n)),  h' = clip(z h + (1 - z) n, -clip, clip)
 `W_fac` has unit-norm columns (one column per factor), no bias.
+
+Causal variant (`Architecture.causal`, `lfads.Config(causal=True)`): no initial-condition
+encoder (the posterior of z0 is a learned Gaussian, so g_0 knows nothing of the trial) and a
+forward-only controller-input encoder, c_t = c_fwd(t - lag): every factor f_t depends on bins
+up to t only, and the network runs one bin at a time (`lfads.causal_filter`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ class Architecture:
     cell_clip: float
     ic_post_var_min: float
     co_post_var_min: float
+    causal: bool = False
+
+    @property
+    def ci_width(self) -> int:
+        """Width of the controller's encoder input: both directions, or forward only."""
+        return self.ci_enc_dim if self.causal else 2 * self.ci_enc_dim
 
 
 class Noise(NamedTuple):
@@ -105,11 +116,15 @@ class Core(nn.Module):
         clip = a.cell_clip
         x = x * noise.input_keep
 
-        ic_fwd = run_gru(GRU(a.ic_enc_dim, name="ic_enc_fwd")(a.input_dim), x, clip)
-        ic_bwd = run_gru(GRU(a.ic_enc_dim, name="ic_enc_bwd")(a.input_dim), x, clip, True)
-        ic_enc = jnp.concatenate([ic_fwd[-1], ic_bwd[0]]) * noise.ic_keep
-        w_ic, b_ic = _dense(self, "ic", 2 * a.ic_enc_dim, 2 * a.ic_dim)
-        ic_mean, ic_logvar = jnp.split(ic_enc @ w_ic + b_ic, 2)
+        if a.causal:  # no initial condition from the data (it would come from the future)
+            ic_params = self.param("ic_causal", nn.initializers.zeros, (2 * a.ic_dim,))
+            ic_mean, ic_logvar = jnp.split(ic_params, 2)
+        else:
+            ic_fwd = run_gru(GRU(a.ic_enc_dim, name="ic_enc_fwd")(a.input_dim), x, clip)
+            ic_bwd = run_gru(GRU(a.ic_enc_dim, name="ic_enc_bwd")(a.input_dim), x, clip, True)
+            ic_enc = jnp.concatenate([ic_fwd[-1], ic_bwd[0]]) * noise.ic_keep
+            w_ic, b_ic = _dense(self, "ic", 2 * a.ic_enc_dim, 2 * a.ic_dim)
+            ic_mean, ic_logvar = jnp.split(ic_enc @ w_ic + b_ic, 2)
         ic_var = jnp.exp(ic_logvar) + a.ic_post_var_min
         w_g0, b_g0 = _dense(self, "ic_to_g0", a.ic_dim, a.gen_dim)
         g0 = (ic_mean + jnp.sqrt(ic_var) * noise.ic) @ w_g0 + b_g0
@@ -134,15 +149,18 @@ class Core(nn.Module):
             return CoreOutputs(factors, ic_mean, ic_var, g0, empty, empty, empty)
 
         ci_fwd = run_gru(GRU(a.ci_enc_dim, name="ci_enc_fwd")(a.input_dim), x, clip)
-        ci_bwd = run_gru(GRU(a.ci_enc_dim, name="ci_enc_bwd")(a.input_dim), x, clip, True)
-        ci = jnp.concatenate(
-            [_shift(ci_fwd, a.ci_lag, True), _shift(ci_bwd, a.ci_lag, False)], axis=-1
-        )
-        ci = ci * noise.ci_keep
+        if a.causal:  # forward encoder only: the controller at t sees bins up to t - lag
+            ci = _shift(ci_fwd, a.ci_lag, True) * noise.ci_keep[:, : a.ci_width]
+        else:
+            ci_bwd = run_gru(GRU(a.ci_enc_dim, name="ci_enc_bwd")(a.input_dim), x, clip, True)
+            ci = jnp.concatenate(
+                [_shift(ci_fwd, a.ci_lag, True), _shift(ci_bwd, a.ci_lag, False)], axis=-1
+            )
+            ci = ci * noise.ci_keep
         ci = jnp.concatenate([ci, jnp.zeros((num_bins - ci.shape[0], ci.shape[1]))])
-        con = GRU(a.con_dim, name="controller")(2 * a.ci_enc_dim + a.fac_dim)
-        ci_gates = ci @ con.input_kernel[: 2 * a.ci_enc_dim] + con.input_bias
-        w_fac_to_con = con.input_kernel[2 * a.ci_enc_dim :]
+        con = GRU(a.con_dim, name="controller")(a.ci_width + a.fac_dim)
+        ci_gates = ci @ con.input_kernel[: a.ci_width] + con.input_bias
+        w_fac_to_con = con.input_kernel[a.ci_width :]
         w_co, b_co = _dense(self, "co", a.con_dim, 2 * a.co_dim)
         w_u_to_gen = gen.input_kernel[: a.co_dim]
 
