@@ -382,30 +382,30 @@ def _filter_bin(link: str, num_iters: int, constants: StreamConstants, state, co
     emissions = constants.emissions
     prior_precision = _inverse_spd(cov)
 
-    def terms(latent):
-        return _log_likelihood_terms(link, counts, emissions @ latent + constants.emissions_bias)
-
-    def objective(latent):
-        offset = latent - mean
-        return weight * jnp.sum(terms(latent)[0]) - 0.5 * offset @ prior_precision @ offset
+    steps = jnp.asarray(_STEP_SIZES, mean.dtype)
 
     def hessian(curvature):
         return emissions.T @ ((weight * curvature)[:, None] * emissions) + prior_precision
 
-    def newton(latent, _):
-        _, gradient, curvature = terms(latent)
+    def newton(carry, _):
+        latent, linear = carry  # linear = C z + d
+        _, gradient, curvature = _log_likelihood_terms(link, counts, linear)
         ascent = emissions.T @ (weight * gradient) - prior_precision @ (latent - mean)
         direction = jnp.linalg.solve(hessian(curvature), ascent)
-        candidates = jnp.stack([latent + a * direction for a in _STEP_SIZES])
-        values = jax.vmap(objective)(candidates)
+        # candidates z + a d along the Newton direction, their linear predictors by linearity
+        linears = linear + steps[:, None] * (emissions @ direction)
+        offsets = (latent - mean) + steps[:, None] * direction
+        values = weight * jnp.sum(_log_likelihood_terms(link, counts, linears)[0], -1)
+        values = values - 0.5 * jnp.einsum("ak,kl,al->a", offsets, prior_precision, offsets)
         # the longest step that does not lower the objective (Newton's full step near the
         # mode): unlike the best of the candidates, rounding cannot flip this choice there
         tolerance = 1e-5 * (1.0 + jnp.abs(values[-1]))
-        accepted = jnp.isfinite(values) & (values >= values[-1] - tolerance)
-        return candidates[jnp.argmax(accepted)], None
+        accepted = jnp.argmax(jnp.isfinite(values) & (values >= values[-1] - tolerance))
+        return (latent + steps[accepted] * direction, linears[accepted]), None
 
-    mode, _ = jax.lax.scan(newton, mean, None, length=num_iters)
-    filtered_cov = _inverse_spd(hessian(terms(mode)[2]))
+    start = (mean, emissions @ mean + constants.emissions_bias)
+    (mode, linear), _ = jax.lax.scan(newton, start, None, length=num_iters, unroll=True)
+    filtered_cov = _inverse_spd(hessian(_log_likelihood_terms(link, counts, linear)[2]))
     dynamics = constants.dynamics
     next_mean = dynamics @ mode + constants.dynamics_bias
     next_cov = dynamics @ filtered_cov @ dynamics.T + constants.dynamics_cov
