@@ -289,3 +289,20 @@ def test_r2_per_axis_matches_scikit_learn():
 def test_decoders_validate_their_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_mc_maze_trials_load_as_streams_with_hand_velocity(shared_file):
+    path = shared_file("mc_maze_two_trials/trial_748_data.csv")
+    stream = lj.io.load_csv(path, bin_size=0.02)
+    assert stream.shape == (1, 161, 182) and stream.behavior.shape == (1, 161, 2)
+    header = path.read_text().splitlines()[0].split(",")
+    raw = np.loadtxt(path, delimiter=",", skiprows=1)
+    units = [i for i, name in enumerate(header) if name.startswith("unit_")]
+    np.testing.assert_array_equal(
+        stream.spikes[0], raw[: 161 * 20, units].reshape(161, 20, -1).sum(1)
+    )
+    velocity = raw[: 161 * 20, [header.index("hand_vel_x"), header.index("hand_vel_y")]]
+    np.testing.assert_allclose(stream.behavior[0], velocity.reshape(161, 20, 2).mean(1))
+    assert stream.neuron_ids[0] == header[units[0]][len("unit_") :]
+    with pytest.raises(ValueError, match="whole multiple"):
+        lj.io.load_csv(path, bin_size=0.0125)

@@ -254,6 +254,9 @@ def test_velocity_r2_of_a_linear_relation_matches_the_signal_fraction():
     expected = np.mean(signal_var / (signal_var + noise_sd**2))
     assert metrics.velocity_r2(features, behavior, **split) == pytest.approx(expected, abs=0.03)
     assert metrics.velocity_r2(features, signal, **split) > 0.999
+    per_axis = metrics.velocity_r2(features, behavior, multioutput="raw_values", **split)
+    np.testing.assert_allclose(per_axis, signal_var / (signal_var + noise_sd**2), atol=0.04)
+    assert per_axis.mean() == pytest.approx(metrics.velocity_r2(features, behavior, **split))
 
 
 def test_velocity_r2_lag_and_mask():

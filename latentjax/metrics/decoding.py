@@ -38,7 +38,7 @@ def velocity_r2(
     lag=0,
     mask=None,
     multioutput="uniform_average",
-) -> float:
+) -> float | np.ndarray:
     """R² of a ridge decoder from rates or latents to behaviour (e.g. hand velocity).
 
     Args:
@@ -50,10 +50,11 @@ def velocity_r2(
         decoded from `rates_or_latents[:, t]` (NLB MC_Maze: 100 ms).
       mask: `[trials, time]` bool, True where observed; a pair of bins is used when both are.
       multioutput: how R² is pooled over behaviour dims (`sklearn.metrics.r2_score`):
-        "uniform_average" (the NLB score) or "variance_weighted".
+        "uniform_average" (the NLB score), "variance_weighted", or "raw_values" (per-axis
+        R², an array `[dims]`).
 
     Returns:
-      R² on the test trials (float, at most 1).
+      R² on the test trials (float, at most 1; `[dims]` for "raw_values").
 
     Examples:
       >>> import numpy as np
@@ -71,10 +72,10 @@ def velocity_r2(
     observed = observed_bins(function, mask, (num_trials, num_bins))
     if not isinstance(lag, (int, np.integer)) or not 0 <= lag < num_bins:
         raise ValueError(f"{function}: `lag` must be an int in [0, {num_bins}), got {lag!r}")
-    if multioutput not in ("uniform_average", "variance_weighted"):
+    if multioutput not in ("uniform_average", "variance_weighted", "raw_values"):
         raise ValueError(
-            f"{function}: `multioutput` must be 'uniform_average' or 'variance_weighted', "
-            f"got {multioutput!r}"
+            f"{function}: `multioutput` must be 'uniform_average', 'variance_weighted' or "
+            f"'raw_values', got {multioutput!r}"
         )
     train_idx = trial_indices(function, "train_idx", train_idx, num_trials)
     test_idx = trial_indices(function, "test_idx", test_idx, num_trials)
@@ -103,4 +104,5 @@ def velocity_r2(
     decoder = GridSearchCV(Ridge(), {"alpha": RIDGE_PENALTIES}, cv=CROSS_VALIDATION_FOLDS)
     decoder.fit(train_inputs, train_targets)
     predicted = decoder.predict(test_inputs)
-    return float(r2_score(test_targets, predicted, multioutput=multioutput))
+    score = r2_score(test_targets, predicted, multioutput=multioutput)
+    return np.asarray(score) if multioutput == "raw_values" else float(score)
