@@ -166,19 +166,28 @@ def decoding_table(rows, train, test) -> str:
             f"| {name} | {window} | {cv} | {score.per_axis[0]:.3f} | {score.per_axis[1]:.3f} "
             f"| {score.mean:.3f} |"
         )
-    best_latent = {}
-    for name, lags, _, score in rows:
-        if "causal" in name:
-            best_latent[lags] = max(best_latent.get(lags, -np.inf), score.mean)
-    spikes = {lags: score.mean for name, lags, _, score in rows if "spikes" in name and lags}
-    beats = [lags for lags in LAGS if best_latent.get(lags, -np.inf) > spikes.get(lags, np.inf)]
-    verdict = (
-        f"Causal latents beat the Wiener filter on smoothed spikes at the same window for "
-        f"lags {beats}."
-        if beats
-        else "At no window did a family's causal latents beat the Wiener filter on smoothed "
-        "spikes here."
-    )
+    comparisons, overfit = [], []
+    for lags in LAGS:
+        latent = [
+            (score.mean, name) for name, lag, _, score in rows if "causal" in name and lag == lags
+        ]
+        spikes = [score.mean for name, lag, _, score in rows if "spikes" in name and lag == lags]
+        best, name = max(latent)
+        verdict_word = "beats" if best > spikes[0] else "does not beat"
+        comparisons.append(
+            f"window {lags}: the best causal-latent decoder ({name.split(' (')[0]}, "
+            f"R² {best:.3f}) {verdict_word} the Wiener filter on smoothed spikes ({spikes[0]:.3f})"
+        )
+    for name, lags, readout, score in rows:
+        if readout.cv_r2 is not None and readout.cv_r2 - score.mean > 0.3:
+            overfit.append(f"{name.split(' (')[0]}, window {lags}")
+    verdict = "Same causal window, test R² (mean of x, y): " + "; ".join(comparisons) + "."
+    if overfit:
+        verdict += (
+            " A training CV R² far above the test R² marks latents that fit the one training "
+            f"trial rather than the reach ({'; '.join(overfit)}); nothing but that trial was "
+            "available to choose the training length."
+        )
     lines += ["", verdict]
     return "\n".join(lines)
 
