@@ -306,3 +306,22 @@ def test_mc_maze_trials_load_as_streams_with_hand_velocity(shared_file):
     assert stream.neuron_ids[0] == header[units[0]][len("unit_") :]
     with pytest.raises(ValueError, match="whole multiple"):
         lj.io.load_csv(path, bin_size=0.0125)
+
+
+@pytest.mark.slow
+def test_causal_lds_latents_beat_smoothed_spikes_on_mc_maze(shared_file):
+    """The acceptance check of scripts/bench_realtime.py at its chosen settings (train on
+    trial 748, test on trial 1356, a 5-bin window): a smoke test on two real trials."""
+    folder = shared_file("mc_maze_two_trials")
+    train = lj.io.load_csv(folder / "trial_748_data.csv", bin_size=0.02)
+    test = lj.io.load_csv(folder / "trial_1356_data.csv", bin_size=0.02)
+    config = lds.Config(latent_dim=4, train=lj.train.TrainConfig(steps=5, chunk_size=5))
+    result = lj.fit(config, train, progress=False)
+    readout = lj.decode.fit(
+        lj.decode.Wiener(lags=5), lj.infer(result, train, causal=True), train.behavior
+    )
+    decoder = lj.decode.stream(result, readout)
+    latent_r2 = lj.decode.r2(lj.decode.replay(decoder, test).outputs, test.behavior).mean
+    spikes = lj.decode.fit(lj.decode.Wiener(lags=5, smooth=4.0), train, train.behavior)
+    spikes_r2 = lj.decode.r2(lj.decode.predict(spikes, test), test.behavior).mean
+    assert latent_r2 > spikes_r2 > 0
