@@ -179,15 +179,21 @@ def decoding_table(rows, train, test) -> str:
             f"R² {best:.3f}) {verdict_word} the Wiener filter on smoothed spikes ({spikes[0]:.3f})"
         )
     for name, lags, readout, score in rows:
-        if readout.cv_r2 is not None and readout.cv_r2 - score.mean > 0.3:
+        fitted_latents = "causal" in name and readout.cv_r2 is not None
+        if fitted_latents and readout.cv_r2 - score.mean > 0.3:
             overfit.append(f"{name.split(' (')[0]}, window {lags}")
     verdict = "Same causal window, test R² (mean of x, y): " + "; ".join(comparisons) + "."
+    verdict += (
+        " The training CV R² (folds of interleaved 100 ms blocks of the training trial) is "
+        "optimistic where smoothing and lags reach across block edges"
+    )
     if overfit:
         verdict += (
-            " A training CV R² far above the test R² marks latents that fit the one training "
-            f"trial rather than the reach ({'; '.join(overfit)}); nothing but that trial was "
-            "available to choose the training length."
+            f", and far above the test R² where the latents fit the one training trial rather "
+            f"than the reach ({'; '.join(overfit)}): nothing but that trial was available to "
+            "choose the training length"
         )
+    verdict += "."
     lines += ["", verdict]
     return "\n".join(lines)
 

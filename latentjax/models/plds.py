@@ -369,8 +369,10 @@ class StreamConstants(NamedTuple):
 
 
 def _inverse_spd(matrix):
-    root = jnp.linalg.cholesky(0.5 * (matrix + matrix.T))
-    return jax.scipy.linalg.cho_solve((root, True), jnp.eye(matrix.shape[0], dtype=matrix.dtype))
+    """Inverse of a small symmetric positive-definite matrix (one LU call: on CPU a single
+    LAPACK call costs less time per streamed bin than a Cholesky factor and its solve)."""
+    inverse = jnp.linalg.inv(matrix)
+    return 0.5 * (inverse + inverse.T)
 
 
 def _filter_bin(link: str, num_iters: int, constants: StreamConstants, state, counts, observed):
