@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from latentjax import family as families
 from latentjax.data import Trials
@@ -407,9 +408,13 @@ def fit(config, inputs, behavior, *, mask=None) -> Decoder:
     if mask.sum() < 2 * _CV_FOLDS:
         raise ValueError(f"decode.fit: too few observed bins ({mask.sum()}) to fit on")
     behavior = np.where(mask[..., None], behavior, 0.0)
-    if isinstance(config, Wiener):
-        return _fit_wiener(config, inputs, behavior, mask)
-    return _fit_kalman(config, inputs, behavior, mask)
+    # small dense problems (an SVD of a few hundred bins by a few thousand lagged inputs):
+    # multi-threaded BLAS gains nothing there and, on a busy machine, its spinning threads
+    # made one such SVD take 2 s instead of 10 ms
+    with threadpool_limits(1, user_api="blas"):
+        if isinstance(config, Wiener):
+            return _fit_wiener(config, inputs, behavior, mask)
+        return _fit_kalman(config, inputs, behavior, mask)
 
 
 @functools.partial(jax.jit, static_argnames=("init", "step"))
