@@ -325,3 +325,15 @@ def test_causal_lds_latents_beat_smoothed_spikes_on_mc_maze(shared_file):
     spikes = lj.decode.fit(lj.decode.Wiener(lags=5, smooth=4.0), train, train.behavior)
     spikes_r2 = lj.decode.r2(lj.decode.predict(spikes, test), test.behavior).mean
     assert latent_r2 > spikes_r2 > 0
+
+
+@pytest.mark.slow
+def test_a_trained_causal_lfads_streams_what_it_infers():
+    """Causal LFADS trains through `lj.fit` like the bidirectional model (minutes: slow)."""
+    data = lj.datasets.lorenz(seed=0, num_trials=16, num_bins=NUM_BINS, num_neurons=NUM_NEURONS)
+    config = lfads.Config.preset("tiny", causal=True)
+    result = lj.fit(config, data.trials, steps=50, progress=False)
+    assert np.isfinite(result.history["loss"]).all()
+    causal = lj.infer(result, data.trials[:2], causal=True)
+    _, streamed = lj.decode.stream(result).run(np.asarray(data.trials.spikes[1], np.float32))
+    np.testing.assert_allclose(streamed, causal.latents[1], rtol=1e-5, atol=1e-5)
