@@ -545,6 +545,11 @@ class Stream:
 
     def step(self, state, counts):
         """One bin: `counts` `[neurons]` -> `(state, out)`."""
+        if np.shape(counts) != (self.num_neurons,):
+            raise ValueError(
+                f"Stream.step: `counts` must be [{self.num_neurons}] (one bin), got "
+                f"{np.shape(counts)}"
+            )
         return self._step(self.constants, state, counts)
 
     def run(self, counts, state=None):

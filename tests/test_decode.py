@@ -284,6 +284,12 @@ def test_r2_per_axis_matches_scikit_learn():
         (lambda: lj.decode.KalmanVelocity(transform="log"), "`transform`"),
         (lambda: lj.decode.stream(None), "give a fitted `result`"),
         (lambda: lj.decode.predict("decoder", np.zeros((1, 5, 2))), "`decoder`"),
+        (
+            lambda: lj.decode.stream(
+                None, lj.decode.fit(lj.decode.Wiener(), np.ones((1, 20, 2)), np.ones((1, 20, 1)))
+            ).step(None, np.zeros(3)),
+            r"`counts` must be \[2\]",
+        ),
     ],
 )
 def test_decoders_validate_their_arguments(call, message):

@@ -368,10 +368,29 @@ class StreamConstants(NamedTuple):
     emissions_bias: jax.Array
 
 
+_UNROLLED_SOLVE_MAX = 16
+
+
+def _solve_spd(matrix, right):
+    """`matrix^-1 right` for a symmetric positive-definite `[K, K]` matrix and `[K, M]` or
+    `[K]` right-hand sides. Up to K = 16 by Gauss-Jordan elimination unrolled in plain array
+    operations (no pivoting: fine for SPD matrices), which XLA fuses: a streamed bin then
+    makes no LAPACK call, each of which costs tens of microseconds on CPU; LU beyond."""
+    num = matrix.shape[0]
+    if num > _UNROLLED_SOLVE_MAX:
+        return jnp.linalg.solve(matrix, right)
+    vector = right.ndim == 1
+    augmented = jnp.concatenate([matrix, right[:, None] if vector else right], axis=1)
+    for k in range(num):
+        row = augmented[k] / augmented[k, k]
+        augmented = (augmented - augmented[:, k : k + 1] * row[None]).at[k].set(row)
+    solution = augmented[:, num:]
+    return solution[:, 0] if vector else solution
+
+
 def _inverse_spd(matrix):
-    """Inverse of a small symmetric positive-definite matrix (one LU call: on CPU a single
-    LAPACK call costs less time per streamed bin than a Cholesky factor and its solve)."""
-    inverse = jnp.linalg.inv(matrix)
+    """Inverse of a small symmetric positive-definite matrix (`_solve_spd`), symmetrised."""
+    inverse = _solve_spd(matrix, jnp.eye(matrix.shape[0], dtype=matrix.dtype))
     return 0.5 * (inverse + inverse.T)
 
 
@@ -393,7 +412,7 @@ def _filter_bin(link: str, num_iters: int, constants: StreamConstants, state, co
         latent, linear = carry  # linear = C z + d
         _, gradient, curvature = _log_likelihood_terms(link, counts, linear)
         ascent = emissions.T @ (weight * gradient) - prior_precision @ (latent - mean)
-        direction = jnp.linalg.solve(hessian(curvature), ascent)
+        direction = _solve_spd(hessian(curvature), ascent)
         # candidates z + a d along the Newton direction, their linear predictors by linearity
         linears = linear + steps[:, None] * (emissions @ direction)
         offsets = (latent - mean) + steps[:, None] * direction
