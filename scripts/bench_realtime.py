@@ -199,19 +199,33 @@ def decoding_table(rows, train, test) -> str:
     return "\n".join(lines)
 
 
-def latency(stream: lj.decode.Stream, counts: np.ndarray, steps: int) -> np.ndarray:
-    """Seconds per `step` (output copied to the host) over `steps` bins of `counts` replayed."""
-    state = stream.init()
-    for t in range(20):  # compile and warm up
-        state, out = stream.step(state, counts[t % len(counts)])
-        np.asarray(out)
-    seconds = np.empty(steps)
-    for t in range(steps):
-        bin_counts = counts[t % len(counts)]
-        start = time.perf_counter()
-        state, out = stream.step(state, bin_counts)
-        np.asarray(out)
-        seconds[t] = time.perf_counter() - start
+ROUNDS = 5
+
+
+def latency(streams: dict, counts: np.ndarray, steps: int) -> dict:
+    """{name: `[rounds, steps / rounds]` seconds per `step` (output copied to the host)}.
+
+    The streams take turns, `ROUNDS` rounds of `steps / ROUNDS` bins of `counts` each, so
+    that a burst of load from other processes falls on all of them alike."""
+    states = {}
+    for name, stream in streams.items():  # compile and warm up
+        state = stream.init()
+        for t in range(20):
+            state, out = stream.step(state, counts[t % len(counts)])
+            np.asarray(out)
+        states[name] = state
+    per_round = steps // ROUNDS
+    seconds = {name: np.empty((ROUNDS, per_round)) for name in streams}
+    for round_index in range(ROUNDS):
+        for name, stream in streams.items():
+            state = states[name]
+            for t in range(per_round):
+                bin_counts = counts[(round_index * per_round + t) % len(counts)]
+                start = time.perf_counter()
+                state, out = stream.step(state, bin_counts)
+                np.asarray(out)
+                seconds[name][round_index, t] = time.perf_counter() - start
+            states[name] = state
     return seconds
 
 
@@ -232,20 +246,27 @@ def latency_table(fitted, test, steps) -> str:
             None, fitted["spikes"]["readouts"][5]
         ),
     }
+    load = os.getloadavg()[0]
     lines = [
         f"{counts.shape[1]} neurons, {steps} steps each (the test trial replayed), one "
-        "process; each step is one compiled call plus the copy of its output to the host.",
+        "process; each step is one compiled call plus the copy of its output to the host. "
+        f"The streams take turns in {ROUNDS} rounds of {steps // ROUNDS} steps. p50 and p99 "
+        "pool all steps; on this shared 2-core machine other processes preempt some steps "
+        f"(load average {load:.1f} at the end), so the p99 of the quietest round is given too.",
         "",
-        "| stream | p50 (ms) | p99 (ms) | max (ms) | target |",
-        "|---|---|---|---|---|",
+        "| stream | p50 (ms) | p99 (ms) | p99, quietest round (ms) | max (ms) | target |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, stream in streams.items():
-        seconds = latency(stream, counts, steps) * 1000
+    measured = latency(streams, counts, steps)
+    for name, seconds in measured.items():
+        milliseconds = seconds * 1000
+        quietest = np.percentile(milliseconds, 99, axis=1).min()
         target = "< 2 ms" if "lfads" in name else "< 0.2 ms"
         target = "-" if "Wiener on smoothed" in name else target
         lines.append(
-            f"| {name} | {np.percentile(seconds, 50):.3f} | {np.percentile(seconds, 99):.3f} "
-            f"| {seconds.max():.3f} | {target} |"
+            f"| {name} | {np.percentile(milliseconds, 50):.3f} | "
+            f"{np.percentile(milliseconds, 99):.3f} | {quietest:.3f} | {milliseconds.max():.3f} "
+            f"| {target} |"
         )
         print(lines[-1], flush=True)
     return "\n".join(lines)
