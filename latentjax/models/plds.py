@@ -381,9 +381,12 @@ def _solve_spd(matrix, right):
         return jnp.linalg.solve(matrix, right)
     vector = right.ndim == 1
     augmented = jnp.concatenate([matrix, right[:, None] if vector else right], axis=1)
+    identity = jnp.eye(num, dtype=matrix.dtype)
     for k in range(num):
+        # row k scaled to a unit pivot; every other row loses its multiple of it, and row k
+        # becomes the scaled row: one elementwise update, which XLA fuses across the steps
         row = augmented[k] / augmented[k, k]
-        augmented = (augmented - augmented[:, k : k + 1] * row[None]).at[k].set(row)
+        augmented = augmented - (augmented[:, k] - identity[k])[:, None] * row[None]
     solution = augmented[:, num:]
     return solution[:, 0] if vector else solution
 
