@@ -307,7 +307,7 @@ def _cv_alpha(design: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
         predicted = _ridge_path(design[~test], targets[~test], _ALPHAS, design[test])
         errors += np.sum((predicted - targets[test]) ** 2, axis=1)
     best = int(np.argmin(errors.sum(1)))
-    total = np.sum((targets - targets.mean(0)) ** 2, 0)
+    total = np.maximum(np.sum((targets - targets.mean(0)) ** 2, 0), np.finfo(float).tiny)
     return float(_ALPHAS[best]), float(np.mean(1 - errors[best] / total))
 
 

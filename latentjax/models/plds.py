@@ -428,7 +428,9 @@ def _filter_bin(link: str, num_iters: int, constants: StreamConstants, state, co
         return (latent + steps[accepted] * direction, linears[accepted]), None
 
     start = (mean, emissions @ mean + constants.emissions_bias)
-    (mode, linear), _ = jax.lax.scan(newton, start, None, length=num_iters, unroll=True)
+    # unrolled when short (a streamed bin then runs no loop), rolled when long (compile time)
+    unroll = num_iters <= 4
+    (mode, linear), _ = jax.lax.scan(newton, start, None, length=num_iters, unroll=unroll)
     filtered_cov = _inverse_spd(hessian(_log_likelihood_terms(link, counts, linear)[2]))
     dynamics = constants.dynamics
     next_mean = dynamics @ mode + constants.dynamics_bias
