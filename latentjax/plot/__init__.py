@@ -6,6 +6,7 @@ Figures are built without pyplot, so nothing global changes; save with `figure.s
 from latentjax.plot.activity import psths, raster
 from latentjax.plot.communication import communication_graph
 from latentjax.plot.latents import latent_trajectories, true_vs_inferred
+from latentjax.plot.states import state_flow_fields, state_raster
 from latentjax.plot.topology import plot_barcode, plot_diagram
 from latentjax.plot.training import training_curves
 
@@ -16,6 +17,8 @@ __all__ = [
     "plot_diagram",
     "psths",
     "raster",
+    "state_flow_fields",
+    "state_raster",
     "training_curves",
     "true_vs_inferred",
 ]
