@@ -1,6 +1,6 @@
 """Model families: one module each, the same contract (`Config`, `init`, `loss` or `fitter`,
 `posterior`); `lj.fit` finds the family from the Config's module."""
 
-from latentjax.models import gpfa, hmm, lds, lfads, node, plds, seqvae, smoothing
+from latentjax.models import gpfa, hmm, lds, lfads, node, plds, seqvae, slds, smoothing
 
-__all__ = ["gpfa", "hmm", "lds", "lfads", "plds", "node", "seqvae", "smoothing"]
+__all__ = ["gpfa", "hmm", "lds", "lfads", "plds", "node", "seqvae", "slds", "smoothing"]
