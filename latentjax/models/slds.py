@@ -78,6 +78,7 @@ __all__ = [
 _OBSERVATIONS = ("auto", "gaussian", "poisson")
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
 _LOG_2PI = 1.8378770664093453
+_COLD_NEWTON_ITERS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Config:
       posterior_iters: q(z), q(s) alternations when inferring trials from scratch
         (validation, `lj.infer`), each with `newton_iters` Newton steps.
       init_iters: EM iterations of the autoregressive HMM that initialises the states.
+      init_restarts: k-means + autoregressive-HMM restarts; the most likely one is kept.
       min_variance: floor on the eigenvalues of Q_k, P_0 and on r (knob).
       transition_ridge: L2 penalty on the transition logits and recurrence weights (knob).
     """
@@ -107,11 +109,18 @@ class Config:
     newton_iters: int = 2
     posterior_iters: int = 10
     init_iters: int = 25
+    init_restarts: int = 8
     min_variance: float = knob(1e-4, "positive")
     transition_ridge: float = knob(1e-2, "nonnegative")
 
     def __post_init__(self):
-        for name in ("num_states", "latent_dim", "newton_iters", "posterior_iters"):
+        for name in (
+            "num_states",
+            "latent_dim",
+            "newton_iters",
+            "posterior_iters",
+            "init_restarts",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"slds.Config: `{name}` must be a positive int, got {value!r}")
@@ -404,6 +413,16 @@ def _infer(params, config: Config, poisson: bool, signals, bin_mask, start=None,
         states = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_trials,) + x.shape), cold)
         latents = jnp.zeros((num_trials, num_bins, config.latent_dim), signals.dtype)
         latents = latents + params.initial_mean
+
+        # the latents first converge under uniform states without the recurrence term (uniform
+        # pairs would pull every latent to where all transitions are equally likely)
+        # and the first q(s) is computed from them
+        def first(y, m, s, z):
+            chain = _continuous_update(params, poisson, False, y, m, s, z, _COLD_NEWTON_ITERS)
+            discrete, _, _ = _discrete_update(params, chain)
+            return StatePosterior(discrete.marginals, discrete.pair_marginals), chain.means
+
+        states, latents = jax.vmap(first)(signals, bin_mask, states, latents)
         rounds = config.posterior_iters
     else:
         states, latents = start
@@ -586,15 +605,10 @@ def _init_arrays(key, signals, bin_mask, config: Config, poisson: bool) -> Param
                                1)  # fmt: skip
     velocity = velocity / (velocity.reshape(-1, latent_dim).std(0) + 1e-6)
     points = jnp.concatenate([latents, velocity], -1).reshape(-1, 2 * latent_dim)
-    _, labels = kmeans(kmeans_key, points, jnp.ones(points.shape[0]), num_states)
-    marginals = jax.nn.one_hot(labels, num_states, dtype=signals.dtype).reshape(
-        num_trials, num_bins, num_states
-    )
-    # point-mass q(z) on the initial latents: EM of an autoregressive HMM
     zero_covs = jnp.zeros(latents.shape + (latent_dim,), latents.dtype)
     zero_cross = zero_covs[:, 1:]
     eye = jnp.eye(latent_dim, dtype=signals.dtype)
-    params = Params(
+    start = Params(
         initial_probs=jnp.full(num_states, 1.0 / num_states, signals.dtype),
         transition_logits=jnp.log(0.9 * jnp.eye(num_states) + 0.1 / num_states),
         recurrence_weights=jnp.zeros((num_states, latent_dim), signals.dtype),
@@ -607,11 +621,12 @@ def _init_arrays(key, signals, bin_mask, config: Config, poisson: bool) -> Param
         emissions_bias=jnp.zeros(num_neurons, signals.dtype),
         emissions_cov=jnp.ones(num_neurons, signals.dtype),
     )
+    # point-mass q(z) on the initial latents: EM of an autoregressive HMM
     no_trials = jnp.zeros(num_trials, signals.dtype)
     point = ChainGaussian(latents, zero_covs, zero_cross, no_trials, no_trials)
 
     def ar_hmm(carry, _):
-        params, marginals, pairs = carry
+        params, marginals, pairs, _ = carry
         dynamics, bias, noise = _dynamics_m_step(
             params, marginals, latents, zero_covs, zero_cross, config.min_variance
         )
@@ -621,12 +636,22 @@ def _init_arrays(key, signals, bin_mask, config: Config, poisson: bool) -> Param
             transition_logits=jnp.log(counts / counts.sum(-1, keepdims=True)),
         )  # fmt: skip
         discrete, _, _ = jax.vmap(lambda c: _discrete_update(params, c))(point)
-        return (params, discrete.marginals, discrete.pair_marginals), None
+        total = jnp.sum(discrete.log_likelihood)
+        return (params, discrete.marginals, discrete.pair_marginals, total), None
 
-    pairs = jnp.einsum("btj,btk->btjk", marginals[:, :-1], marginals[:, 1:])
-    (params, marginals, pairs), _ = jax.lax.scan(
-        ar_hmm, (params, marginals, pairs), None, length=config.init_iters
-    )
+    def restart(key):
+        _, labels = kmeans(key, points, jnp.ones(points.shape[0]), num_states)
+        marginals = jax.nn.one_hot(labels, num_states, dtype=signals.dtype).reshape(
+            num_trials, num_bins, num_states
+        )
+        pairs = jnp.einsum("btj,btk->btjk", marginals[:, :-1], marginals[:, 1:])
+        carry = (start, marginals, pairs, jnp.asarray(-jnp.inf, signals.dtype))
+        carry, _ = jax.lax.scan(ar_hmm, carry, None, length=config.init_iters)
+        return carry
+
+    found = jax.lax.map(restart, jax.random.split(kmeans_key, config.init_restarts))
+    best = jnp.argmax(jnp.where(jnp.isnan(found[3]), -jnp.inf, found[3]))
+    params, marginals, _, _ = jax.tree.map(lambda x: x[best], found)
     probs, mean0, cov0 = _initial_m_step(marginals, latents, zero_covs, config.min_variance)
     params = params._replace(initial_probs=probs, initial_mean=mean0, initial_cov=cov0)
     if poisson:
