@@ -284,32 +284,47 @@ def _nonlinear_terms(params, poisson, recurrent, signals, bin_mask, pairs, laten
     return value
 
 
+def _bin_derivatives(params, poisson, recurrent, signals, bin_mask, pairs, path):
+    """Gradient `[T, D]` and Hessian `[T, D, D]` of the per-bin terms (`_nonlinear_terms`)
+    at `path` `[T, D]`, analytic."""
+    weight = bin_mask.astype(signals.dtype)[:, None]
+    linear = path @ params.emissions.T + params.emissions_bias
+    if poisson:
+        rate = jnp.exp(linear)
+        residual, curvature = weight * (signals - rate), weight * rate
+    else:
+        residual = weight * (signals - linear) / params.emissions_cov
+        curvature = jnp.broadcast_to(weight / params.emissions_cov, linear.shape)
+    gradient = residual @ params.emissions
+    hessian = -jnp.einsum("tn,ni,nj->tij", curvature, params.emissions, params.emissions)
+    if recurrent:
+        w = params.recurrence_weights
+        probs = jnp.exp(_log_transitions(params, path))  # [T-1, K(from), K(to)]
+        totals = pairs.sum(-1, keepdims=True)
+        pulled = jnp.sum(pairs - totals * probs, axis=1) @ w
+        spread = jnp.einsum("tj,tjk->tk", totals[..., 0], probs)
+        outer = jnp.einsum("tj,tjk,tjl->tkl", totals[..., 0], probs, probs)
+        curvature_k = jax.vmap(jnp.diag)(spread) - outer
+        bend = -jnp.einsum("ka,tkl,lb->tab", w, curvature_k, w)
+        gradient = gradient.at[:-1].add(pulled)
+        hessian = hessian.at[:-1].add(bend)
+    return gradient, hessian
+
+
 def _continuous_update(params, poisson, recurrent, signals, bin_mask, states, latents, iters):
     """Laplace q(z) of one trial by `iters` damped Newton steps from `latents` `[T, D]`,
     given q(s) (`states`: marginals `[T, K]`, pairs `[T-1, K, K]`)."""
     marginals, pairs = states
     diagonal, upper, shift = _prior_information(params, marginals)
 
-    def per_bin(z, t_signals, t_mask, t_pairs, is_last):
-        def value(x):
-            obs = _observation_terms(params, poisson, t_signals[None], t_mask[None], x[None])[0]
-            if not recurrent:
-                return obs
-            logits = params.transition_logits + (params.recurrence_weights @ x)[None]
-            recurrence = jnp.sum(t_pairs * jax.nn.log_softmax(logits, -1))
-            return obs + jnp.where(is_last, 0.0, recurrence)
-
-        return jax.grad(value)(z), jax.hessian(value)(z)
-
-    padded_pairs = jnp.concatenate([pairs, jnp.zeros_like(pairs[:1])], axis=0)
-    last = jnp.arange(signals.shape[0]) == signals.shape[0] - 1
-
     def objective(path):
         nonlinear = _nonlinear_terms(params, poisson, recurrent, signals, bin_mask, pairs, path)
         return quadratic_form(diagonal, upper, shift, path) + jnp.sum(nonlinear)
 
     def system(path):
-        gradients, hessians = jax.vmap(per_bin)(path, signals, bin_mask, padded_pairs, last)
+        gradients, hessians = _bin_derivatives(
+            params, poisson, recurrent, signals, bin_mask, pairs, path
+        )
         information = diagonal - hessians
         linear = shift + gradients - jnp.einsum("tij,tj->ti", hessians, path)
         return information, linear
