@@ -72,6 +72,7 @@ __all__ = [
     "init",
     "log_likelihood",
     "posterior",
+    "state_map",
     "validation_loss",
 ]
 
@@ -733,6 +734,12 @@ def log_likelihood(params: Params, trials, config: Config):
     """`[trials]` ELBO of each trial (cold-started inference)."""
     _check_trials(config, trials, "slds.log_likelihood")
     return _posterior_arrays(params, trials, config)[0].log_likelihood
+
+
+def state_map(state, dynamics, bias):
+    """One state's map z -> A_k z + b_k (`state` `[D]`), for `lj.geometry.fixed_points(
+    state_map, starts, kind="map", args=(A_k, b_k))`."""
+    return dynamics @ state + bias
 
 
 def fixed_points(params: Params):
