@@ -112,7 +112,7 @@ class Config:
     init_iters: int = 25
     init_restarts: int = 8
     min_variance: float = knob(1e-4, "positive")
-    transition_ridge: float = knob(1e-2, "nonnegative")
+    transition_ridge: float = knob(1.0, "nonnegative")
 
     def __post_init__(self):
         for name in (
@@ -520,10 +520,12 @@ def _transition_m_step(params: Params, pairs, means, recurrent: bool, ridge):
 
     theta = jnp.concatenate([params.transition_logits.ravel(), params.recurrence_weights.ravel()])
     theta, _ = jax.lax.scan(step, theta, None, length=3)
-    return (
-        theta[: num_states**2].reshape(num_states, num_states),
-        theta[num_states**2 :].reshape(num_states, num_latents),
-    )
+    # the softmax is unchanged by a constant added to a row of L or a vector added to every
+    # w_k: centring removes these directions (the ridge's optimum has them at zero), which
+    # the Newton steps leave to rounding
+    logits = theta[: num_states**2].reshape(num_states, num_states)
+    weights = theta[num_states**2 :].reshape(num_states, num_latents)
+    return logits - logits.mean(-1, keepdims=True), weights - weights.mean(0)
 
 
 def _emission_m_step(params: Params, poisson, signals, bin_mask, means, covs, min_variance):
