@@ -82,6 +82,23 @@ def test_forward_backward_equals_a_numpy_scaled_reference_with_masked_bins(time_
         np.testing.assert_allclose(got.transition_counts, want_pairs.sum(0), atol=1e-8)
 
 
+def test_forward_backward_and_viterbi_agree_with_dynamax():
+    """dynamax's HMM inference (scaled probabilities, a second independent implementation)."""
+    from dynamax.hidden_markov_model import hmm_posterior_mode, hmm_smoother
+
+    rng = np.random.default_rng(7)
+    initial, transitions, log_likelihoods = _random_chain(rng, 50, 4, time_varying=True)
+    with jax.enable_x64(True):
+        args = (jnp.asarray(initial), jnp.asarray(transitions), jnp.asarray(log_likelihoods))
+        theirs = hmm_smoother(*args)
+        ours = forward_backward(jnp.log(args[0]), jnp.log(args[1]), args[2])
+        np.testing.assert_allclose(ours.log_likelihood, theirs.marginal_loglik, rtol=1e-10)
+        np.testing.assert_allclose(ours.marginals, theirs.smoothed_probs, atol=1e-8)
+        np.testing.assert_array_equal(
+            viterbi(jnp.log(args[0]), jnp.log(args[1]), args[2]), hmm_posterior_mode(*args)
+        )
+
+
 def test_hmm_log_likelihood_of_masked_trials_equals_the_reference():
     """The family's emission terms: masked bins contribute nothing (Poisson and Gaussian)."""
     rng = np.random.default_rng(1)
@@ -190,7 +207,7 @@ def test_hmm_recovers_the_states_of_simulated_data(poisson):
 def test_sweep_over_num_states_picks_the_true_number_by_held_out_likelihood():
     trials, _ = sample_hmm(4, num_trials=60, num_states=3)
     train, valid = lj.data.split(trials, (0.7, 0.3), seed=0)
-    config = hmm.Config(train=lj.train.TrainConfig(steps=30, chunk_size=30))
+    config = hmm.Config(train=lj.train.TrainConfig(steps=20, chunk_size=20))
     population = lj.sweep(config, train, valid=valid, grid={"num_states": [2, 3, 4, 5]},
                           progress=False)  # fmt: skip
     assert lj.best(population).config.num_states == 3

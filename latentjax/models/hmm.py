@@ -116,8 +116,17 @@ def _check_trials(config: Config, trials, caller: str) -> None:
 
 
 def emission_log_likelihoods(params: Params, signals, bin_mask, poisson: bool):
-    """`[..., T, K]` log p(y_t | s_t = k) of `signals` `[..., T, N]`; 0 where `bin_mask` is
-    False."""
+    """Emission log-likelihoods of every bin and state.
+
+    Args:
+      params: `Params`.
+      signals: `[..., T, N]` counts or signals.
+      bin_mask: `[..., T]` bool; False bins get 0.
+      poisson: Poisson (True) or Gaussian emissions.
+
+    Returns:
+      `[..., T, K]` log p(y_t | s_t = k).
+    """
     if poisson:
         rates = params.means
         value = (

@@ -739,14 +739,29 @@ def log_likelihood(params: Params, trials, config: Config):
 
 
 def state_map(state, dynamics, bias):
-    """One state's map z -> A_k z + b_k (`state` `[D]`), for `lj.geometry.fixed_points(
-    state_map, starts, kind="map", args=(A_k, b_k))`."""
+    """One state's map z -> A_k z + b_k, for `lj.geometry.fixed_points(state_map, starts,
+    kind="map", args=(A_k, b_k))`.
+
+    Args:
+      state: `[D]` z.
+      dynamics: `[D, D]` A_k.
+      bias: `[D]` b_k.
+
+    Returns:
+      `[D]` the next latent's mean.
+    """
     return dynamics @ state + bias
 
 
 def fixed_points(params: Params):
-    """`[K, D]` the fixed point z* = (I - A_k)^-1 b_k of each state's affine map (NaN where
-    I - A_k is singular)."""
+    """The fixed point z* = (I - A_k)^-1 b_k of each state's affine map.
+
+    Args:
+      params: `Params`.
+
+    Returns:
+      `[K, D]` (NaN or Inf where I - A_k is singular).
+    """
     eye = jnp.eye(params.dynamics.shape[-1])
     points = jnp.linalg.solve(eye - params.dynamics, params.dynamics_bias[..., None])[..., 0]
     return jnp.where(jnp.isfinite(points), points, jnp.nan)

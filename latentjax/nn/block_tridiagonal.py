@@ -58,8 +58,16 @@ def _symmetrize(matrix):
 
 
 def solve(diagonal, upper, shift) -> ChainGaussian:
-    """Moments of the Gaussian with precision J (blocks `diagonal` `[T, K, K]`, `upper`
-    `[T-1, K, K]`) and linear term `shift` `[T, K]` (J must be positive definite)."""
+    """Moments of the Gaussian exp(-z^T J z / 2 + h^T z) (J positive definite).
+
+    Args:
+      diagonal: `[T, K, K]` blocks J_tt.
+      upper: `[T-1, K, K]` blocks J_{t,t+1}.
+      shift: `[T, K]` h.
+
+    Returns:
+      `ChainGaussian`.
+    """
     num_latents = shift.shape[-1]
     below = jnp.concatenate([jnp.zeros_like(diagonal[:1]), upper], axis=0)  # J_{t-1,t}
 
@@ -113,7 +121,17 @@ def solve(diagonal, upper, shift) -> ChainGaussian:
 
 
 def quadratic_form(diagonal, upper, shift, path):
-    """-z^T J z / 2 + h^T z at `path` `[T, K]`."""
+    """-z^T J z / 2 + h^T z.
+
+    Args:
+      diagonal: `[T, K, K]` blocks J_tt.
+      upper: `[T-1, K, K]` blocks J_{t,t+1}.
+      shift: `[T, K]` h.
+      path: `[T, K]` z.
+
+    Returns:
+      scalar.
+    """
     quadratic = jnp.einsum("ti,tij,tj->", path, diagonal, path) + 2 * jnp.einsum(
         "ti,tij,tj->", path[:-1], upper, path[1:]
     )

@@ -125,8 +125,16 @@ def forward_backward(
 
 
 def viterbi(log_initial, log_transitions, log_likelihoods) -> jax.Array:
-    """Most likely state path `[T]` (int32) by max-product in log space (arguments as
-    `forward_backward`)."""
+    """Most likely state path by max-product in log space.
+
+    Args:
+      log_initial: `[K]` log pi.
+      log_transitions: `[K, K]` or `[T-1, K, K]` log P.
+      log_likelihoods: `[T, K]` log p(y_t | s_t = k).
+
+    Returns:
+      `[T]` int32 states.
+    """
     log_initial = _finite(log_initial)
     log_likelihoods = _finite(log_likelihoods)
     steps = _finite(_per_step(log_transitions, log_likelihoods.shape[0]))
