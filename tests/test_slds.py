@@ -237,3 +237,30 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         slds.init(jax.random.PRNGKey(0), slds.Config(observations="poisson"), continuous.trials)
     with pytest.raises(ValueError, match="latent_dim"):
         slds.init(jax.random.PRNGKey(0), slds.Config(latent_dim=20), continuous.trials)
+
+
+def test_nascar_latents_follow_the_dynamics_of_their_states():
+    data = lj.datasets.nascar(seed=3, num_trials=5, num_bins=80, observations="gaussian")
+    latents, states = data.truth["latents"].astype(float), data.truth["states"]
+    params = data.truth["params"]
+    predicted = np.einsum("btij,btj->bti", params["A"][states[:, 1:]], latents[:, :-1])
+    residual = latents[:, 1:] - predicted - params["b"][states[:, 1:]]
+    np.testing.assert_allclose(residual.std(), 0.02, rtol=0.1)  # dynamics_noise
+    x, y = latents[:, :-1, 0], latents[:, :-1, 1]
+    rule = np.where(x > 2, 0, np.where(x < -2, 1, np.where(y > 0, 2, 3)))
+    np.testing.assert_array_equal(states[:, 1:], rule)
+    assert set(np.unique(states)) == {0, 1, 2, 3}
+    assert np.abs(latents[..., 1]).max() < 1.5 and np.abs(latents[..., 0]).max() < 3.5
+
+
+def test_state_plots_draw_rasters_and_flow_fields():
+    states = np.random.default_rng(0).integers(0, 3, (4, 30))
+    figure = lj.plot.state_raster(states, truth=states)
+    assert len(figure.axes) == 3  # two panels and the colour bar
+    dynamics = np.stack([np.eye(2) * 0.9, [[0.9, -0.2], [0.2, 0.9]]])
+    latents = np.random.default_rng(1).normal(size=(3, 20, 2))
+    figure = lj.plot.state_flow_fields(dynamics, np.ones((2, 2)), latents=latents,
+                                       states=states[:3, :20] % 2)  # fmt: skip
+    assert len(figure.axes) == 2
+    with pytest.raises(ValueError, match="biases"):
+        lj.plot.state_flow_fields(dynamics, np.ones(2))

@@ -833,7 +833,7 @@ def figures(posterior: Posterior, trials) -> dict:
     """The report's state raster and per-state flow fields (`lj.plot`)."""
     from latentjax.plot.states import state_flow_fields, state_raster
 
-    found = {"states": state_raster(posterior, dt=trials.dt)}
+    found = {"states": state_raster(posterior, dt=getattr(trials, "dt", 1.0))}
     if np.shape(posterior.latents)[-1] >= 2:
         found["flow_fields"] = state_flow_fields(
             posterior.dynamics, posterior.dynamics_bias, latents=posterior.latents,
