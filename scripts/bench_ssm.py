@@ -10,8 +10,10 @@ of the best affine map (`lj.metrics.latent_r2`), seconds per EM iteration (ours:
 compiled step, best of repeats, compile excluded; ssm: its fit loop divided by the
 iterations) and the total wall time of each fit (ours: including compilation).
 
-Usage: `python scripts/bench_ssm.py [--quick] [--out benchmarks/switching.md]` (`--quick`:
-fewer trials and iterations, no file written unless `--out` is given). Needs `ssm` installed
+Usage: `python scripts/bench_ssm.py [--quick] [--num-trials N] [--iters I] [--out FILE]`
+(`--quick`: 20 trials and 10 iterations, no file written unless `--out` is given; otherwise
+`benchmarks/switching.md`). ssm's Laplace-EM takes seconds per iteration on 2 cores: the
+default sizes (50 trials, 50 iterations) take about an hour. Needs `ssm` installed
 from a checkout of github.com/lindermanlab/ssm (`pip install --no-build-isolation .`, with
 Cython, autograd and numba); without it only our rows are printed, with the reason.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import sys
 import time
 
 import jax
@@ -104,8 +107,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--num-trials", type=int, default=None, help="default 50 (quick: 20)")
+    parser.add_argument("--iters", type=int, default=None, help="default 50 (quick: 10)")
     args = parser.parse_args()
     num_trials, num_iters = (20, 10) if args.quick else (50, 50)
+    num_trials = args.num_trials or num_trials
+    num_iters = args.iters or num_iters
     restarts = 4
     try:
         import ssm  # noqa: F401
@@ -133,7 +140,7 @@ def main():
     text = (
         f"rSLDS, K={NUM_STATES}, D={LATENT_DIM}, {num_trials} trials x 100 bins, "
         f"{num_iters} Laplace-EM iterations each, {restarts} AR-HMM initialisation restarts "
-        f"(`scripts/bench_ssm.py`{' --quick' if args.quick else ''}).\n\n"
+        f"(`python scripts/bench_ssm.py {' '.join(sys.argv[1:])}`).\n\n"
         f"- machine: {machine(('jax', 'jaxlib', 'numpy', 'autograd', 'numba'))}\n"
         f"- {ssm_note}\n\n{header}\n" + "\n".join(rows)
     )
