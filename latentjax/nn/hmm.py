@@ -21,7 +21,7 @@ Examples:
     >>> from latentjax.nn.hmm import forward_backward, viterbi
     >>> log_pi = jnp.log(jnp.array([0.5, 0.5]))
     >>> log_p = jnp.log(jnp.array([[0.9, 0.1], [0.1, 0.9]]))
-    >>> log_l = jnp.log(jnp.array([[0.8, 0.2], [0.7, 0.3], [0.1, 0.9]]))
+    >>> log_l = jnp.log(jnp.array([[0.8, 0.2], [0.7, 0.3], [0.01, 0.99]]))
     >>> forward_backward(log_pi, log_p, log_l).marginals.shape
     (3, 2)
     >>> viterbi(log_pi, log_p, log_l).tolist()
