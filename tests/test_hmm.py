@@ -115,7 +115,8 @@ def test_hmm_log_likelihood_of_masked_trials_equals_the_reference():
             signals = rng.poisson(1.0, (2, num_bins, num_neurons)).astype(float)
             config = hmm.Config(num_states=num_states,
                                 emissions="poisson" if poisson else "gaussian")  # fmt: skip
-            trials = lj.Trials(signals, 0.01, mask=mask, continuous=not poisson)
+            trials = lj.Trials(np.where(mask[..., None], signals, np.nan), 0.01, mask=mask,
+                               continuous=not poisson)  # fmt: skip
             got = hmm.log_likelihood(params, trials, config)
             for b in range(2):
                 means, variances = np.asarray(params.means), np.asarray(params.variances)

@@ -117,6 +117,7 @@ def test_one_state_gaussian_slds_elbo_equals_the_kalman_log_likelihood():
     )  # fmt: skip
     signals = rng.normal(size=(3, num_bins, num_neurons))
     mask = rng.random((3, num_bins)) > 0.2
+    signals[~mask] = np.nan  # unobserved bins may hold anything
     trials = lj.Trials(signals, 0.01, mask=mask, continuous=True)
     with jax.enable_x64(True):
         kalman = lds.log_likelihood(

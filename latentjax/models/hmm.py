@@ -145,7 +145,9 @@ def emission_log_likelihoods(params: Params, signals, bin_mask, poisson: bool):
 
 
 def _signals(trials):
-    return jnp.asarray(trials.spikes, dtype=float), jnp.asarray(trials.mask)
+    """Signals `[B, T, N]` (0 in unobserved bins, which may hold NaN) and the bin mask."""
+    mask = jnp.asarray(trials.mask)
+    return jnp.where(mask[..., None], jnp.asarray(trials.spikes, dtype=float), 0.0), mask
 
 
 def _e_step(params: Params, signals, bin_mask, poisson: bool):

@@ -204,7 +204,9 @@ def _check_trials(config: Config, trials, caller: str) -> None:
 
 
 def _data(trials):
-    return jnp.asarray(trials.spikes, dtype=float), jnp.asarray(trials.mask)
+    """Signals `[B, T, N]` (0 in unobserved bins, which may hold NaN) and the bin mask."""
+    mask = jnp.asarray(trials.mask)
+    return jnp.where(mask[..., None], jnp.asarray(trials.spikes, dtype=float), 0.0), mask
 
 
 # ---------------------------------------------------------------------------------------------
