@@ -26,6 +26,7 @@ TINY = {
     "lorenz": dict(num_trials=10, num_bins=20, num_neurons=12),
     "lds": dict(num_trials=10, num_bins=20, num_neurons=10),
     "plds": dict(num_trials=10, num_bins=20, num_neurons=10),
+    "nascar": dict(num_trials=10, num_bins=20, num_neurons=10),
     "multiregion": dict(num_trials=10, num_bins=20, neurons_per_region=5),
 }
 STEPS = 2
