@@ -128,6 +128,8 @@ class Registration:
 _BUILT_IN = {
     "lds": ("latentjax.models.lds", "lds"),
     "plds": ("latentjax.models.plds", "plds"),
+    "hmm": ("latentjax.models.hmm", "nascar"),
+    "slds": ("latentjax.models.slds", "nascar"),
     "gpfa": ("latentjax.models.gpfa", "lorenz"),
     "smoothing": ("latentjax.models.smoothing", "lorenz"),
     "lfads": ("latentjax.models.lfads", "lorenz"),

@@ -16,8 +16,9 @@ SMALL = {
     "ring": dict(num_trials=5, num_bins=30, num_neurons=10),
     "torus": dict(num_trials=5, num_bins=30, num_neurons=10),
     "flip_flop": dict(num_trials=5, num_bins=30, num_neurons=6),
+    "nascar": dict(num_trials=5, num_bins=30, num_neurons=8),
 }
-SPIKING = ["lorenz", "chaotic_rnn", "plds", "multiregion", "ring", "torus", "flip_flop"]
+SPIKING = ["lorenz", "chaotic_rnn", "plds", "multiregion", "ring", "torus", "flip_flop", "nascar"]
 
 
 def wrapped(angle):
@@ -324,6 +325,8 @@ def test_subsample_pads_trials_that_keep_fewer_bins():
         (lambda: lj.datasets.multiregion(latent_dim=(2, 2)), "latent_dim"),
         (lambda: lj.datasets.multiregion(observations="binary"), "observations"),
         (lambda: lj.datasets.ring(kappa=0), "kappa"),
+        (lambda: lj.datasets.nascar(observations="binary"), "observations"),
+        (lambda: lj.datasets.nascar(speed=2.0), "speed"),
         (lambda: lj.datasets.torus(num_bins=1), "num_bins"),
         (lambda: lj.datasets.generate("spiral"), "name"),
         (lambda: lj.datasets.subsample(lj.datasets.ring().trials, 0.0), "keep"),

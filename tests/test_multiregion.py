@@ -363,5 +363,12 @@ def test_communication_graph_draws_inferred_edges():
     assert isinstance(figure, Figure)
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert sum("delay 2" in t for t in texts) == 2 and "MT" in texts
+    assert "0.50 [0.40, 0.60]" in "".join(texts)
+    # a well-determined edge (interval 0.006 wide) shows two different bounds
+    narrow = dict(
+        posterior.extras, coupling_lower=coupling - 0.003, coupling_upper=coupling + 0.003
+    )
+    figure = communication_graph(lj.Posterior(latents=posterior.latents, extras=narrow))
+    assert "0.500 [0.497, 0.503]" in "".join(t.get_text() for t in figure.axes[0].texts)
     with pytest.raises(ValueError, match="region_names"):
         communication_graph(posterior, region_names=["a"])

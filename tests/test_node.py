@@ -348,7 +348,7 @@ def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
     config, trials, params, matrix, times = _linear_gaussian_model(9, num_trials=5)
     mask, signal = trials.mask, trials.spikes
     key = jax.random.PRNGKey(3)
-    options = {"num_samples": 20000, "times": times[0]}
+    options = {"num_samples": 6000, "times": times[0]}
     with mock.patch.object(node.family, "POSTERIOR_CHUNK", 2):
         weighted = node.posterior(params, trials, config, key, importance=True, **options)
     equal = node.posterior(params, trials, config, key, **options)
@@ -373,13 +373,14 @@ def test_importance_weighted_samples_reach_the_closed_form_posterior_mean():
     # Monte Carlo standard error of a weighted mean: posterior sd / sqrt(effective samples)
     standard_error = posterior_sd / np.sqrt(weighted.effective_samples)[:, None, None]
     assert (np.abs(weighted.latents - expected) < 5 * standard_error).all()
-    np.testing.assert_allclose(equal.latents, encoder_paths, atol=0.03)
+    # Monte Carlo error of an unweighted mean of 6000 draws
+    np.testing.assert_allclose(equal.latents, encoder_paths, atol=0.055)
     # The draws centre on the encoder's mean, far off: unweighted, they would fail above.
     assert np.abs(encoder_paths - expected).max() > 0.2
     assert np.abs(encoder_paths - expected).max() > 5 * standard_error.max()
-    assert (weighted.effective_samples > 1000).all()
-    assert (weighted.effective_samples < 20000).all()
-    np.testing.assert_allclose(equal.effective_samples, 20000, rtol=1e-4)
+    assert (weighted.effective_samples > 300).all()
+    assert (weighted.effective_samples < 6000).all()
+    np.testing.assert_allclose(equal.effective_samples, 6000, rtol=1e-4)
     with pytest.raises(ValueError, match="importance"):
         node.posterior(params, trials, config, key, importance=1)
 

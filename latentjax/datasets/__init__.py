@@ -18,6 +18,7 @@ from latentjax.datasets.linear import lds, plds
 from latentjax.datasets.lorenz import lorenz
 from latentjax.datasets.manifolds import ring, torus
 from latentjax.datasets.multiregion import multiregion
+from latentjax.datasets.nascar import nascar
 from latentjax.datasets.registry import available, generate
 from latentjax.datasets.subsample import subsample
 
@@ -30,6 +31,7 @@ __all__ = [
     "lds",
     "lorenz",
     "multiregion",
+    "nascar",
     "plds",
     "ring",
     "subsample",

@@ -11,6 +11,7 @@ from latentjax.datasets.linear import lds, plds
 from latentjax.datasets.lorenz import lorenz
 from latentjax.datasets.manifolds import ring, torus
 from latentjax.datasets.multiregion import multiregion
+from latentjax.datasets.nascar import nascar
 
 __all__ = ["GENERATORS", "available", "generate"]
 
@@ -23,6 +24,7 @@ GENERATORS: dict[str, Callable[..., Dataset]] = {
     "multiregion": multiregion,
     "ring": ring,
     "torus": torus,
+    "nascar": nascar,
 }
 
 

@@ -8,6 +8,7 @@ from latentjax.plot.communication import communication_graph
 from latentjax.plot.embedding import consistency_matrix, embedding_3d
 from latentjax.plot.latents import latent_trajectories, true_vs_inferred
 from latentjax.plot.realtime import decoded_behavior, latency_histogram
+from latentjax.plot.states import state_flow_fields, state_raster
 from latentjax.plot.topology import plot_barcode, plot_diagram
 from latentjax.plot.training import training_curves
 
@@ -22,6 +23,8 @@ __all__ = [
     "plot_diagram",
     "psths",
     "raster",
+    "state_flow_fields",
+    "state_raster",
     "training_curves",
     "true_vs_inferred",
 ]

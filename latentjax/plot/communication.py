@@ -63,10 +63,11 @@ def communication_graph(posterior, *, region_names=None, show_all: bool = False)
             )
             axes.add_patch(arrow)
             middle = (start + end) / 2 + 0.15 * np.array([end - start])[0] @ [[0, -1], [1, 0]]
+            lower = extras["coupling_lower"][source, target]
+            upper = extras["coupling_upper"][source, target]
+            digits = _decimals(upper - lower)
             label = (
-                f"{mean[source, target]:.2f} "
-                f"[{extras['coupling_lower'][source, target]:.2f}, "
-                f"{extras['coupling_upper'][source, target]:.2f}]\n"
+                f"{mean[source, target]:.{digits}f} [{lower:.{digits}f}, {upper:.{digits}f}]\n"
                 f"delay {int(extras['delays'][source, target])}"
             )
             axes.text(*middle, label, ha="center", va="center", fontsize=8)
@@ -85,3 +86,11 @@ def communication_graph(posterior, *, region_names=None, show_all: bool = False)
     axes.axis("off")
     axes.set_title("communication graph\nstrength: mean [credible interval], delay (bins)")
     return figure
+
+
+def _decimals(width: float) -> int:
+    """Decimals that show a credible interval of this width as two different numbers (2 to 4;
+    a well-determined edge's interval is narrower than 0.01)."""
+    if not np.isfinite(width) or width <= 0:
+        return 2
+    return int(np.clip(np.ceil(-np.log10(width)), 2, 4))
