@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.signal
 from threadpoolctl import threadpool_limits
 
 from latentjax import family as families
@@ -255,12 +256,11 @@ def _check_mask(mask, shape) -> np.ndarray:
 
 
 def _smoothed(inputs: np.ndarray, decay: float, start: np.ndarray) -> np.ndarray:
-    out = np.empty_like(inputs)
-    state = np.broadcast_to(start, inputs[:, 0].shape)
-    for t in range(inputs.shape[1]):
-        state = decay * state + (1 - decay) * inputs[:, t]
-        out[:, t] = state
-    return out
+    """Causal exponential smoothing along time, `s_t = decay s_{t-1} + (1 - decay) x_t` from
+    `s_{-1} = start`, as one linear filter."""
+    before = np.broadcast_to(start, inputs[:, 0].shape)[:, None]  # [B, 1, F]
+    filtered, _ = scipy.signal.lfilter([1 - decay], [1, -decay], inputs, axis=1, zi=decay * before)
+    return filtered.astype(inputs.dtype)
 
 
 def _lagged(inputs: np.ndarray, lags: int, start: np.ndarray) -> np.ndarray:

@@ -499,6 +499,23 @@ def _initial_m_step(marginals, means, covs, min_variance):
     return probs / probs.sum(), mean, clip_eigenvalues(cov, min_variance)
 
 
+def _damped_newton(value, theta, steps: int = 3):
+    """`steps` Newton steps maximising the concave `value(theta)`, each taking the best of
+    `_STEP_SIZES` along the Newton direction (0 included, so the value never decreases)."""
+
+    def step(theta, _):
+        gradient = jax.grad(value)(theta)
+        hessian = jax.hessian(value)(theta)
+        direction = jnp.linalg.solve(hessian - 1e-6 * jnp.eye(theta.shape[0]), -gradient)
+        candidates = jnp.stack([theta + a * direction for a in _STEP_SIZES])
+        values = jax.vmap(value)(candidates)
+        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
+        return candidates[best], None
+
+    theta, _ = jax.lax.scan(step, theta, None, length=steps)
+    return theta
+
+
 def _transition_m_step(params: Params, pairs, means, recurrent: bool, ridge):
     """Transition logits (and recurrence weights) maximising the expected log transition
     probabilities (at the latent means) minus `ridge` times their squares."""
@@ -514,17 +531,8 @@ def _transition_m_step(params: Params, pairs, means, recurrent: bool, ridge):
         log_p = jax.nn.log_softmax(logits[None, None] + (previous @ weights.T)[:, :, None], axis=-1)
         return jnp.sum(pairs * log_p) - ridge * jnp.sum(theta**2)
 
-    def step(theta, _):
-        gradient = jax.grad(value)(theta)
-        hessian = jax.hessian(value)(theta)
-        direction = jnp.linalg.solve(hessian - 1e-6 * jnp.eye(theta.shape[0]), -gradient)
-        candidates = jnp.stack([theta + a * direction for a in _STEP_SIZES])
-        values = jax.vmap(value)(candidates)
-        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-        return candidates[best], None
-
     theta = jnp.concatenate([params.transition_logits.ravel(), params.recurrence_weights.ravel()])
-    theta, _ = jax.lax.scan(step, theta, None, length=3)
+    theta = _damped_newton(value, theta)
     # the softmax is unchanged by a constant added to a row of L or a vector added to every
     # w_k: centring removes these directions (the ridge's optimum has them at zero), which
     # the Newton steps leave to rounding
@@ -553,17 +561,7 @@ def _emission_m_step(params: Params, poisson, signals, bin_mask, means, covs, mi
             variance = jnp.einsum("k,btkl,l->bt", theta[:-1], covs, theta[:-1])
             return jnp.sum(weight * (counts * linear - jnp.exp(linear + 0.5 * variance)))
 
-        def step(theta, _):
-            gradient = jax.grad(value)(theta)
-            hessian = jax.hessian(value)(theta)
-            direction = jnp.linalg.solve(hessian - 1e-6 * jnp.eye(theta.shape[0]), -gradient)
-            candidates = jnp.stack([theta + a * direction for a in _STEP_SIZES])
-            values = jax.vmap(value)(candidates)
-            best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-            return candidates[best], None
-
-        theta, _ = jax.lax.scan(step, theta, None, length=3)
-        return theta
+        return _damped_newton(value, theta)
 
     thetas = jnp.concatenate([params.emissions, params.emissions_bias[:, None]], -1)
     thetas = jax.vmap(neuron, in_axes=(0, 2))(thetas, signals)
