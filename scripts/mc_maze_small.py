@@ -74,8 +74,7 @@ def settings(quick: bool) -> dict:
         "node": (node.Config(latent_dim=8, hidden_dim=32, encoder_dim=32, time_scale=10.0,
                              kl_ramp_steps=50, train=adam(3e-3, 200, 50)), 200,
                  "width 32, 8 latents, time_scale 10, tsit5, KL ramp 50"),
-        "gpfa": (gpfa.Config(latent_dim=3), 10,
-                 "3 latents, 10 EM iterations; exact E-step, cubic in latents x bins"),
+        "gpfa": (gpfa.Config(latent_dim=8), 100, "8 latents, 100 EM iterations"),
     }  # fmt: skip
 
 

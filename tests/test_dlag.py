@@ -181,6 +181,36 @@ def test_em_log_likelihood_never_decreases_float64():
             assert log_liks[-1] > log_liks[0] + 1.0
 
 
+def test_trials_sharing_their_bin_times_are_pooled_without_changing_an_em_step():
+    """As in GPFA: one trial's clock shifted by a second forces the per-trial path, which
+    must give the pooled path's EM steps (delays and timescales included)."""
+    dt = 0.02
+    times = np.arange(10) * dt
+    config = dlag.Config(across_dim=1, within_dim=1, max_delay=0.1, sqrt_transform=False)
+    rng = np.random.default_rng(5)
+    y, regions, _ = simulate_dlag(
+        rng, 4, times, [4, 4], np.array([0.08]), np.array([[0.05], [0.15]]),
+        np.array([[0.0], [1.5 * dt]]),
+    )  # fmt: skip
+    shifted = np.tile(times, (4, 1))
+    shifted[1] += 1.0
+    fitter = dlag.fitter(config)
+    with jax.enable_x64(True):
+        step = jax.jit(fitter.step)
+        outcomes = []
+        for trial_times in (np.tile(times, (4, 1)), shifted):
+            trials = lj.Trials(
+                y, dt=dt, times=trial_times, regions=[f"R{r}" for r in regions], continuous=True
+            )
+            state = fitter.init(dlag.init(jax.random.PRNGKey(0), config, trials), trials)
+            for i in range(3):
+                state, info = step(state, trials, jax.random.PRNGKey(i))
+            posterior = dlag.posterior(state.params, trials, config)
+            outcomes.append((state.params, info["log_likelihood"], posterior.latents))
+    for pooled, per_trial in zip(*outcomes, strict=True):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9), pooled, per_trial)
+
+
 def fit_simulated(num_trials, num_bins, steps, seed=3):
     """Fit DLAG to data simulated from it: 2 regions, across latents delayed by +2 and -1.5
     bins in region 1, distinct timescales, one within latent per region."""

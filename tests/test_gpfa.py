@@ -121,6 +121,32 @@ def test_em_log_likelihood_never_decreases_float64():
     assert log_liks[-1] > log_liks[0] + 1.0
 
 
+def test_trials_sharing_their_bin_times_are_pooled_without_changing_an_em_step():
+    """Equal-length, fully observed trials take the pooled path (factorisations once); the
+    same trials with one trial's clock shifted by a second (the model only sees time
+    differences) take the per-trial path: both EM steps must agree."""
+    rng = np.random.default_rng(4)
+    y, _ = simulate_gpfa(rng, 5, 12, 6, [0.05, 0.2], 0.02)
+    times = np.tile(np.arange(12) * 0.02, (5, 1))
+    shifted = times.copy()
+    shifted[2] += 1.0
+    config = gpfa.Config(latent_dim=2, sqrt_transform=False)
+    with jax.enable_x64(True):
+        fitter = gpfa.fitter(config)
+        step = jax.jit(fitter.step)
+        outcomes = []
+        for trial_times in (times, shifted):
+            trials = lj.Trials(y, dt=0.02, times=trial_times, continuous=True)
+            state = fitter.init(gpfa.init(jax.random.PRNGKey(0), config, trials), trials)
+            for i in range(3):
+                state, info = step(state, trials, jax.random.PRNGKey(i))
+            posterior = gpfa.posterior(state.params, trials, config)
+            outcomes.append((state.params, info["log_likelihood"], posterior.latents))
+    for pooled, per_trial in zip(*outcomes, strict=True):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9), pooled, per_trial)
+    assert not np.allclose(outcomes[0][0].log_timescales, np.log(0.1), atol=0.05)
+
+
 def recovered_timescales(timescales, num_trials, num_bins, steps, seed=3):
     rng = np.random.default_rng(seed)
     y, _ = simulate_gpfa(rng, num_trials, num_bins, 20, timescales, 0.02, noise=0.5)

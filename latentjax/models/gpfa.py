@@ -12,7 +12,8 @@ GP noise variance `s2` (`Config.gp_noise_variance`, 1e-3 as in the paper). `y` i
 E-step: the exact Gaussian posterior over each latent's whole trajectory, `K*T` dimensions per
 trial, in the numerically stable form of GP regression: with `L` the block-diagonal Cholesky
 factor of the prior covariance and `J = (C' R^-1 C) kron diag(mask)` the likelihood precision,
-`Sigma = L (I + L' J L)^-1 L'`; `O((K T)^3)` per trial, vmapped over trials. Bins with
+`Sigma = L (I + L' J L)^-1 L'`; `O((K T)^3)` per trial, vmapped over trials, or once
+for all trials when they share their bin times and observed bins (`gp.over_trials`). Bins with
 `mask == False` are missing observations: they drop out of `J` and of the data term, and their
 latents are inferred from the GP prior. M-step: closed form for `C`, `d` and `R` (floored at
 `min_variance_fraction` times each neuron's variance); damped Newton steps on the log
@@ -261,7 +262,7 @@ def _posterior(params, spikes, times, mask, gp_noise_variance, *, sqrt_transform
         post = trial_posterior(params, y, times, mask, gp_noise_variance)
         return post.mean, gp.time_covariances(post.covariance, num_latents), post.log_likelihood
 
-    means, covariances, log_likelihood = jax.vmap(per_trial)(y, times, jnp.asarray(mask))
+    means, covariances, log_likelihood = gp.over_trials(per_trial, y, times, jnp.asarray(mask))
     left, singular, right = jnp.linalg.svd(params.loadings, full_matrices=False)
     to_orthonormal = singular[:, None] * right  # [K, K]: x_orth = S V' x
     predicted = means @ params.loadings.T + params.offset

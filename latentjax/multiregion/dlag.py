@@ -232,19 +232,20 @@ def _trial_moments(params, y, times, mask, region_index, gp_noise_variance) -> g
     return gp.posterior_moments(post, y, mask, num_groups)
 
 
-def _across_prior_value(theta, times, second_moments, dt, gp_noise_variance):
+def _across_prior_value(theta, times, second_moments, dt, gp_noise_variance, counts):
     """Expected GP log-prior of one across latent, summed over trials.
 
     `theta` `[R]` = `(log tau, D_2 / dt, .., D_R / dt)`: delays in bins, so that one step size
-    suits every bin width; `second_moments` `[trials, R T, R T]`.
+    suits every bin width; `second_moments` `[trials, R T, R T]`; `counts` `[trials]` the
+    trials each entry stands for (`gp.pooled_over_trials`).
     """
 
-    def per_trial(trial_times, moment):
+    def per_trial(trial_times, moment, count):
         chol = jnp.linalg.cholesky(_theta_kernel(theta, trial_times, dt, gp_noise_variance))
         solved = jsl.cho_solve((chol, True), moment)
-        return -0.5 * (gp.log_det(chol) + jnp.trace(solved))
+        return -0.5 * (count * gp.log_det(chol) + jnp.trace(solved))
 
-    return jax.vmap(per_trial)(times, second_moments).sum()
+    return jax.vmap(per_trial)(times, second_moments, counts).sum()
 
 
 def _theta_kernel(theta, times, dt, gp_noise_variance):
@@ -252,7 +253,7 @@ def _theta_kernel(theta, times, dt, gp_noise_variance):
     return _across_kernel(theta[0], delays, times, gp_noise_variance)
 
 
-def _across_prior_terms(theta, times, second_moments, dt, gp_noise_variance):
+def _across_prior_terms(theta, times, second_moments, dt, gp_noise_variance, counts):
     """Gradient `[R]` and Hessian `[R, R]` of `_across_prior_value` in `theta`.
 
     With `A = K^-1`, `S = E[x x']` of one trial and `K_i`, `K_ij` the kernel's derivatives,
@@ -266,7 +267,7 @@ def _across_prior_terms(theta, times, second_moments, dt, gp_noise_variance):
     def kernel(th, trial_times):
         return _theta_kernel(th, trial_times, dt, gp_noise_variance)
 
-    def per_trial(trial_times, moment):
+    def per_trial(trial_times, moment, count):
         matrix = kernel(theta, trial_times)
         first_kernel = jnp.moveaxis(jax.jacfwd(kernel)(theta, trial_times), -1, 0)  # [R, S, S]
         second_kernel = jnp.moveaxis(
@@ -275,18 +276,18 @@ def _across_prior_terms(theta, times, second_moments, dt, gp_noise_variance):
         chol = jnp.linalg.cholesky(matrix)
         inverse = jsl.cho_solve((chol, True), jnp.eye(matrix.shape[0], dtype=matrix.dtype))
         projected = inverse @ moment @ inverse  # A S A
-        residual = inverse - projected
+        residual = count * inverse - projected
         inverse_first = inverse @ first_kernel  # A K_i, [R, S, S]
         projected_first = projected @ first_kernel  # A S A K_j
         grad = -0.5 * jnp.einsum("ab,iba->i", residual, first_kernel)
         hess = -0.5 * (
             2.0 * jnp.einsum("iab,jba->ij", inverse_first, projected_first)
-            - jnp.einsum("iab,jba->ij", inverse_first, inverse_first)
+            - count * jnp.einsum("iab,jba->ij", inverse_first, inverse_first)
             + jnp.einsum("ab,ijba->ij", residual, second_kernel)
         )
         return grad, hess
 
-    return jax.tree.map(lambda x: x.sum(0), jax.vmap(per_trial)(times, second_moments))
+    return jax.tree.map(lambda x: x.sum(0), jax.vmap(per_trial)(times, second_moments, counts))
 
 
 _MAX_LOG_TIMESCALE_STEP = 1.0
@@ -315,24 +316,28 @@ def _update_across(params, times, second_moments, dt, config: Config):
     )
     bound = config.max_delay / dt
     factors = jnp.asarray(gp.LINE_SEARCH, theta.dtype)
-    moments = jnp.swapaxes(second_moments, 0, 1)  # [A, trials, RT, RT]
     s2 = config.gp_noise_variance
 
-    def value(th, moment):
-        return _across_prior_value(th, times, moment, dt, s2)
+    def ascend(times, second_moments, counts):
+        def value(th, moment):
+            return _across_prior_value(th, times, moment, dt, s2, counts)
 
-    def newton_step(th, moment):
-        grad, hess = _across_prior_terms(th, times, moment, dt, s2)
-        candidates = th + factors[:, None] * _ascent_direction(grad, hess, max_step)
-        candidates = candidates.at[:, 1:].set(jnp.clip(candidates[:, 1:], -bound, bound))
-        values = jax.vmap(value, in_axes=(0, None))(candidates, moment)
-        values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-        return candidates[jnp.argmax(values)]  # the null step is a candidate; ties: longest
+        def newton_step(th, moment):
+            grad, hess = _across_prior_terms(th, times, moment, dt, s2, counts)
+            candidates = th + factors[:, None] * _ascent_direction(grad, hess, max_step)
+            candidates = candidates.at[:, 1:].set(jnp.clip(candidates[:, 1:], -bound, bound))
+            values = jax.vmap(value, in_axes=(0, None))(candidates, moment)
+            values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+            return candidates[jnp.argmax(values)]  # the null step is a candidate; ties: longest
 
-    def latent_update(th, moment):
-        return jax.lax.fori_loop(0, config.newton_steps, lambda _, t: newton_step(t, moment), th)
+        def latent_update(th, moment):
+            steps = config.newton_steps
+            return jax.lax.fori_loop(0, steps, lambda _, t: newton_step(t, moment), th)
 
-    theta = jax.vmap(latent_update)(theta, moments)
+        moments = jnp.swapaxes(second_moments, 0, 1)  # [A, trials, RT, RT]
+        return jax.vmap(latent_update)(theta, moments)
+
+    theta = gp.pooled_over_trials(ascend, times, second_moments)
     delays = jnp.concatenate([jnp.zeros((1, theta.shape[0]), theta.dtype), theta[:, 1:].T * dt])
     return theta[:, 0], delays
 
@@ -590,7 +595,7 @@ def _posterior(params, spikes, times, mask, region_index, gp_noise_variance, *, 
         post = trial_posterior(params, y, times, mask, region_index, gp_noise_variance)
         return post.mean, gp.time_covariances(post.covariance, num_latents), post.log_likelihood
 
-    means, covariances, log_likelihood = jax.vmap(per_trial)(y, times, jnp.asarray(mask))
+    means, covariances, log_likelihood = gp.over_trials(per_trial, y, times, jnp.asarray(mask))
     predicted = means @ loadings.T + params.offset
     predicted_variance = (
         jnp.einsum("np,btpq,nq->btn", loadings, covariances, loadings) + params.noise_variance

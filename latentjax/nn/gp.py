@@ -9,6 +9,9 @@ observations `y_t = C x_t + d + N(0, diag(R))`).
 - `update_timescales`: damped Newton ascent on the log timescales; `observation_update`:
   closed-form `C`, `d`, `R`; `ppca_init`: probabilistic-PCA starting values.
 - `expected_clipped`: posterior predictive rates of (square-root) counts.
+- `over_trials`, `pooled_over_trials`: per-trial work done once when every trial has the
+  same bin times (and observed bins): the prior and posterior covariances then do not
+  depend on the trial, and the timescale objectives are linear in the summed moments.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "moments_of_trials",
     "observation_update",
     "observations",
+    "over_trials",
+    "pooled_over_trials",
     "posterior_moments",
     "ppca_init",
     "time_covariances",
@@ -193,18 +198,20 @@ def log_det(chol):
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
 
 
-def _timescale_value(log_timescales, times, second_moments, gp_noise_variance):
+def _timescale_value(log_timescales, times, second_moments, gp_noise_variance, counts=None):
     """`[K]` expected GP log-prior of each latent, summed over trials (see `timescale_terms`)."""
+    if counts is None:
+        counts = jnp.ones(times.shape[:1], second_moments.dtype)
 
-    def per_trial(trial_times, moment):
+    def per_trial(trial_times, moment, count):
         chol = kernel_factors(log_timescales, trial_times, gp_noise_variance)[2]
         solved = jax.vmap(lambda c, m: jsl.cho_solve((c, True), m))(chol, moment)
-        return -0.5 * (log_det(chol) + jnp.trace(solved, axis1=1, axis2=2))
+        return -0.5 * (count * log_det(chol) + jnp.trace(solved, axis1=1, axis2=2))
 
-    return jax.vmap(per_trial)(times, second_moments).sum(0)
+    return jax.vmap(per_trial)(times, second_moments, counts).sum(0)
 
 
-def timescale_terms(log_timescales, times, second_moments, gp_noise_variance):
+def timescale_terms(log_timescales, times, second_moments, gp_noise_variance, counts=None):
     """Each latent's expected GP log-prior, summed over trials, and its first two derivatives.
 
     With `A = K^-1` and `S = E[x_k x_k']` of one trial, `f = -(log|K| + tr(A S)) / 2`,
@@ -218,30 +225,34 @@ def timescale_terms(log_timescales, times, second_moments, gp_noise_variance):
       times: `[trials, time]` seconds.
       second_moments: `[trials, K, time, time]`.
       gp_noise_variance: `s2`.
+      counts: `[trials]` how many trials each entry stands for (`pooled_over_trials`);
+        default one each.
 
     Returns:
       `(value, first, second)`, each `[K]`.
     """
+    if counts is None:
+        counts = jnp.ones(times.shape[:1], second_moments.dtype)
 
-    def per_trial(trial_times, moment):
+    def per_trial(trial_times, moment, count):
         scaled, smooth, chol = kernel_factors(log_timescales, trial_times, gp_noise_variance)
         eye = jnp.eye(trial_times.shape[0], dtype=smooth.dtype)
         inverse = jax.vmap(lambda c: jsl.cho_solve((c, True), eye))(chol)
         projected = inverse @ moment @ inverse  # A S A
         first_kernel = smooth * scaled  # K'
         second_kernel = smooth * (scaled**2 - 2.0 * scaled)  # K''
-        residual = inverse - projected
+        residual = count * inverse - projected
         inverse_first = inverse @ first_kernel  # A K'
-        value = -0.5 * (log_det(chol) + jnp.sum(inverse * moment, axis=(1, 2)))
+        value = -0.5 * (count * log_det(chol) + jnp.sum(inverse * moment, axis=(1, 2)))
         first = -0.5 * jnp.sum(residual * first_kernel, axis=(1, 2))
         second = -0.5 * (
             2.0 * jnp.sum(inverse_first * jnp.swapaxes(projected @ first_kernel, 1, 2), (1, 2))
-            - jnp.sum(inverse_first * jnp.swapaxes(inverse_first, 1, 2), axis=(1, 2))
+            - count * jnp.sum(inverse_first * jnp.swapaxes(inverse_first, 1, 2), axis=(1, 2))
             + jnp.sum(residual * second_kernel, axis=(1, 2))
         )
         return value, first, second
 
-    return jax.tree.map(lambda x: x.sum(0), jax.vmap(per_trial)(times, second_moments))
+    return jax.tree.map(lambda x: x.sum(0), jax.vmap(per_trial)(times, second_moments, counts))
 
 
 LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0)
@@ -249,24 +260,31 @@ _MAX_LOG_STEP = 1.0
 
 
 def update_timescales(log_timescales, times, second_moments, gp_noise_variance, newton_steps):
-    """Damped Newton ascent on each latent's log timescale (the objective is separable)."""
+    """Damped Newton ascent on each latent's log timescale (the objective is separable).
 
-    def value(theta):
-        return _timescale_value(theta, times, second_moments, gp_noise_variance)
-
+    `times` `[trials, T]`, `second_moments` `[trials, K, T, T]`; trials sharing their times
+    are pooled (`pooled_over_trials`)."""
     factors = jnp.asarray(LINE_SEARCH, log_timescales.dtype)
 
-    def newton_step(theta, _):
-        _, grad, curvature = timescale_terms(theta, times, second_moments, gp_noise_variance)
-        ascent = jnp.where(curvature < 0, -grad / curvature, jnp.sign(grad) * _MAX_LOG_STEP)
-        ascent = jnp.clip(ascent, -_MAX_LOG_STEP, _MAX_LOG_STEP)
-        candidates = theta + factors[:, None] * ascent  # [candidates, K]
-        values = jax.vmap(value)(candidates)
-        values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-        best = jnp.argmax(values, axis=0)  # ties go to the longest step
-        return candidates[best, jnp.arange(theta.shape[0])], None
+    def ascend(times, second_moments, counts):
+        def value(theta):
+            return _timescale_value(theta, times, second_moments, gp_noise_variance, counts)
 
-    return jax.lax.scan(newton_step, log_timescales, None, length=newton_steps)[0]
+        def newton_step(theta, _):
+            _, grad, curvature = timescale_terms(
+                theta, times, second_moments, gp_noise_variance, counts
+            )
+            ascent = jnp.where(curvature < 0, -grad / curvature, jnp.sign(grad) * _MAX_LOG_STEP)
+            ascent = jnp.clip(ascent, -_MAX_LOG_STEP, _MAX_LOG_STEP)
+            candidates = theta + factors[:, None] * ascent  # [candidates, K]
+            values = jax.vmap(value)(candidates)
+            values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+            best = jnp.argmax(values, axis=0)  # ties go to the longest step
+            return candidates[best, jnp.arange(theta.shape[0])], None
+
+        return jax.lax.scan(newton_step, log_timescales, None, length=newton_steps)[0]
+
+    return pooled_over_trials(ascend, times, second_moments)
 
 
 def observation_update(total: Moments, min_variance_fraction, support=None):
@@ -325,16 +343,53 @@ def ppca_init(y, mask, latent_dim: int, min_variance_fraction):
     return loadings, mean, noise_variance
 
 
+def over_trials(per_trial, y, times, mask):
+    """`per_trial(y [T, N], times [T], mask [T])` vmapped over the trials of `y`
+    `[trials, T, N]`, `times` `[trials, T]` and `mask` `[trials, T]`.
+
+    When every trial has the same times and mask (equal-length trials, nothing missing: the
+    common case), `times` and `mask` enter unbatched, so everything that depends only on
+    them and the parameters (the prior's and the posterior's `(K T)^3` factorisations) is
+    computed once rather than once per trial. The choice is made in the compiled program
+    (`lax.cond`), so any trials give the same answer."""
+    same = jnp.all(times == times[:1]) & jnp.all(mask == mask[:1])
+    return jax.lax.cond(
+        same,
+        lambda: jax.vmap(per_trial, in_axes=(0, None, None))(y, times[0], mask[0]),
+        lambda: jax.vmap(per_trial)(y, times, mask),
+    )
+
+
+def pooled_over_trials(objective, times, second_moments):
+    """`objective(times [B, T], second_moments [B, ...], counts [B])`, an objective summed over
+    trials that is linear in each trial's second moments once its moment-free terms are
+    multiplied by `counts`; called on the `[trials, T]` times and `[trials, ...]` moments with
+    counts of one, or, when every trial has the same times, once on the summed moments with
+    a count of `trials` (same value, a `trials`-fold saving)."""
+    num_trials = times.shape[0]
+    dtype = second_moments.dtype
+    return jax.lax.cond(
+        jnp.all(times == times[:1]),
+        lambda: objective(
+            times[:1],
+            second_moments.sum(0, keepdims=True),
+            jnp.full((1,), num_trials, dtype),
+        ),
+        lambda: objective(times, second_moments, jnp.ones((num_trials,), dtype)),
+    )
+
+
 def moments_of_trials(trial_moments, params, data, sqrt_transform: bool, *shared):
     """Moments of every trial of `data` (a `Trials`) and the number of observed entries.
 
-    `trial_moments(params, y [T, N], times [T], mask [T], *shared) -> Moments` is vmapped
-    over trials; `shared` are passed unbatched."""
+    `trial_moments(params, y [T, N], times [T], mask [T], *shared) -> Moments` is mapped
+    over trials by `over_trials`; `shared` are the same for every trial."""
     y = observations(data.spikes, sqrt_transform)
     times = jnp.asarray(data.times, y.dtype)
     mask = jnp.asarray(data.mask)
-    in_axes = (None, 0, 0, 0) + (None,) * len(shared)
-    moments = jax.vmap(trial_moments, in_axes=in_axes)(params, y, times, mask, *shared)
+    moments = over_trials(
+        lambda y, times, mask: trial_moments(params, y, times, mask, *shared), y, times, mask
+    )
     return moments, jnp.sum(mask) * y.shape[-1]
 
 
