@@ -98,9 +98,14 @@ def test_default_config_recovers_rates_at_dropped_bins_of_100_trials(name, floor
 
 
 # Default fits on 100 trials (25 bins) of each family's built-in dataset: recovery of the
-# true rates and latents (`lj.evaluate` with the dataset's truth). Measured on seed 0:
-# lds rate R² 0.76, plds 0.65, gnn 0.61, attention 0.59.
-FLOORS = {"lds": 0.6, "plds": 0.5, "gnn": 0.45, "attention": 0.45}
+# true rates (`lj.evaluate` with the dataset's truth). Measured on seed 0: lds rate R² 0.76,
+# plds 0.65, gnn 0.61, attention 0.59, gpfa 0.38, dlag 0.23, coupled_lds 0.24, hmm 0.81,
+# slds 0.99. coupled_lds scored -0.80 before its rates took the square-root signal's noise
+# variance into account (`_regions.reconstruct`). LFADS, seqvae and node are above (slow).
+FLOORS = {
+    "lds": 0.6, "plds": 0.5, "gnn": 0.45, "attention": 0.45, "gpfa": 0.3, "dlag": 0.15,
+    "coupled_lds": 0.15, "hmm": 0.7, "slds": 0.9,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))

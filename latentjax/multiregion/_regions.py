@@ -16,6 +16,8 @@ variance. Two ways to choose `W_r` `[neurons_r, latent_dim]`:
   generalised least squares, `W = psi^-1 C (C' psi^-1 C)^-1`: then `z = x + noise` exactly, with
   noise covariance `(C' psi^-1 C)^-1` (scaled), whatever the latents' dynamics.
 
+`noise_variance` `[neurons]` is each signal's own variance around the latents' read-out (FA's
+private variances `psi`, PPCA's `s2`), for the expected counts of `reconstruct`.
 `noise_covariance` `[R*K, R*K]` (block diagonal) is that measurement noise of the standardised
 latents, what a model must allow for when it treats the latents as data (errors in variables).
 All regions are stored as block-structured matrices `[neurons, regions * latent_dim]` (neuron i
@@ -33,6 +35,7 @@ import numpy as np
 from sklearn.decomposition import FactorAnalysis
 
 from latentjax.data import Trials
+from latentjax.nn import gp
 
 PROJECTIONS = ("fa", "pca", "none")
 
@@ -41,13 +44,15 @@ class RegionProjection(NamedTuple):
     """mean `[neurons]`, components `[neurons, regions * latent_dim]` (block structured),
     scales `[regions * latent_dim]`; latents = (signals - mean) @ components / scales.
     loadings `[neurons, regions * latent_dim]`: signals ~ mean + (latents * scales) @ loadings.T;
-    noise_covariance `[regions * latent_dim]*2`: measurement noise of the latents."""
+    noise_covariance `[regions * latent_dim]*2`: measurement noise of the latents;
+    noise_variance `[neurons]`: each signal's variance around `mean + loadings @ latents`."""
 
     mean: jnp.ndarray
     components: jnp.ndarray
     scales: jnp.ndarray
     loadings: jnp.ndarray
     noise_covariance: jnp.ndarray
+    noise_variance: jnp.ndarray
 
 
 def check_regions(caller: str, trials, latent_dim: int, projection: str) -> tuple:
@@ -81,25 +86,29 @@ def signals(trials) -> jnp.ndarray:
 
 
 def _pca(centred: np.ndarray, latent_dim: int):
-    """Principal directions `[n, K]` (sign fixed), and the probabilistic-PCA noise variance."""
+    """Principal directions `[n, K]` (sign fixed) as read-out and loadings, the read-out's
+    noise covariance `[K, K]` and each signal's noise variance `[n]` (probabilistic PCA)."""
     _, singular, right = np.linalg.svd(centred, full_matrices=False)
     directions = right[:latent_dim].T
     signs = np.sign(directions[np.abs(directions).argmax(axis=0), np.arange(latent_dim)])
     directions = directions * signs
     discarded = singular[latent_dim:] ** 2 / len(centred)
     noise_variance = discarded.sum() / max(centred.shape[1] - latent_dim, 1)
-    return directions, directions, np.eye(latent_dim) * noise_variance
+    return (directions, directions, np.eye(latent_dim) * noise_variance,
+            np.full(centred.shape[1], noise_variance))  # fmt: skip
 
 
 def _factor_analysis(centred: np.ndarray, latent_dim: int):
-    """GLS read-out `[n, K]`, loadings `[n, K]` and the read-out's noise covariance `[K, K]`."""
+    """GLS read-out `[n, K]`, loadings `[n, K]`, the read-out's noise covariance `[K, K]` and
+    the private variances `[n]`."""
     fa = FactorAnalysis(latent_dim, random_state=0).fit(centred)
     loadings, private = fa.components_.T, np.maximum(fa.noise_variance_, 1e-6)
     noise_covariance = np.linalg.inv(loadings.T @ (loadings / private[:, None]))
     components = (loadings / private[:, None]) @ noise_covariance
     signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(latent_dim)])
     signs = np.where(signs == 0, 1.0, signs)
-    return components * signs, loadings * signs, noise_covariance * np.outer(signs, signs)
+    signed = noise_covariance * np.outer(signs, signs)
+    return components * signs, loadings * signs, signed, private
 
 
 def fit_projection(trials, latent_dim: int, projection: str) -> RegionProjection:
@@ -115,6 +124,7 @@ def fit_projection(trials, latent_dim: int, projection: str) -> RegionProjection
     loadings = np.zeros((num_neurons, size))
     scales = np.ones(size)
     noise_covariance = np.zeros((size, size))
+    noise_variance = np.zeros(num_neurons)
     for index, name in enumerate(names):
         rows = np.flatnonzero(labels == name)
         cols = slice(index * latent_dim, (index + 1) * latent_dim)
@@ -123,16 +133,15 @@ def fit_projection(trials, latent_dim: int, projection: str) -> RegionProjection
             continue
         mean[rows] = values[:, rows].mean(axis=0)
         centred = values[:, rows] - mean[rows]
-        read, load, noise = (_pca if projection == "pca" else _factor_analysis)(centred, latent_dim)
+        read, load, noise, private = (_pca if projection == "pca" else _factor_analysis)(
+            centred, latent_dim
+        )
         scale = np.maximum((centred @ read).std(axis=0), 1e-6)
         components[rows, cols], loadings[rows, cols], scales[cols] = read, load, scale
         noise_covariance[cols, cols] = noise / np.outer(scale, scale)
-    return RegionProjection(
-        *(
-            jnp.asarray(array, jnp.float32)
-            for array in (mean, components, scales, loadings, noise_covariance)
-        )
-    )
+        noise_variance[rows] = private
+    arrays = (mean, components, scales, loadings, noise_covariance, noise_variance)
+    return RegionProjection(*(jnp.asarray(array, jnp.float32) for array in arrays))
 
 
 def region_latents(projection: RegionProjection, trials) -> jnp.ndarray:
@@ -141,7 +150,14 @@ def region_latents(projection: RegionProjection, trials) -> jnp.ndarray:
 
 
 def reconstruct(projection: RegionProjection, latents, continuous: bool) -> jnp.ndarray:
-    """`[trials, time, neurons]` expected signal from region latents, in the unit of `spikes`
-    (for counts the square of the reconstructed square-root signal)."""
+    """`[trials, time, neurons]` expected signal from region latents, in the unit of `spikes`.
+
+    For counts, the square-root signal `y ~ N(mean + loadings @ latents, noise_variance)` is
+    clipped at zero and squared in expectation, `E[max(y, 0)^2]` (`gp.expected_clipped`): the
+    square of the mean alone misses the noise variance, which for a neuron firing well below
+    one spike per bin is most of its rate."""
     signal = (latents * projection.scales) @ projection.loadings.T + projection.mean
-    return signal if continuous else jnp.maximum(signal, 0.0) ** 2
+    if continuous:
+        return signal
+    variance = jnp.maximum(projection.noise_variance, 1e-12)
+    return gp.expected_clipped(signal, variance, sqrt_transform=True)

@@ -87,6 +87,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as jsl
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -255,6 +256,12 @@ def statistics(latents, mask, max_delay: int, noise_covariance=None) -> Statisti
     the corrected statistics are those of the noise-free latents in expectation (the
     method-of-moments errors-in-variables correction, Fuller 1987, ch. 2), so the regression
     on them is not attenuated towards the noisy regressors' lags.
+
+    The correction is scaled down where it would leave a Gram matrix that is not positive
+    definite (the estimated noise exceeds what the data hold in some direction, as for 20
+    sparse neurons per region: `correction_scale`); otherwise a regression's residual could
+    be driven to zero or below, the likelihood would grow without bound as the noise scale
+    shrinks, and NUTS would stall there (step size 1e-7, every tree at its depth limit).
     """
     num_bins = latents.shape[1]
     if num_bins <= max_delay:
@@ -273,8 +280,30 @@ def statistics(latents, mask, max_delay: int, noise_covariance=None) -> Statisti
     gram = jnp.einsum("bt,btp,btq->pq", weights, lagged, lagged)
     rows = weights.sum()
     if noise_covariance is not None:
-        gram = gram - rows * jnp.kron(jnp.eye(max_delay + 1), noise_covariance)
+        noise = rows * jnp.kron(jnp.eye(max_delay + 1), noise_covariance)
+        gram = gram - correction_scale(gram, noise, rows) * noise
     return Statistics(gram, rows)
+
+
+CORRECTION_MARGIN = 3.0
+"""The corrected Gram matrix keeps at least `CORRECTION_MARGIN / sqrt(rows)` of the noise in
+every direction: a few sampling standard errors of the noise-to-data ratio."""
+
+
+def correction_scale(gram, noise, rows):
+    """The share `c` of `noise` `[P, P]` to remove from `gram` `[P, P]`: 1 (full correction)
+    unless `gram - c * noise` would fall below `margin = CORRECTION_MARGIN / sqrt(rows)` times
+    `noise` in some direction; then `c = lambda - margin`, with `lambda` the smallest root
+    of `det(gram - lambda * noise) = 0` (Fuller's modified estimator, 1987, section 2.5,
+    with a margin of sampling error rather than one row). 1 where `noise` is singular."""
+    size = noise.shape[0]
+    chol = jnp.linalg.cholesky(noise)
+    half = jsl.solve_triangular(chol, gram, lower=True)
+    whitened = jsl.solve_triangular(chol, half.T, lower=True)  # L^-1 gram L^-T
+    smallest = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))[0]
+    scale = jnp.minimum(1.0, smallest - CORRECTION_MARGIN / jnp.sqrt(rows))
+    usable = jnp.all(jnp.isfinite(chol)) & (jnp.trace(noise) > 0) & (size > 0)
+    return jnp.where(usable & jnp.isfinite(scale), jnp.maximum(scale, 0.0), 1.0)
 
 
 def _max_lag(config: Config) -> int:
