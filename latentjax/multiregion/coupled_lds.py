@@ -33,17 +33,19 @@ corrected likelihood is a quasi-likelihood: it ignores the extra variance that t
 adds, so credible intervals are somewhat too narrow when the noise is large.
 
 What this recovers, on `lj.datasets.multiregion` (3 regions, edges 0 -> 1 with delay 2 and
-1 -> 2 with delay 1; NUTS defaults; `tests/test_multiregion.py`): with 60 neurons per region
-and 200 trials, the exact edges and delays in 5 of 5 seeds with 0 divergences (about 20 s per
-fit on 2 cores); without the correction (PCA, 6 own lags) the edges in 5 of 5 but the delays
-in 2 of 5. With the dataset's default 20 sparse neurons (5-20 Hz, 10 ms bins) per region and
-100 trials the latents' noise variance is close to their signal variance and neither variant
-is reliable: corrected, delays in 3 of 5 seeds and exact edges in 1 of 5 (spurious reverse
-edges); uncorrected with 6 own lags, edges in 5 of 5 and delays in 0 of 5. An exact
-state-space likelihood (a Kalman filter marginalising the true latents, distributed lags)
-was tried and dropped: 30-80x slower under NUTS (777 s per fit), and on the 20-neuron data
-its maximum a posteriori couplings showed the same reverse edges, within the likelihood's
-noise (the data do not identify them).
+1 -> 2 with delay 1; NUTS defaults; `scripts/multiregion_recovery.py`,
+`benchmarks/multiregion.md`): with 60 neurons per region and 200 trials, the exact edges and
+delays in 5 of 5 seeds with 0 divergences; with 60 neurons and 100 trials, edges in 5 of 5 and
+delays in 4 of 5; without the correction (PCA, 6 own lags) the edges in 5 of 5 but the delays
+in 1-2 of 5. With the dataset's default 20 sparse neurons (5-20 Hz, 10 ms bins) per region and
+100 trials the latents' noise variance is close to their signal variance (the correction is
+then scaled down, `correction_scale`) and neither variant is reliable: corrected, exact edges
+in 2 of 5 seeds and delays in 1 of 5 (spurious reverse edges, chains in different delay
+modes: R-hat above 1.3 on some seeds); uncorrected with 6 own lags, edges in 5 of 5 and
+delays in 0 of 5. An exact state-space likelihood (a Kalman filter marginalising the true
+latents, distributed lags) was tried and dropped: 30-80x slower under NUTS (777 s per fit),
+and on the 20-neuron data its maximum a posteriori couplings showed the same reverse edges,
+within the likelihood's noise (the data do not identify them).
 
 Conventions (as `lj.datasets.multiregion`): `coupling[s, r]`, `delays[s, r]` and every
 `[..., R, R]` array describe the edge from source `s` (row) to target `r` (column); each
@@ -757,7 +759,8 @@ def posterior(params, trials, config: Config, key=None, **options) -> Posterior:
 
     Returns:
       `Posterior` with `latents` `[B, T, R*K]` (the region latents, region r in columns
-      r*K:(r+1)*K), `rates` `[B, T, N]` (PCA reconstruction, expected counts per bin), and
+      r*K:(r+1)*K), `rates` `[B, T, N]` (the projection's read-out, expected counts per bin
+      with the square-root signal's noise variance, `_regions.reconstruct`), and
       extras (`[s, r]` = edge from source s to target r):
       `coupling` `[S, R, R]` Frobenius norm of B_rs per draw (0 on the diagonal);
       `coupling_matrices` `[S, R, R, K, K]` B_rs (`[K_target, K_source]`);
