@@ -243,9 +243,7 @@ def _stack(trees: list) -> Any:
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
 
 
-def _member_results(
-    members, params, knobs, log, run_dir, pbt, data, grouping
-) -> list[FitResult]:
+def _member_results(members, params, knobs, log, run_dir, pbt, data, grouping) -> list[FitResult]:
     """One FitResult per member; `history["failed"]` and `history["failure"]` (why, or "")
     come from the last metrics line (a member stopped by failed steps); `population_mode`
     and `group_size` from `grouping` (the record of `population.json`, or None)."""

@@ -87,8 +87,8 @@ def _matmul_flops(jaxpr) -> float:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+            contracted = math.prod(eqn.invars[0].aval.shape[d] for d in contract)
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * contracted
         inner = [_matmul_flops(sub) for sub in _sub_jaxprs(eqn.params)]
         if not inner:
             continue
@@ -106,9 +106,7 @@ def member_step_flops(step: Callable, *args) -> float:
     return _matmul_flops(jax.make_jaxpr(step)(*args).jaxpr)
 
 
-def choose(
-    mode: str | int, size: int, devices: list, flops: Callable[[], float]
-) -> Grouping:
+def choose(mode: str | int, size: int, devices: list, flops: Callable[[], float]) -> Grouping:
     """The layout of a population of `size` members on `devices` for the setting `mode`.
 
     "auto": vmapped on GPU/TPU, with one member, or sharded over several devices; on one CPU

@@ -231,6 +231,7 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
     `*_failures` of that step), and with validation data
     `valid_loss` and `since_best`.
     """
+
     def member(state, knobs):
         return _chunk_member(program, state, knobs, train, valid, stop_step)
 
