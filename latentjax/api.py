@@ -203,6 +203,11 @@ def _program(registration, config: Any, with_validation: bool, steps: int | None
             "validation trials with"
         )
     static = static_config(config)
+    if isinstance(getattr(static, "train", None), TrainConfig):
+        # how members are grouped is an argument of `run_chunk`, not part of the program
+        static = dataclasses.replace(
+            static, train=dataclasses.replace(static.train, population_mode="auto")
+        )
     try:
         hash(static)
     except TypeError as error:

@@ -327,16 +327,28 @@ def _member_step(program: Program, fitter_state, knobs, train, key):
     return program.make_fitter(config).step(fitter_state, train, key)
 
 
+def _abstract(tree, leading: int) -> tuple:
+    """(treedef, shapes and dtypes of the leaves without their first `leading` axes): a
+    hashable description of `tree`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(jax.ShapeDtypeStruct(x.shape[leading:], x.dtype) for x in leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_flops(program: Program, member: tuple, train: tuple) -> float:
+    """`member_step_flops` of one member's step, cached by program and shapes (tracing a
+    large model's step takes a second)."""
+    fitter_state, knobs, key = jax.tree.unflatten(*member)
+    step = functools.partial(_member_step, program)
+    return member_step_flops(step, fitter_state, knobs, jax.tree.unflatten(*train), key)
+
+
 def _grouping(program: Program, mode, population: Population, state, knobs, train) -> Grouping:
     """`grouping.choose` for this population; the cost rule traces one member's step."""
 
-    def one_member(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
-
     def flops():
-        step = functools.partial(_member_step, program)
-        member = one_member((state.fitter_state, knobs, state.key))
-        return member_step_flops(step, member[0], member[1], train, member[2])
+        member = _abstract((state.fitter_state, knobs, state.key), 1)
+        return _step_flops(program, member, _abstract(train, 0))
 
     return choose(mode, population.padded_size, population.devices, flops)
 
