@@ -32,13 +32,15 @@ __all__ = ["MODES", "SEQUENTIAL_FLOPS", "Grouping", "check_mode", "choose", "mem
 MODES = ("auto", "vmapped", "sequential")
 """The named settings of `TrainConfig.population_mode` (or a positive int: the group size)."""
 
-SEQUENTIAL_FLOPS = 1e9
+SEQUENTIAL_FLOPS = 3e8
 """Matrix-product flops of one member's step above which, on CPU, members run one by one.
 
-Calibrated on a 2-core AMD EPYC (scripts/bench_population.py, benchmarks/population.md):
-the 32-unit RNN (minibatches of 16, 50 bins) takes 2.4e6 flops per step and gains from
-vmapping; LFADS `nlb_mc_maze` at batch 32 (140 bins, 182 neurons) takes 2.7e10 and loses.
-The threshold sits between them on a log scale."""
+Calibrated on a 2-core AMD EPYC (scripts/bench_population.py, benchmarks/population.md): the
+32-unit RNN (minibatches of 16, 50 bins, 30 neurons) takes 9.8e6 flops per step and gains
+1.3-1.5x from vmapping; LFADS `nlb_mc_maze` at batch 32 (140 bins, 182 neurons) takes 9.1e9
+and loses (4 members: 33 s vmapped, 19 s sequential for 5 steps each, load average 8). The
+threshold is their geometric mean; no workload between them has been measured yet (LFADS
+`tiny` on 100-bin Lorenz: 4.3e7, vmapped; LFADS `lorenz`: 4.4e9, sequential)."""
 
 
 class Grouping(NamedTuple):
