@@ -27,7 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _report import machine, write_section
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 from latentjax.train import TrainConfig
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--workload", choices=("rnn", "lfads"), default="rnn")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--note", default="", help="a remark for the results file")
-    parser.add_argument("--out", default="benchmarks/population.md")
+    parser.add_argument("--out", default=str(BENCHMARKS / "population.md"))
     args = parser.parse_args()
 
     config, trials, sizes, description = workload(args.workload, args.quick)

@@ -38,9 +38,11 @@ SEQUENTIAL_FLOPS = 3e8
 Calibrated on a 2-core AMD EPYC (scripts/bench_population.py, benchmarks/population.md): the
 32-unit RNN (minibatches of 16, 50 bins, 30 neurons) takes 9.8e6 flops per step and gains
 1.3-1.5x from vmapping; LFADS `nlb_mc_maze` at batch 32 (140 bins, 182 neurons) takes 9.1e9
-and loses (4 members: 33 s vmapped, 19 s sequential for 5 steps each, load average 8). The
-threshold is their geometric mean; no workload between them has been measured yet (LFADS
-`tiny` on 100-bin Lorenz: 4.3e7, vmapped; LFADS `lorenz`: 4.4e9, sequential)."""
+and lost in issue #19's measurement (8 members vmapped at 0.83x of one by one). Our own runs
+of it, at load average 8 on 2 cores, were too noisy to settle it (4 members: vmapped 1.65,
+sequential 0.96 s per member-step; 8 members: 0.94 and 1.23). The threshold is the geometric
+mean of the two workloads; none between them has been measured yet (LFADS `tiny` on 100-bin
+Lorenz: 4.3e7; LFADS `lorenz`: 4.4e9)."""
 
 
 class Grouping(NamedTuple):
