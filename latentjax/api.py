@@ -203,6 +203,11 @@ def _program(registration, config: Any, with_validation: bool, steps: int | None
             "validation trials with"
         )
     static = static_config(config)
+    if isinstance(getattr(static, "train", None), TrainConfig):
+        # how members are grouped is an argument of `run_chunk`, not part of the program
+        static = dataclasses.replace(
+            static, train=dataclasses.replace(static.train, population_mode="auto")
+        )
     try:
         hash(static)
     except TypeError as error:
@@ -224,6 +229,7 @@ def _records(config, seeds, grid, pbt, steps, train, valid) -> tuple[dict, dict]
     hashed = config_to_json(config)
     if isinstance(getattr(config, "train", None), TrainConfig):
         hashed["fields"]["train"]["fields"].pop("steps")  # a run may be extended
+        hashed["fields"]["train"]["fields"].pop("population_mode")  # same results, any mode
     population = {
         "seeds": list(seeds),
         "grid": grid,
@@ -242,9 +248,10 @@ def _stack(trees: list) -> Any:
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
 
 
-def _member_results(members, params, knobs, log, run_dir, pbt, data) -> list[FitResult]:
+def _member_results(members, params, knobs, log, run_dir, pbt, data, grouping) -> list[FitResult]:
     """One FitResult per member; `history["failed"]` and `history["failure"]` (why, or "")
-    come from the last metrics line (a member stopped by failed steps)."""
+    come from the last metrics line (a member stopped by failed steps); `population_mode`
+    and `group_size` from `grouping` (the record of `population.json`, or None)."""
     last = log[-1] if log else {}
     failed = last.get("failed", [False] * len(members))
     reasons = last.get("failure", [None] * len(members))
@@ -257,6 +264,9 @@ def _member_results(members, params, knobs, log, run_dir, pbt, data) -> list[Fit
         history["seed"] = np.asarray(member.seed)
         history["failed"] = np.asarray(bool(failed[index]))
         history["failure"] = np.asarray(reasons[index] or "")
+        if grouping is not None:
+            history["population_mode"] = np.asarray(grouping["mode"])
+            history["group_size"] = np.asarray(grouping["group_size"])
         results.append(
             FitResult(
                 params=jax.tree.map(lambda x, i=index: jax.numpy.asarray(x[i]), params),
@@ -326,6 +336,7 @@ def _train_group(
             pbt=pbt,
             explored=tuple(grid),
             devices=devices,
+            population_mode=loop_settings.population_mode,
         )
     finally:
         if run is not None:
@@ -338,6 +349,7 @@ def _train_group(
         None if run is None else run.path,
         pbt,
         signature(train),
+        outcome.grouping.record(),
     )
 
 
@@ -719,4 +731,5 @@ def _load_group(run_dir) -> list[FitResult]:
         run.path,
         pbt,
         signature_of_record(data_record["train"]),
+        run.read_population(),
     )

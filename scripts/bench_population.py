@@ -1,27 +1,33 @@
-"""Benchmark: a population trained as one vmapped program vs the same members one by one.
+"""Benchmark: a population in one vmapped program, in groups, or its members one by one.
 
-For populations of 1, 4, 16 and 64 members (seeds of a small RNN latent model with a Poisson
-read-out, trained by Adam through `lj.sweep` / `lj.fit`), time the wall clock per training
-step of the whole population, after a warm-up run that compiles. Prints a markdown table and
-writes it to benchmarks/population.md with the machine, package versions and date.
+Two workloads, populations of seeds trained through `lj.sweep` (`TrainConfig.population_mode`
+"vmapped", "sequential" and "auto", `latentjax.train.grouping`) and the same members fitted
+one after another by `lj.fit`:
 
-    python scripts/bench_population.py           # full benchmark
-    python scripts/bench_population.py --quick   # small sizes, seconds
+- `rnn`: a small RNN latent model with a Poisson read-out (1, 4, 16, 64 members);
+- `lfads`: LFADS `nlb_mc_maze` at batch 32 on synthetic Lorenz spikes of MC_Maze's shape
+  (100 trials x 140 bins x 182 neurons; 1, 4, 8 members; a few steps: each takes seconds).
+
+Each timing is the wall clock of a second identical run (the first compiles), including
+initialisation, per member-step. Writes the workload's section of benchmarks/population.md
+with the machine, load, package versions and date.
+
+    python scripts/bench_population.py                    # rnn
+    python scripts/bench_population.py --workload lfads   # LFADS nlb_mc_maze, minutes
+    python scripts/bench_population.py --quick --workload lfads --out /tmp/p.md  # seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _report import machine
+from _report import BENCHMARKS, machine, write_section
 
 import latentjax as lj
 from latentjax.train import TrainConfig
@@ -84,69 +90,106 @@ def make_trials(num_trials, num_bins, num_neurons, seed=0):
     return lj.Trials(rng.poisson(rates), dt=0.01)
 
 
-def timed(fn) -> float:
-    fn()  # compile and warm up
-    started = time.perf_counter()
+def timed(fn) -> tuple[float, object]:
+    """(seconds of a second call of `fn`, its result); the first call compiles."""
     fn()
-    return time.perf_counter() - started
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def with_train(config, **changes):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def workload(name: str, quick: bool):
+    """(config, trials, population sizes, description) of a workload."""
+    if name == "rnn":
+        trials = make_trials(*((16, 20, 10) if quick else (64, 50, 30)))
+        steps = 20 if quick else 200
+        config = with_train(Config(), steps=steps, chunk_size=steps // 4)
+        text = (
+            f"RNN latent model ({config.num_units} units, Poisson read-out), minibatches of "
+            f"{config.train.batch_size}"
+        )
+        return config, trials, (1, 4) if quick else (1, 4, 16, 64), text
+    shape = dict(num_trials=16, num_bins=20, num_neurons=10) if quick else {}
+    shape = shape or dict(num_trials=100, num_bins=140, num_neurons=182)
+    trials = lj.datasets.lorenz(seed=0, **shape).trials
+    preset = "tiny" if quick else "nlb_mc_maze"
+    steps = 4 if quick else 5
+    config = lj.models.lfads.Config.preset(preset)
+    config = with_train(config, steps=steps, chunk_size=steps, batch_size=32)
+    return config, trials, (1, 4) if quick else (1, 4, 8), f"LFADS `{preset}`, batch 32"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=("rnn", "lfads"), default="rnn")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--note", default="", help="a remark for the results file")
-    parser.add_argument("--out", default="benchmarks/population.md")
+    parser.add_argument("--out", default=str(BENCHMARKS / "population.md"))
     args = parser.parse_args()
 
-    sizes = (1, 4) if args.quick else (1, 4, 16, 64)
-    steps = 20 if args.quick else 200
-    trials = make_trials(*((16, 20, 10) if args.quick else (64, 50, 30)))
-    config = Config()
-    config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, steps=steps, chunk_size=steps // 4)
-    )
-
+    config, trials, sizes, description = workload(args.workload, args.quick)
+    steps = config.train.steps
     rows = []
     for size in sizes:
         seeds = tuple(range(size))
-        population = timed(lambda s=seeds: lj.sweep(config, trials, seeds=s, progress=False))
-        one_by_one = timed(
+        seconds, modes = {}, {}
+        for mode in ("vmapped", "sequential", "auto") if size > 1 else ("vmapped",):
+            member_config = with_train(config, population_mode=mode)
+            seconds[mode], population = timed(
+                lambda c=member_config, s=seeds: lj.sweep(c, trials, seeds=s, progress=False)
+            )
+            history = population[0].history
+            modes[mode] = f"{history['population_mode']} ({history['group_size']})"
+        seconds["one by one"], _ = timed(
             lambda s=seeds: [lj.fit(config, trials, seed=seed, progress=False) for seed in s]
         )
-        rows.append((size, population / steps, one_by_one / steps))
-        print(f"{size} members: {population:.2f} s vs {one_by_one:.2f} s", file=sys.stderr)
+        rows.append((size, seconds, modes.get("auto", "")))
+        print(size, seconds, modes, file=sys.stderr, flush=True)
 
     lines = [
-        "| members | population: ms per step | one by one: ms per step | speed-up |"
-        " population: ms per member-step |",
-        "|---:|---:|---:|---:|---:|",
+        "| members | vmapped | sequential | auto | one by one | auto chose |"
+        " vmapped / one by one | auto / one by one |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for size, together, apart in rows:
+    for size, seconds, chosen in rows:
+        per = {k: 1e3 * v / (steps * size) for k, v in seconds.items()}
+        cells = [f"{per[m]:.2f}" if m in per else "" for m in ("vmapped", "sequential", "auto")]
+        apart = seconds["one by one"]
+        speedups = [
+            f"{apart / seconds[m]:.2f}x" if m in seconds else "" for m in ("vmapped", "auto")
+        ]
         lines.append(
-            f"| {size} | {1e3 * together:.2f} | {1e3 * apart:.2f} | {apart / together:.1f}x "
-            f"| {1e3 * together / size:.3f} |"
+            f"| {size} | {' | '.join(cells)} | {per['one by one']:.2f} | {chosen} | "
+            f"{' | '.join(speedups)} |"
         )
     table = "\n".join(lines)
     print(table)
 
-    batch = config.train.batch_size
+    command = f"python scripts/bench_population.py --workload {args.workload}"
     header = [
-        "# Population training: one vmapped program vs members fit one after another",
+        f"## {description}",
         "",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine(('jax', 'jaxlib', 'optax', 'orbax-checkpoint', 'latentjax'))}; "
         f"JAX devices: {jax.devices()}",
-        f"- Workload: RNN latent model ({config.num_units} units, Poisson read-out), "
-        f"{trials.num_trials} trials x {trials.num_bins} bins x {trials.num_neurons} neurons, "
-        f"minibatches of {batch}, Adam; {steps} steps in chunks of {config.train.chunk_size}; "
-        "wall clock of a second identical run (the first compiles), including initialisation.",
-        f"- Command: `python scripts/bench_population.py{' --quick' if args.quick else ''}`",
+        f"- Workload: {trials.num_trials} trials x {trials.num_bins} bins x "
+        f"{trials.num_neurons} neurons, Adam, {steps} steps in chunks of "
+        f"{config.train.chunk_size}. Milliseconds per member-step: wall clock of a second "
+        "identical run (the first compiles), initialisation included, over steps x members; "
+        "`auto chose`: the mode and group size `grouping.choose` picked.",
+        f"- Command: `{command}{' --quick' if args.quick else ''}`",
     ]
     if args.note:
         header.append(f"- Note: {args.note}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as file:
-        file.write("\n".join(header) + "\n\n" + table + "\n")
+    write_section(
+        args.out,
+        args.workload + ("-quick" if args.quick else ""),
+        "\n".join(header) + "\n\n" + table,
+        "Population training: vmapped, in groups, or members one after another",
+    )
 
 
 if __name__ == "__main__":

@@ -258,6 +258,7 @@ def test_run_folder_round_trip_and_refusal(trials, tmp_path):
         "data.json",
         "lock",
         "metrics.jsonl",
+        "population.json",
     ]
     loaded = lj.load_run(tmp_path / "run")
     assert loaded.config == config

@@ -6,10 +6,12 @@
   `knob` declares a population-variable field.
 - `schedules`: KL / L2 ramps and learning-rate decay as pure functions of the step.
 - `train_population`: the compiled chunk loop behind `lj.fit` and `lj.sweep`.
+- `grouping`: a population vmapped, in groups or one member after another (on CPU, chosen
+  from the cost of one member's step; `TrainConfig.population_mode`).
 - `PBTConfig`: population-based training; `NonFiniteError`: too many non-finite steps.
 """
 
-from latentjax.train import schedules
+from latentjax.train import grouping, schedules
 from latentjax.train.checkpoint import Checkpoints
 from latentjax.train.config import (
     TrainConfig,
@@ -39,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "auto_steps",
     "gradient_fitter",
+    "grouping",
     "knob",
     "knob_values",
     "run_chunk",

@@ -15,6 +15,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from latentjax.train.grouping import check_mode
+
 __all__ = [
     "OPTIMIZER_FIELDS",
     "TrainConfig",
@@ -115,6 +117,11 @@ class TrainConfig:
         loss, gradient or new state was not finite (each such update is skipped), or at once
         on such a step whose info reports a failure (`*_failures` > 0, e.g. node's failed
         ODE solves); the others go on, and when every member has failed, `NonFiniteError`.
+      population_mode: how the members of a population run on one device: "vmapped" (one
+        vmapped program), "sequential" (one member after another), an int (vmapped groups
+        of that many members, one group after another) or "auto" (`grouping.choose`: on CPU
+        sequential for large models, else vmapped). The results agree to float32 rounding,
+        so it is left out of the run's hash: a run may resume in another mode.
     """
 
     learning_rate: float = knob(1e-3, "positive")
@@ -129,6 +136,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     patience: int | None = None
     max_nonfinite: int = 20
+    population_mode: str | int = "auto"
 
     def __post_init__(self):
         positive = {"chunk_size": self.chunk_size}
@@ -149,6 +157,7 @@ class TrainConfig:
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig: `grad_clip` must be > 0 or None, got {self.grad_clip}")
+        check_mode(self.population_mode)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(
                 f"TrainConfig: `warmup_steps` must be an int >= 0, got {self.warmup_steps!r}"

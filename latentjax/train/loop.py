@@ -1,8 +1,9 @@
 """The engine's loop: compiled chunks of steps for a whole population, host work in between.
 
 One compiled program, `run_chunk`, advances every member of a population by `chunk_size`
-steps (`lax.scan` over steps inside `vmap` over members), then computes each member's
-validation loss and keeps its best parameters. The program depends only on the static part
+steps (`lax.scan` over steps inside `vmap` over members, or over groups of members run one
+group after another: `grouping`), then computes each member's validation loss and keeps its
+best parameters. The program depends only on the static part
 of the config (knobs travel as traced arguments) and on array shapes, so it is compiled once
 per shape and reused by later chunks and later fits. Between chunks the host logs, shows
 progress, early-stops, runs population-based training and writes checkpoints.
@@ -28,6 +29,7 @@ from latentjax.train.checkpoint import Checkpoints
 from latentjax.train.config import with_knobs
 from latentjax.train.fitter import Fitter
 from latentjax.train.gradient import tree_where
+from latentjax.train.grouping import Grouping, choose, member_step_flops
 from latentjax.train.pbt import PBTConfig, exploit_explore, take_members
 from latentjax.train.population import Population
 from latentjax.train.run import MetricsLog, RunDir
@@ -213,10 +215,14 @@ def _chunk_member(program: Program, state: LoopState, knobs, train, valid, stop_
     return state, summary
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step):
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step, group_size=0):
     """Advance every member by `program.chunk_size` steps (members stop at `stop_step` or
     after `program.max_nonfinite` consecutive non-finite steps), then validate.
+
+    `group_size` members are vmapped at a time, the groups one after another (`lax.map`; a
+    last, smaller group is vmapped on its own); 0, or at least the population, vmaps every
+    member (`grouping`).
 
     Returns the new state and a summary of `[members]` arrays: the mean of each scalar of
     the Fitter's `info` over the chunk's finite steps (`*_failures` counters: over its failed
@@ -225,18 +231,25 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
     `*_failures` of that step), and with validation data
     `valid_loss` and `since_best`.
     """
-    member = functools.partial(_chunk_member, program)
-    return jax.vmap(member, in_axes=(0, 0, None, None, None))(state, knobs, train, valid, stop_step)
+
+    def member(state, knobs):
+        return _chunk_member(program, state, knobs, train, valid, stop_step)
+
+    if group_size == 0 or group_size >= len(state.key):
+        return jax.vmap(member)(state, knobs)
+    return jax.lax.map(lambda args: member(*args), (state, knobs), batch_size=group_size)
 
 
 class TrainOutcome(NamedTuple):
     """params: final (or, with validation data, best) parameters, host arrays with a leading
     `[members]` axis; knobs: final knob values `{path: [members]}`; log: the metrics lines
-    (each says which members have `failed`, stopped by failed steps, and their `failure`)."""
+    (each says which members have `failed`, stopped by failed steps, and their `failure`);
+    grouping: how the members ran (`grouping.Grouping`)."""
 
     params: Any
     knobs: dict
     log: list
+    grouping: Grouping
 
 
 _NOT_LOGGED = (
@@ -309,6 +322,37 @@ def _json_number(value):
     return value
 
 
+def _member_step(program: Program, fitter_state, knobs, train, key):
+    config = with_knobs(program.config, knobs, validate=False)
+    return program.make_fitter(config).step(fitter_state, train, key)
+
+
+def _abstract(tree, leading: int) -> tuple:
+    """(treedef, shapes and dtypes of the leaves without their first `leading` axes): a
+    hashable description of `tree`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(jax.ShapeDtypeStruct(x.shape[leading:], x.dtype) for x in leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_flops(program: Program, member: tuple, train: tuple) -> float:
+    """`member_step_flops` of one member's step, cached by program and shapes (tracing a
+    large model's step takes a second)."""
+    fitter_state, knobs, key = jax.tree.unflatten(*member)
+    step = functools.partial(_member_step, program)
+    return member_step_flops(step, fitter_state, knobs, jax.tree.unflatten(*train), key)
+
+
+def _grouping(program: Program, mode, population: Population, state, knobs, train) -> Grouping:
+    """`grouping.choose` for this population; the cost rule traces one member's step."""
+
+    def flops():
+        member = _abstract((state.fitter_state, knobs, state.key), 1)
+        return _step_flops(program, member, _abstract(train, 0))
+
+    return choose(mode, population.padded_size, population.devices, flops)
+
+
 def _restore(checkpoints: Checkpoints, step: int, state, knobs, padded_size: int, run_hash: str):
     record = checkpoints.record(step)
     if record["members"] != padded_size:
@@ -343,6 +387,7 @@ def train_population(
     pbt: PBTConfig | None = None,
     explored: tuple[str, ...] = (),
     devices=None,
+    population_mode: str | int = "auto",
 ) -> TrainOutcome:
     """Train a population to `steps` steps (or until early stopping) and return it.
 
@@ -362,6 +407,9 @@ def train_population(
       progress: show a tqdm progress bar.
       pbt: exploit/explore between chunks over the knobs in `explored`; None switches it off.
       devices: devices to shard the population over (default: all).
+      population_mode: "auto", "vmapped", "sequential" or a group size: how the members
+        run in each chunk (`grouping.choose`; on several devices always one vmapped,
+        sharded program); the choice is written to `population.json` in the run folder.
 
     Raises:
       NonFiniteError: every member hit `program.max_nonfinite` consecutive non-finite steps.
@@ -375,6 +423,7 @@ def train_population(
         program, population.shard(params), knobs_device, population.shard(keys), train_device
     )
 
+    grouping = _grouping(program, population_mode, population, state, knobs_device, train_device)
     step, finished = 0, False
     log = MetricsLog(None if run is None else run.metrics_path)
     checkpoints = None if run is None else Checkpoints(run.checkpoint_dir)
@@ -395,6 +444,8 @@ def train_population(
             )
         step, finished = latest, record["finished"] and steps <= record["steps"]
         log = MetricsLog.resume(run.metrics_path, latest)
+    if run is not None:
+        run.write_population(grouping.record())
 
     failed = np.zeros(size, bool)
     # why each member failed, kept from the resumed metrics
@@ -407,7 +458,13 @@ def train_population(
         while step < steps and not finished:
             started = time.perf_counter()
             state, summary = run_chunk(
-                program, state, knobs_device, train_device, valid_device, jnp.int32(steps)
+                program,
+                state,
+                knobs_device,
+                train_device,
+                valid_device,
+                jnp.int32(steps),
+                grouping.group_size,
             )
             summary = population.to_host(summary)
             seconds = time.perf_counter() - started
@@ -477,4 +534,4 @@ def train_population(
         )
 
     final = population.to_host(state.fitter_state.params if valid is None else state.best_params)
-    return TrainOutcome(final, population.to_host(knobs_device), log.lines)
+    return TrainOutcome(final, population.to_host(knobs_device), log.lines, grouping)

@@ -1,11 +1,13 @@
-"""The run folder: `config.json`, `data.json`, `metrics.jsonl`, `checkpoints/` and `lock`.
+"""The run folder: `config.json`, `data.json`, `metrics.jsonl`, `population.json`,
+`checkpoints/` and `lock`.
 
 `config.json` records the config with its class path (nested dataclasses and tuples
 included) so `load_run` can rebuild it, the population (seeds, grid, PBT settings), and a
 hash of all of it; `data.json` records the shapes, labels and a fingerprint of the training
 and validation trials; `metrics.jsonl` holds one JSON line per chunk: a run resumed from its
 last checkpoint (or restarted with none) first drops the lines logged after it, so the file
-holds exactly one line per step logged, whatever killed the run before. `lock` names the
+holds exactly one line per step logged, whatever killed the run before. `population.json`
+records how the members ran (`grouping.Grouping`, chosen anew by each start). `lock` names the
 process training in the folder; while it runs (holding an advisory lock on that file, which
 the system releases when the process ends, however it ends) another is refused.
 """
@@ -240,6 +242,7 @@ class RunDir:
         self.metrics_path = os.path.join(self.path, "metrics.jsonl")
         self.checkpoint_dir = os.path.join(self.path, "checkpoints")
         self.lock_path = os.path.join(self.path, "lock")
+        self.population_path = os.path.join(self.path, "population.json")
         self._lock: _Lock | None = None
 
     def lock(self) -> None:
@@ -298,9 +301,26 @@ class RunDir:
             return True
         if jax.process_index() == 0:
             os.makedirs(self.path, exist_ok=True)
-            for path, record in ((self.data_path, data_record), (self.config_path, config_record)):
-                temporary = path + ".tmp"
-                with open(temporary, "w") as file:
-                    json.dump(record, file, indent=1)
-                os.replace(temporary, path)
+            _write_json(self.data_path, data_record)
+            _write_json(self.config_path, config_record)
         return False
+
+    def write_population(self, record: dict) -> None:
+        """Write `population.json`: how the members of this (re)start run."""
+        if jax.process_index() == 0:
+            _write_json(self.population_path, record)
+
+    def read_population(self) -> dict | None:
+        """`population.json`, or None (a run written before it existed)."""
+        if not os.path.exists(self.population_path):
+            return None
+        with open(self.population_path) as file:
+            return json.load(file)
+
+
+def _write_json(path: str, record: dict) -> None:
+    """Write `record` to `path` atomically (a kill leaves the old or the new file)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(record, file, indent=1)
+    os.replace(temporary, path)
