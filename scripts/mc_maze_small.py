@@ -40,7 +40,7 @@ ALPHAS = (0.01, 0.1, 1.0, 10.0)  # GLM ridge; 0.01 (nlb_tools' default) overfits
 
 
 def settings(quick: bool) -> dict:
-    """Per family, in the order they run: (config, steps, label). Sizes fit ~45 min on 2
+    """Per family, in the order they run: (config, steps, label). Sizes fit ~70 min on 2
     shared cores; gradient families stop early on validation."""
 
     def adam(lr, steps, chunk):
