@@ -59,10 +59,11 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _coerce(value: Any, current: Any, path: str) -> Any:
+def _coerce(value: Any, current: Any, path: str, annotation: str = "") -> Any:
     """`value` for the field `path` whose current value is `current`: of the same kind
     (a bool only from true/false, an int field never from a float), or raise ValueError.
-    A field that is None now takes any value; the config's own checks judge it."""
+    A field that is None now takes any value; the config's own checks judge it. A string
+    field whose annotation also allows an int (`str | int`) takes an int."""
 
     def wrong(expected: str) -> ValueError:
         return ValueError(f"config: `{path}` expects {expected}, got {value!r}")
@@ -80,6 +81,8 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
             raise wrong("a number")
         return float(value)
     if isinstance(current, str) and not isinstance(value, str):
+        if isinstance(value, int) and "int" in [part.strip() for part in annotation.split("|")]:
+            return value
         raise wrong("a string")
     if isinstance(current, tuple):
         if not isinstance(value, (list, tuple)):
@@ -103,7 +106,8 @@ def update_config(config: Any, changes: Mapping[str, Any], _prefix: str = "") ->
     for path, value in _flatten(changes).items():
         head, _, rest = path.partition(".")
         grouped.setdefault(head, {})[rest] = value
-    names = {f.name for f in dataclasses.fields(config)}
+    annotations = {f.name: str(f.type) for f in dataclasses.fields(config)}
+    names = set(annotations)
     updates = {}
     for head, values in grouped.items():
         if head not in names:
@@ -113,7 +117,9 @@ def update_config(config: Any, changes: Mapping[str, Any], _prefix: str = "") ->
             )
         current = getattr(config, head)
         if "" in values:
-            updates[head] = _coerce(values.pop(""), current, _prefix + head)
+            updates[head] = _coerce(
+                values.pop(""), current, _prefix + head, annotations[head]
+            )
         if values:
             if not dataclasses.is_dataclass(current):
                 raise ValueError(f"config: `{_prefix}{head}` has no sub-fields {sorted(values)}")

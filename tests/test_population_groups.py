@@ -135,3 +135,17 @@ def test_kill_and_resume_in_groups(trials, tmp_path, monkeypatch):
         np.testing.assert_array_equal(member.history["step"], [10, 20, 30, 40])
         np.testing.assert_allclose(member.params["mean"], same.params["mean"], rtol=1e-5, atol=1e-6)
     assert resumed[0].history["population_mode"] == "sequential"
+
+
+def test_the_command_line_sets_a_group_size_or_a_named_mode():
+    """`--set train.population_mode=2` (an int in a `str | int` field) and `=sequential`."""
+    from latentjax.configs import parse_assignments, update_config
+
+    config = TrainConfig()
+    for text, expected in (("2", 2), ("sequential", "sequential")):
+        changes = parse_assignments([f"population_mode={text}"])
+        assert update_config(config, changes).population_mode == expected
+    with pytest.raises(ValueError, match="population_mode"):
+        update_config(config, parse_assignments(["population_mode=0"]))
+    with pytest.raises(ValueError, match="learning_rate"):  # other fields keep their kind
+        update_config(config, parse_assignments(["learning_rate=fast"]))
