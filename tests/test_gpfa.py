@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from em_paths import assert_same_em_steps
 
 import latentjax as lj
 from latentjax.models import gpfa
@@ -131,20 +132,9 @@ def test_trials_sharing_their_bin_times_are_pooled_without_changing_an_em_step()
     shifted = times.copy()
     shifted[2] += 1.0
     config = gpfa.Config(latent_dim=2, sqrt_transform=False)
-    with jax.enable_x64(True):
-        fitter = gpfa.fitter(config)
-        step = jax.jit(fitter.step)
-        outcomes = []
-        for trial_times in (times, shifted):
-            trials = lj.Trials(y, dt=0.02, times=trial_times, continuous=True)
-            state = fitter.init(gpfa.init(jax.random.PRNGKey(0), config, trials), trials)
-            for i in range(3):
-                state, info = step(state, trials, jax.random.PRNGKey(i))
-            posterior = gpfa.posterior(state.params, trials, config)
-            outcomes.append((state.params, info["log_likelihood"], posterior.latents))
-    for pooled, per_trial in zip(*outcomes, strict=True):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9), pooled, per_trial)
-    assert not np.allclose(outcomes[0][0].log_timescales, np.log(0.1), atol=0.05)
+    trial_sets = [lj.Trials(y, dt=0.02, times=t, continuous=True) for t in (times, shifted)]
+    params = assert_same_em_steps(gpfa, config, trial_sets)
+    assert not np.allclose(params.log_timescales, np.log(0.1), atol=0.05)
 
 
 def recovered_timescales(timescales, num_trials, num_bins, steps, seed=3):
