@@ -298,14 +298,12 @@ def correction_scale(gram, noise, rows):
     `noise` in some direction; then `c = lambda - margin`, with `lambda` the smallest root
     of `det(gram - lambda * noise) = 0` (Fuller's modified estimator, 1987, section 2.5,
     with a margin of sampling error rather than one row). 1 where `noise` is singular."""
-    size = noise.shape[0]
-    chol = jnp.linalg.cholesky(noise)
+    chol = jnp.linalg.cholesky(noise)  # NaN where `noise` is singular
     half = jsl.solve_triangular(chol, gram, lower=True)
     whitened = jsl.solve_triangular(chol, half.T, lower=True)  # L^-1 gram L^-T
     smallest = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))[0]
     scale = jnp.minimum(1.0, smallest - CORRECTION_MARGIN / jnp.sqrt(rows))
-    usable = jnp.all(jnp.isfinite(chol)) & (jnp.trace(noise) > 0) & (size > 0)
-    return jnp.where(usable & jnp.isfinite(scale), jnp.maximum(scale, 0.0), 1.0)
+    return jnp.where(jnp.isfinite(scale), jnp.maximum(scale, 0.0), 1.0)
 
 
 def _max_lag(config: Config) -> int:
