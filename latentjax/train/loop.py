@@ -222,7 +222,7 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
 
     `group_size` members are vmapped at a time, the groups one after another (`lax.map`; a
     last, smaller group is vmapped on its own); 0, or at least the population, vmaps every
-    member (`grouping`).
+    member (`grouping`). One member, or groups of one, run unbatched, one after another.
 
     Returns the new state and a summary of `[members]` arrays: the mean of each scalar of
     the Fitter's `info` over the chunk's finite steps (`*_failures` counters: over its failed
@@ -235,7 +235,10 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
     def member(state, knobs):
         return _chunk_member(program, state, knobs, train, valid, stop_step)
 
-    if group_size == 0 or group_size >= len(state.key):
+    members = len(state.key)
+    if members == 1 or group_size == 1:  # unbatched: on CPU a vmap of size one costs ~15%
+        return jax.lax.map(lambda args: member(*args), (state, knobs))
+    if group_size == 0 or group_size >= members:
         return jax.vmap(member)(state, knobs)
     return jax.lax.map(lambda args: member(*args), (state, knobs), batch_size=group_size)
 
