@@ -1,36 +1,55 @@
-"""Benchmark: LFADS training steps per second at the AutoLFADS MC_Maze sizes, on this machine.
+"""Benchmark: LFADS at the AutoLFADS MC_Maze sizes, side by side with lfads-torch, on this machine.
 
 Sizes (shared/TARGETS.md): 137 held-in and 182 total neurons, 140 encoded bins and 180
 reconstructed bins (40 forward bins), `Config.preset("nlb_mc_maze")` (ic_enc 100, ci_enc 80,
 con 80, co 4, ic 100, gen 100, fac 40, coordinated dropout 0.3, AR(1) input prior), Poisson
-counts. One training step is the engine's compiled gradient step (loss, gradient, clipping,
-AdamW). Reported: seconds per step at batch 32 and 128, the model's matmul FLOP/s (counted from
-the sizes: 3x the forward matmuls) as a fraction of the machine's f32 matmul ceiling (a big
-`jnp.dot`, measured here), and the throughput of vmapped populations of 1, 4 and 16 members
-(batch 32). The reference PyTorch LFADS figures (0.78 s/step at batch 32, 1.61 s/step at batch
-128 on a 2-core CPU) are quoted from TARGETS.md, not rerun. Prints a markdown table and writes
-its section of benchmarks/lfads.md.
+counts. Timed, as medians after warm-up calls:
 
-python scripts/bench_lfads.py # full benchmark python scripts/bench_lfads.py --quick # tiny
-sizes, to check the script runs
+- training step at batch 32 and 128: latentjax's compiled gradient step (loss, gradient,
+  clipping, AdamW; the engine's `FamilyGradientFitter`, jitted whole) against lfads-torch's
+  `LFADS` module (zero grad, `training_step`, backward, clipping, AdamW; no Lightning
+  `Trainer` around it, which favours the peer);
+- forward pass (one posterior sample) and posterior means over 20 samples, batch 128:
+  `lfads.posterior` against lfads-torch's `predict_step` in eval mode without gradients, as its
+  `run_posterior_sampling` calls it;
+- populations of 1, 4, 8 and 16 members at batch 32: one vmapped program and the engine's
+  unbatched one-after-another program (`lax.map`, what `TrainConfig.population_mode` picks
+  on CPU, `latentjax.train.grouping`), per member-step, against single steps one by one;
+- with `--profile`: where the time of one training step (batch 32) and of one population step
+  (8 members) goes, from a `jax.profiler` trace grouped by kind of XLA operation.
+
+lfads-torch is not a dependency: `--peer DIR` points at a local checkout of its source
+(https://github.com/arsedler9/lfads-torch, fetched by the user, never copied into this repo),
+run with the installed torch and pytorch-lightning (`scripts/_lfads_torch_peer.py`).
+
+    python scripts/bench_lfads.py --peer ../lfads-torch --profile   # full run, ~15 minutes
+    python scripts/bench_lfads.py --quick --out /tmp/lfads.md         # tiny sizes, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import glob
+import gzip
+import json
+import re
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _report import BENCHMARKS, machine, seconds_per_step, write_section
+from _report import BENCHMARKS, PACKAGES, machine, seconds_per_step, write_section
 
 import latentjax as lj
 from latentjax.models import lfads
+from latentjax.train import grouping
 from latentjax.train.gradient import FamilyGradientFitter
-
-REFERENCE_S_PER_STEP = {32: 0.78, 128: 1.61}
 
 
 def matmul_ceiling_gflops(size: int, repeats: int = 5) -> float:
@@ -46,12 +65,6 @@ def matmul_ceiling_gflops(size: int, repeats: int = 5) -> float:
 def make_trials(num_trials, bins, neurons, seed=0):
     rates = np.random.default_rng(seed).gamma(2.0, 0.1, (num_trials, bins, neurons))
     return lj.Trials(np.random.default_rng(seed + 1).poisson(rates), dt=0.005)
-
-
-def time_steps(step, state, trials, repeats):
-    keys = jax.random.split(jax.random.key(0), repeats + 2)
-    # compile (twice: the first output may differ in weak types)
-    return seconds_per_step(step, state, trials, keys, warmup=2)
 
 
 def training_gflop(config, neurons: int, bins: int, batch: int) -> float:
@@ -72,89 +85,243 @@ def training_gflop(config, neurons: int, bins: int, batch: int) -> float:
     return 3 * forward * batch / 1e9
 
 
-def measure(config, trials, batch, repeats):
-    """Seconds per training step of one member."""
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch))
+def sizes(quick: bool):
+    """The LFADS config, total neurons, bins and batch sizes timed."""
+    if quick:
+        config = lfads.Config.preset("tiny", forward_bins=4, n_heldout=3, cd_rate=0.3)
+        total, bins, batches = 13, 20, (4, 8)
+    else:
+        config = lfads.Config.preset("nlb_mc_maze", forward_bins=40, n_heldout=45)
+        total, bins, batches = 182, 180, (32, 128)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=1000))
+    return config, total, bins, batches
+
+
+def with_batch(config, batch: int):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch))
+
+
+def single_step(config, trials):
+    """The jitted training step of one member and its initial state."""
     fitter = FamilyGradientFitter(lfads.loss)(config)
     params = lfads.init(jax.random.key(0), config, trials)
-    return time_steps(jax.jit(fitter.step), fitter.init(params, trials), trials, repeats)
+    return jax.jit(fitter.step), fitter.init(params, trials)
 
 
-def measure_population(config, trials, members, repeats):
+def population_step(config, trials, members: int, vmapped: bool):
+    """The jitted step of a population, vmapped or unbatched one member after another."""
     fitter = FamilyGradientFitter(lfads.loss)(config)
     keys = jax.random.split(jax.random.key(0), members)
     params = jax.vmap(lambda key: lfads.init(key, config, trials))(keys)
     state = jax.vmap(fitter.init, in_axes=(0, None))(params, trials)
-    batched = jax.vmap(fitter.step, in_axes=(0, None, 0))
+
+    def each(state, trials, keys):
+        if vmapped:
+            return jax.vmap(fitter.step, in_axes=(0, None, 0))(state, trials, keys)
+        return jax.lax.map(lambda args: fitter.step(args[0], trials, args[1]), (state, keys))
 
     @jax.jit
     def step(state, trials, key):
-        return batched(state, trials, jax.random.split(key, members))
+        return each(state, trials, jax.random.split(key, members))
 
-    return time_steps(step, state, trials, repeats)
+    return step, state
+
+
+def time_step(step, state, trials, repeats: int) -> float:
+    keys = jax.random.split(jax.random.key(1), repeats + 2)
+    return seconds_per_step(step, state, trials, keys, warmup=2)
+
+
+def median_seconds(call, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def posterior_seconds(config, trials, samples: int, repeats: int) -> float:
+    params = lfads.init(jax.random.key(0), config, trials)
+
+    def call():
+        post = lfads.posterior(params, trials, config, jax.random.key(1), n_samples=samples)
+        jax.block_until_ready(post.rates)
+
+    return median_seconds(call, repeats)
+
+
+# ----------------------------------------------------------------------------- profile
+
+_MOVEMENT = ("copy", "transpose", "concatenate", "broadcast", "dynamic-update-slice",
+             "dynamic-slice", "slice", "pad", "reverse", "bitcast")  # fmt: skip
+
+
+def _category(kind: str, hlo_line: str) -> str:
+    if "lgamma" in hlo_line:
+        return "log-factorial of the counts (lgamma)"
+    if re.search(r"= u32\[", hlo_line):
+        return "random numbers (threefry)"
+    if kind.startswith(("ynn_fusion", "dot")):
+        return "matrix products (YNNPACK/dot, with fused reductions)"
+    if kind.startswith("wrapped_") or all(part in _MOVEMENT for part in kind.split("_")[:-1]) \
+            or kind in _MOVEMENT:  # fmt: skip
+        return "data movement (copies, transposes, broadcasts, stacking scan outputs)"
+    return "elementwise (gates, activations, losses)"
+
+
+def profile(step, state, trials, bins: int, calls: int = 3) -> tuple[float, list[str]]:
+    """Seconds per call and table rows: the XLA operations of `calls` traced calls, grouped by
+    category and by whether they run inside a loop over time (executed `>= bins / 2` times)."""
+    keys = jax.random.split(jax.random.key(2), calls + 2)
+    for key in keys[:2]:
+        jax.block_until_ready(step(state, trials, key))
+    hlo = step.lower(state, trials, keys[0]).compile().as_text()
+    lines = {}
+    for line in hlo.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+        if match:
+            lines[match.group(1)] = line
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        for key in keys[2:]:
+            jax.block_until_ready(step(state, trials, key))
+        jax.profiler.stop_trace()
+        seconds = (time.perf_counter() - start) / calls
+        (path,) = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as file:
+            events = json.load(file)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total, count = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event["name"] in lines:
+            total[event["name"]] += event.get("dur", 0) / 1e6 / calls
+            count[event["name"]] += 1
+    by_category = collections.Counter()
+    for name, seconds_in_op in total.items():
+        kind = re.sub(r"\.\d+$", "", name)
+        where = "in loops" if count[name] / calls >= bins / 2 else "outside loops"
+        by_category[(_category(kind, lines[name]), where)] += seconds_in_op
+    measured = sum(by_category.values())
+    rows = [
+        f"| {category} | {where} | {1e3 * s:.1f} | {s / measured:.0%} |"
+        for (category, where), s in by_category.most_common()
+    ]
+    return seconds, rows
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def ratio(peer, ours) -> str:
+    return f"{peer / ours:.2f}x" if peer and ours else "-"
+
+
+def fmt(seconds) -> str:
+    return f"{seconds:.3f}" if seconds else "-"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script)")
+    parser.add_argument("--peer", default=None, help="a local checkout of lfads-torch's source")
+    parser.add_argument("--profile", action="store_true", help="also profile one step")
     parser.add_argument("--out", default=str(BENCHMARKS / "lfads.md"))
     parser.add_argument("--note", default="", help="a line added to the file (e.g. the load)")
     args = parser.parse_args()
 
-    if args.quick:
-        config = lfads.Config.preset("tiny", forward_bins=4, n_heldout=3, cd_rate=0.3)
-        heldin, total, enc_bins, bins, batches, members, repeats = 10, 13, 16, 20, (4, 8), (1, 2), 2
-        matmul_size = 512
-    else:
-        config = lfads.Config.preset("nlb_mc_maze", forward_bins=40, n_heldout=45)
-        heldin, total, enc_bins, bins = 137, 182, 140, 180
-        batches, members, repeats, matmul_size = (32, 128), (1, 4, 16), 5, 2048
-    del heldin, enc_bins  # implied by `total - n_heldout` and `bins - forward_bins`
+    config, total, bins, batches = sizes(args.quick)
+    members, repeats, matmul_size = ((1, 2), 2, 512) if args.quick else ((1, 4, 8, 16), 5, 2048)
     ceiling = matmul_ceiling_gflops(matmul_size)
+    peer = {}
+    if args.peer:  # first, in its own process, while this one is idle
+        script = str(Path(__file__).with_name("_lfads_torch_peer.py"))
+        command = [sys.executable, script, args.peer, "--repeats", str(repeats)]
+        command += ["--quick"] if args.quick else []
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        peer = json.loads(output.strip().splitlines()[-1])
+
     rows = [
-        "| what | batch | s/step | steps/s | GFLOP/step | fraction of matmul ceiling "
-        "| reference PyTorch s/step | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| what | batch | latentjax s | lfads-torch s | speed-up | latentjax GFLOP/s "
+        "(fraction of matmul ceiling) |",
+        "|---|---|---|---|---|---|",
     ]
     for batch in batches:
-        trials = make_trials(max(batch, 8), bins, total)
-        seconds = measure(config, trials, batch, repeats)
-        gflop = training_gflop(config, total, bins, batch)
-        reference = REFERENCE_S_PER_STEP.get(batch)
-        speedup = f"{reference / seconds:.1f}x" if reference and not args.quick else "-"
+        trials = make_trials(batch, bins, total)
+        config_b = with_batch(config, batch)
+        ours = time_step(*single_step(config_b, trials), trials, repeats)
+        theirs = peer.get("train", {}).get(str(batch))
+        gflops = training_gflop(config, total, bins, batch) / ours
         rows.append(
-            f"| training step | {batch} | {seconds:.3f} | {1 / seconds:.2f} | {gflop:.2f} | "
-            f"{gflop / seconds / ceiling:.1%} | {reference or '-'} | {speedup} |"
+            f"| training step | {batch} | {fmt(ours)} | {fmt(theirs)} | {ratio(theirs, ours)} "
+            f"| {gflops:.0f} ({gflops / ceiling:.0%}) |"
         )
-    population_batch = batches[0]
-    trials = make_trials(max(population_batch, 8), bins, total)
-    config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, batch_size=population_batch)
+    batch = batches[-1]
+    trials = make_trials(batch, bins, total)
+    passes = (("forward, one posterior sample", 1, "forward"),
+              ("posterior means, 20 samples", 20, "posterior"))  # fmt: skip
+    for what, samples, name in passes:
+        ours = posterior_seconds(config, trials, samples, repeats if samples == 1 else 2)
+        theirs = peer.get(name)
+        rows.append(
+            f"| {what} | {batch} | {fmt(ours)} | {fmt(theirs)} | {ratio(theirs, ours)} | - |"
+        )
+
+    batch = batches[0]
+    trials = make_trials(batch, bins, total)
+    config_b = with_batch(config, batch)
+    step, state = single_step(config_b, trials)
+    one = time_step(step, state, trials, repeats)
+    flops = grouping.member_step_flops(
+        FamilyGradientFitter(lfads.loss)(config_b).step, state, trials, jax.random.key(0)
     )
-    rows += [
-        "",
-        f"| population members (batch {population_batch}) | s per population step "
-        "| member-steps/s | per-member gain over 1 |",
-        "|---|---|---|---|",
+    population_rows = [
+        f"| members (batch {batch}) | one vmapped program: s per step | vmapped: s per "
+        "member-step | one after another (lax.map): s per member-step | one by one: s per "
+        "member-step | vmapped / one by one | `population_mode='auto'` picks |",
+        "|---|---|---|---|---|---|---|",
     ]
-    single = None
     for count in members:
-        seconds = measure_population(config, trials, count, repeats)
-        single = single or seconds
-        rows.append(
-            f"| {count} | {seconds:.3f} | {count / seconds:.2f} | {count * single / seconds:.2f}x |"
+        vmapped = time_step(*population_step(config_b, trials, count, True), trials, repeats)
+        mapped = time_step(*population_step(config_b, trials, count, False), trials, repeats)
+        picked = grouping.choose("auto", count, jax.devices()[:1], lambda: flops)
+        population_rows.append(
+            f"| {count} | {vmapped:.3f} | {vmapped / count:.3f} | {mapped / count:.3f} "
+            f"| {one:.3f} | {one * count / vmapped:.2f}x | {picked.mode} ({picked.reason}) |"
         )
+
     header = [
-        "## Training speed (scripts/bench_lfads.py" + (" --quick)" if args.quick else ")"),
+        "## Side by side (scripts/bench_lfads.py" + (" --quick)" if args.quick else ")"),
         "",
-        f"Machine: {machine()}. f32 matmul ceiling {ceiling:.0f} GFLOP/s "
-        f"({matmul_size}x{matmul_size} jnp.dot).",
-        "Reference: the PyTorch LFADS figures of shared/TARGETS.md (2-core x86-64 CPU, "
-        "ceiling about 203 GFLOP/s), quoted, not rerun here.",
+        f"Machine: {machine(PACKAGES)}. f32 matmul ceiling {ceiling:.0f} GFLOP/s "
+        f"({matmul_size}x{matmul_size} jnp.dot). No GPU was available to this run.",
+        "Peer: " + (f"lfads-torch from {args.peer} ({peer['versions']}), in a separate process"
+                    if peer else "not run (no --peer)"),  # fmt: skip
     ]
     if args.note:
         header.append(f"Note: {args.note}")
-    text = "\n".join([*header, "", *rows, ""])
+    sections = [*header, "", *rows, "", *population_rows, ""]
+    if args.profile:
+        sections += ["", "### Profile (`--profile`)", ""]
+        for label, (step_, state_) in (
+            (f"one training step, batch {batch}", (step, state)),
+            (f"one population step, 8 members vmapped, batch {batch}",
+             population_step(config_b, trials, 8 if not args.quick else 2, True)),
+        ):  # fmt: skip
+            seconds, profile_rows = profile(step_, state_, trials, bins)
+            sections += [
+                f"{label}: {seconds:.3f} s per call while traced; time of the XLA operations "
+                "(the two cores overlap, so the sum can exceed the wall clock):",
+                "",
+                "| category | where | ms per call | share |",
+                "|---|---|---|---|",
+                *profile_rows,
+                "",
+            ]
+    text = "\n".join(sections)
     print(text)
     write_section(args.out, "speed-quick" if args.quick else "speed", text, "LFADS benchmarks")
 

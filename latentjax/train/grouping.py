@@ -113,8 +113,8 @@ def member_step_flops(step: Callable, *args) -> float:
 def choose(mode: str | int, size: int, devices: list, flops: Callable[[], float]) -> Grouping:
     """The layout of a population of `size` members on `devices` for the setting `mode`.
 
-    "auto": vmapped on GPU/TPU, with one member, or sharded over several devices; on one CPU
-    sequential when `flops()` (one member's step, `member_step_flops`) is above
+    One member runs unbatched. "auto": vmapped on GPU/TPU or sharded over several devices; on
+    one CPU sequential when `flops()` (one member's step, `member_step_flops`) is above
     `SEQUENTIAL_FLOPS`, vmapped below. "vmapped", "sequential" or an int group size are taken
     as given, except that a population sharded over several devices is always one vmapped
     program.
@@ -129,7 +129,7 @@ def choose(mode: str | int, size: int, devices: list, flops: Callable[[], float]
     if len(devices) > 1:
         return Grouping("vmapped", size, f"sharded over {len(devices)} devices", None, platform)
     if size == 1:
-        return Grouping("vmapped", 1, "one member", None, platform)
+        return Grouping("sequential", 1, "one member (unbatched)", None, platform)
     if mode == "vmapped":
         return Grouping("vmapped", size, "population_mode='vmapped'", None, platform)
     if mode == "sequential":
