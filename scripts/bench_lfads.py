@@ -5,16 +5,18 @@ reconstructed bins (40 forward bins), `Config.preset("nlb_mc_maze")` (ic_enc 100
 con 80, co 4, ic 100, gen 100, fac 40, coordinated dropout 0.3, AR(1) input prior), Poisson
 counts. Timed, as medians after warm-up calls:
 
-- training step at batch 32 and 128: latentjax's compiled gradient step (loss, gradient,
-  clipping, AdamW; the engine's `FamilyGradientFitter`, jitted whole) against lfads-torch's
-  `LFADS` module (zero grad, `training_step`, backward, clipping, AdamW; no Lightning
-  `Trainer` around it, which favours the peer);
+- training step at batch 32 and 128, as `lj.fit` runs it (the engine's compiled chunks of
+  steps: loss, gradient, clipping, AdamW, finiteness checks; per step from the difference
+  between two step counts, each the second identical run, so compilation and set-up cancel),
+  against lfads-torch's `LFADS` module (zero grad, `training_step`, backward, clipping,
+  AdamW; no Lightning `Trainer` around it, which favours the peer); a lone jitted step
+  called from Python is also shown (its outputs are allocated afresh on every call);
 - forward pass (one posterior sample) and posterior means over 20 samples, batch 128:
   `lfads.posterior` against lfads-torch's `predict_step` in eval mode without gradients, as its
   `run_posterior_sampling` calls it;
-- populations of 1, 4, 8 and 16 members at batch 32: one vmapped program and the engine's
-  unbatched one-after-another program (`lax.map`, what `TrainConfig.population_mode` picks
-  on CPU, `latentjax.train.grouping`), per member-step, against single steps one by one;
+- populations of 1, 4, 8 and 16 members at batch 32 through `lj.sweep` (seeds), per
+  member-step as above: `population_mode="vmapped"` (one vmapped program) and "auto" (what
+  the engine picks, `latentjax.train.grouping`), against one `lj.fit` (members one by one);
 - with `--profile`: where the time of one training step (batch 32) and of one population step
   (8 members) goes, from a `jax.profiler` trace grouped by kind of XLA operation.
 
@@ -125,6 +127,28 @@ def population_step(config, trials, members: int, vmapped: bool):
         return each(state, trials, jax.random.split(key, members))
 
     return step, state
+
+
+def engine_seconds(config, trials, members: int, mode: str, steps=(3, 9)) -> float:
+    """Seconds per member-step of `lj.fit` (one member) or `lj.sweep` (seeds), chunks of
+    `steps[0]` steps: the difference between `steps[1]` and `steps[0]` steps, each timed on
+    a second identical run."""
+    train = dataclasses.replace(config.train, chunk_size=steps[0], population_mode=mode)
+    config = dataclasses.replace(config, train=train)
+
+    def seconds(count):
+        def call():
+            if members == 1:
+                return lj.fit(config, trials, steps=count, progress=False)
+            return lj.sweep(config, trials, seeds=tuple(range(members)), steps=count,
+                            progress=False)  # fmt: skip
+
+        call()
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    return (seconds(steps[1]) - seconds(steps[0])) / (steps[1] - steps[0]) / members
 
 
 def time_step(step, state, trials, repeats: int) -> float:
@@ -256,13 +280,15 @@ def main():
     for batch in batches:
         trials = make_trials(batch, bins, total)
         config_b = with_batch(config, batch)
-        ours = time_step(*single_step(config_b, trials), trials, repeats)
         theirs = peer.get("train", {}).get(str(batch))
-        gflops = training_gflop(config, total, bins, batch) / ours
-        rows.append(
-            f"| training step | {batch} | {fmt(ours)} | {fmt(theirs)} | {ratio(theirs, ours)} "
-            f"| {gflops:.0f} ({gflops / ceiling:.0%}) |"
-        )
+        alone = time_step(*single_step(config_b, trials), trials, repeats)
+        for what, ours in (("training step (lj.fit)", engine_seconds(config_b, trials, 1, "auto")),
+                           ("training step, lone jitted call", alone)):  # fmt: skip
+            gflops = training_gflop(config, total, bins, batch) / ours
+            rows.append(
+                f"| {what} | {batch} | {fmt(ours)} | {fmt(theirs)} | {ratio(theirs, ours)} "
+                f"| {gflops:.0f} ({gflops / ceiling:.0%}) |"
+            )
     batch = batches[-1]
     trials = make_trials(batch, bins, total)
     passes = (("forward, one posterior sample", 1, "forward"),
@@ -278,23 +304,23 @@ def main():
     trials = make_trials(batch, bins, total)
     config_b = with_batch(config, batch)
     step, state = single_step(config_b, trials)
-    one = time_step(step, state, trials, repeats)
     flops = grouping.member_step_flops(
         FamilyGradientFitter(lfads.loss)(config_b).step, state, trials, jax.random.key(0)
     )
+    one = engine_seconds(config_b, trials, 1, "auto")
     population_rows = [
-        f"| members (batch {batch}) | one vmapped program: s per step | vmapped: s per "
-        "member-step | one after another (lax.map): s per member-step | one by one: s per "
-        "member-step | vmapped / one by one | `population_mode='auto'` picks |",
+        f"| members (batch {batch}) | lj.sweep, vmapped: s per member-step | lj.sweep, auto: "
+        "s per member-step | one by one (lj.fit): s per member-step | vmapped / one by one "
+        "| auto / one by one | auto picks |",
         "|---|---|---|---|---|---|---|",
     ]
-    for count in members:
-        vmapped = time_step(*population_step(config_b, trials, count, True), trials, repeats)
-        mapped = time_step(*population_step(config_b, trials, count, False), trials, repeats)
+    for count in members:  # one member: lj.sweep runs lj.fit's program whatever the mode
+        vmapped = engine_seconds(config_b, trials, count, "vmapped") if count > 1 else one
+        auto = engine_seconds(config_b, trials, count, "auto") if count > 1 else one
         picked = grouping.choose("auto", count, jax.devices()[:1], lambda: flops)
         population_rows.append(
-            f"| {count} | {vmapped:.3f} | {vmapped / count:.3f} | {mapped / count:.3f} "
-            f"| {one:.3f} | {one * count / vmapped:.2f}x | {picked.mode} ({picked.reason}) |"
+            f"| {count} | {vmapped:.3f} | {auto:.3f} | {one:.3f} | {one / vmapped:.2f}x "
+            f"| {one / auto:.2f}x | {picked.mode} ({picked.reason}) |"
         )
 
     header = [
