@@ -343,13 +343,16 @@ def _emission_mask(trials, config: Config) -> np.ndarray:
     return mask
 
 
-def _initial_latents(trials, config: Config) -> np.ndarray:
-    """`[B, T, M]` standardised starting latents: per-region factor analysis, and for the
-    global latent the leading principal components of what the region latents leave."""
+def _initial_latents(trials, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """`[B, T, M]` standardised starting latents (per-region factor analysis; for the global
+    latent the leading principal components of what the region latents leave) and `[M, M]`
+    the covariance of their measurement noise (factor analysis's; zero for the global
+    latent)."""
     projection = _regions.fit_projection(trials, config.latent_dim, "fa")
     latents = np.asarray(_regions.region_latents(projection, trials), np.float64)
+    noise = np.asarray(projection.noise_covariance, np.float64)
     if not config.global_latent_dim:
-        return latents
+        return latents, noise
     signals = np.asarray(_regions.signals(trials), np.float64)
     mask = np.asarray(trials.mask)
     flat, flat_latents = signals[mask], latents[mask]
@@ -367,31 +370,71 @@ def _initial_latents(trials, config: Config) -> np.ndarray:
     scores /= scores.std(axis=0) + 1e-6
     glob = np.zeros(latents.shape[:2] + (config.global_latent_dim,))
     glob[mask] = scores
-    return np.concatenate([latents, glob], axis=-1)
+    size = noise.shape[0] + config.global_latent_dim
+    padded = np.zeros((size, size))
+    padded[: noise.shape[0], : noise.shape[0]] = noise
+    return np.concatenate([latents, glob], axis=-1), padded
+
+
+def _corrected_grams(latents, noise, trials, config: Config):
+    """Per-condition lagged Gram matrices `[C, (D+1) M, (D+1) M]` of the starting latents with
+    their measurement noise removed (the errors-in-variables moment correction, scaled down
+    until every Gram matrix stays positive definite), and the number of rows."""
+    num_lags = config.max_delay
+    length = latents.shape[1] - num_lags
+    lagged = np.concatenate(
+        [latents[:, num_lags - lag : num_lags - lag + length] for lag in range(num_lags + 1)], -1
+    )
+    mask = np.asarray(trials.mask)
+    valid = np.stack([mask[:, num_lags - lag : num_lags - lag + length]
+                      for lag in range(num_lags + 1)]).all(0)  # fmt: skip
+    codes = np.asarray(_conditions(trials, config))
+    grams, counts = [], []
+    for c in range(config.num_conditions):
+        rows = valid & (codes == c)[:, None]
+        grams.append(np.einsum("bt,btp,btq->pq", rows, lagged, lagged))
+        counts.append(rows.sum())
+    grams, counts = np.stack(grams), np.asarray(counts, np.float64)
+    big = np.kron(np.eye(num_lags + 1), noise)
+    for share in np.linspace(1.0, 0.0, 11):
+        corrected = grams - share * counts[:, None, None] * big
+        smallest = min(
+            np.linalg.eigvalsh(g / max(n, 1.0))[0] for g, n in zip(corrected, counts, strict=True)
+        )
+        if smallest > 0.02:
+            break
+    return corrected, counts.sum()
 
 
 def init(key, config: Config, trials) -> Params:
     """Initial parameters from per-region factor analysis (and, with a global latent, the
-    principal components of the residual signals): emissions by regression of the signals on
-    those latents, own dynamics by least squares, no coupling."""
+    principal components of the residual signals): the structure, dynamics and noise are one
+    structure M-step on the factor-analysis latents' lagged statistics with their measurement
+    noise removed (`_corrected_grams`); emissions by regression of the signals on those
+    latents."""
     del key
     names = _check_trials("hlds", config, trials)
     num_regions, latent_dim = len(names), config.latent_dim
-    latents = _initial_latents(trials, config)
+    latents, latent_noise = _initial_latents(trials, config)
     size = latents.shape[-1]
-    mask = np.asarray(trials.mask)
-    # own lag-1 dynamics per block (regions, then the global latent), by least squares
-    current, previous = latents[:, 1:][mask[:, 1:]], latents[:, :-1][mask[:, 1:]]
+    grams, rows = _corrected_grams(latents, latent_noise, trials, config)
+    scale = np.sqrt(np.diagonal(grams.sum(0))[:size] / rows)
+    lagged_scale = np.tile(scale, config.max_delay + 1)
+    grams = grams / np.outer(lagged_scale, lagged_scale)
+    latents = latents / scale
+    # own lag-1 dynamics per block (regions, then the global latent): the noise variances
+    total = grams.sum(0)
     lag_matrices = np.zeros((config.num_conditions, config.max_delay, size, size))
     noise = np.ones(size)
     bounds = [*range(0, num_regions * latent_dim + 1, latent_dim)]
     if config.global_latent_dim:
         bounds.append(size)
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        block = slice(start, stop)
-        weights = np.linalg.lstsq(previous[:, block], current[:, block], rcond=None)[0].T
-        lag_matrices[:, 0, block, block] = weights
-        noise[block] = np.var(current[:, block] - previous[:, block] @ weights.T, axis=0)
+        block, past = np.arange(start, stop), size + np.arange(start, stop)
+        weights = np.linalg.solve(total[np.ix_(past, past)], total[np.ix_(past, block)]).T
+        lag_matrices[:, 0, block[:, None], block[None, :]] = weights
+        residual = total[np.ix_(block, block)] - weights @ total[np.ix_(past, block)]
+        noise[block] = np.diagonal(residual) / rows
     emission_mask = _emission_mask(trials, config)
     tables = structure(num_regions, latent_dim, config.global_latent_dim, config.delays,
                        config.num_conditions)  # fmt: skip
@@ -409,6 +452,10 @@ def init(key, config: Config, trials) -> Params:
             jnp.eye(width, dtype=jnp.float32), (num_regions, num_configs, latent_dim, width, width)
         ),
     )
+    for _ in range(2):
+        params = _structure_m_step(
+            jnp.asarray(grams, jnp.float32), jnp.asarray(rows, jnp.float32), params, config
+        )
     points = jnp.asarray(latents, jnp.float32)
     moments = (points, jnp.zeros(points.shape + points.shape[-1:], jnp.float32))
     counts, bin_mask = _data(trials)
@@ -431,7 +478,7 @@ def init(key, config: Config, trials) -> Params:
 
 
 def _data(trials):
-    return jnp.asarray(trials.spikes, jnp.float32), jnp.asarray(trials.mask)
+    return jnp.asarray(trials.spikes, dtype=float), jnp.asarray(trials.mask)
 
 
 def _gaussian_one(params: Params, lag_matrices, signals, bin_mask) -> SmootherResult:

@@ -1,0 +1,78 @@
+"""The hierarchical multi-region model (`lj.multiregion.hlds`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+import latentjax as lj
+from latentjax.multiregion import hlds
+from latentjax.nn import delayed_lds
+
+
+def _dense_log_likelihood(lag_matrices, noise_variance, emissions, bias, obs_noise, signals):
+    """log p(y) of one trial as one joint Gaussian over all bins and neurons (float64)."""
+    num_lags, size, _ = lag_matrices.shape
+    num_bins, num_neurons = signals.shape
+    state = num_lags * size
+    companion = np.zeros((state, state))
+    companion[:size] = np.concatenate(list(lag_matrices), axis=1)
+    companion[size:, :-size] = np.eye(state - size)
+    noise = np.zeros((state, state))
+    noise[:size, :size] = np.diag(noise_variance)
+    marginals = [np.eye(state)]
+    for _ in range(1, num_bins):
+        marginals.append(companion @ marginals[-1] @ companion.T + noise)
+    cov = np.zeros((num_bins * size, num_bins * size))
+    for t in range(num_bins):
+        for u in range(t + 1):
+            block = np.linalg.matrix_power(companion, t - u) @ marginals[u]  # Cov(s_t, s_u)
+            cov[t * size : (t + 1) * size, u * size : (u + 1) * size] = block[:size, :size]
+            cov[u * size : (u + 1) * size, t * size : (t + 1) * size] = block[:size, :size].T
+    readout = np.kron(np.eye(num_bins), emissions)
+    joint = readout @ cov @ readout.T + np.diag(np.tile(obs_noise, num_bins))
+    return multivariate_normal(np.tile(bias, num_bins), joint).logpdf(signals.reshape(-1))
+
+
+def test_gaussian_log_likelihood_with_delays_equals_the_dense_joint_gaussian():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        num_regions, latent_dim, num_bins = 3, 2, 12
+        size = num_regions * latent_dim
+        config = hlds.Config(delays=(1, 3))
+        data = lj.datasets.multiregion(
+            seed=0, num_trials=2, num_bins=num_bins, neurons_per_region=3,
+            observations="gaussian",
+        )  # fmt: skip
+        edges = np.zeros((3, 3))
+        edges[0, 1] = edges[1, 2] = edges[2, 0] = 1
+        delay_index = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0]])
+        lag_matrices = hlds.lag_matrices_of(
+            jnp.asarray(0.5 * rng.standard_normal((num_regions, latent_dim, latent_dim))),
+            jnp.asarray(0.3 * rng.standard_normal((3, 3, latent_dim, latent_dim))),
+            jnp.asarray(edges), jnp.asarray(delay_index), config.delays, config.max_delay,
+        )  # fmt: skip
+        mask = hlds._emission_mask(data.trials, config)
+        params = hlds.Params(
+            lag_matrices=lag_matrices[None],
+            noise_variance=jnp.asarray(rng.uniform(0.2, 1.0, size)),
+            emissions=jnp.asarray(rng.standard_normal(mask.shape) * mask),
+            emissions_bias=jnp.asarray(rng.standard_normal(mask.shape[0])),
+            observation_noise=jnp.asarray(rng.uniform(0.3, 1.0, mask.shape[0])),
+            emission_mask=jnp.asarray(mask, jnp.float64),
+            log_structure=jnp.zeros((3, 1)), weight_means=jnp.zeros((3, 1, 2, 2)),
+            weight_covariances=jnp.zeros((3, 1, 2, 2, 2)),
+        )  # fmt: skip
+        assert float(jnp.abs(lag_matrices[2, 2:4, 0:2]).sum()) > 0  # the delay-3 edge 0 -> 1
+        got = np.asarray(hlds.log_likelihood(params, data.trials, config))
+        assert got.dtype == np.float64
+        want = [
+            _dense_log_likelihood(
+                np.asarray(lag_matrices), np.asarray(params.noise_variance),
+                np.asarray(params.emissions), np.asarray(params.emissions_bias),
+                np.asarray(params.observation_noise), np.asarray(trial, np.float64),
+            )
+            for trial in data.trials.spikes
+        ]  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
