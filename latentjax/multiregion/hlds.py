@@ -99,6 +99,7 @@ __all__ = [
 ]
 
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
+_INIT_STRUCTURE_STEPS = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,10 @@ class Config:
       num_conditions: 1 (one coupling for all trials) or C >= 2: the coupling B_rs^c and
         the edges' presence may differ between the trials' `conditions` (integer codes
         0..C-1), for modulation; delays are shared.
+      warmup_iters: EM iterations at the start whose E-step uses the dense model (every edge
+        at every candidate delay, ridge posterior means) rather than the structure-averaged
+        one: EM started from noisy latents otherwise locks into spurious edges that its own
+        E-step then supports; the structure posterior is computed at every iteration.
       edge_prior: prior probability that an edge is present (in each condition).
       coupling_scale: prior standard deviation of each coupling entry (the slab), in units
         of the (unit-variance) latents.
@@ -130,6 +135,7 @@ class Config:
     global_latent_dim: int = 0
     delays: tuple[int, ...] = (1, 2, 3)
     num_conditions: int = 1
+    warmup_iters: int = 0
     edge_prior: float = 0.5
     coupling_scale: float = 0.5
     dynamics_scale: float = 1.0
@@ -251,6 +257,34 @@ def structure(
             store.append(np.stack(value))
     targets = np.arange(num_regions * latent_dim).reshape(num_regions, latent_dim)
     return Structure(np.stack(index), np.stack(active), np.stack(presence), np.stack(lags), targets)
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_tables(
+    num_regions: int, latent_dim: int, global_dim: int, delays: tuple, num_conditions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(index `[R, C, P]`, active `[R, C, P]`) of the dense model's regressors: the target's
+    own lag-1 latents, then for each condition every source at every candidate delay."""
+    size = num_regions * latent_dim + global_dim
+    block = np.arange(latent_dim)
+    per_condition = (num_regions - 1) * len(delays) * latent_dim
+    width = latent_dim + num_conditions * per_condition
+    index = np.zeros((num_regions, num_conditions, width), int)
+    active = np.zeros((num_regions, num_conditions, width))
+    for target in range(num_regions):
+        index[target, :, :latent_dim] = size + target * latent_dim + block
+        active[target, :, :latent_dim] = 1.0
+        columns = [
+            delay * size + source * latent_dim + block
+            for source in range(num_regions)
+            if source != target
+            for delay in delays
+        ]
+        for c in range(num_conditions):
+            start = latent_dim + c * per_condition
+            index[target, :, start : start + per_condition] = np.concatenate(columns)
+            active[target, c, start : start + per_condition] = 1.0
+    return index, active
 
 
 def _log_structure_prior(tables: Structure, config: Config) -> np.ndarray:
@@ -452,7 +486,7 @@ def init(key, config: Config, trials) -> Params:
             jnp.eye(width, dtype=jnp.float32), (num_regions, num_configs, latent_dim, width, width)
         ),
     )
-    for _ in range(2):
+    for _ in range(_INIT_STRUCTURE_STEPS):
         params = _structure_m_step(
             jnp.asarray(grams, jnp.float32), jnp.asarray(rows, jnp.float32), params, config
         )
@@ -722,7 +756,60 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
     )
 
 
+def _dense_dynamics(grams, rows, params: Params, config: Config):
+    """Region dynamics `[C, D, R K, R K]` and noise variances `[R K]` of the dense model (every
+    edge at every candidate delay, Gaussian prior of scale `coupling_scale`): the posterior
+    means, what the E-step uses during the `warmup_iters` first iterations."""
+    num_regions, size = _sizes(params, config)
+    latent_dim = config.latent_dim
+    index, active = _dense_tables(num_regions, latent_dim, config.global_latent_dim,
+                                  config.delays, config.num_conditions)  # fmt: skip
+    index, active = jnp.asarray(index), jnp.asarray(active, grams.dtype)
+    gathered = jax.vmap(lambda g, i: g[i[..., :, None], i[..., None, :]], (0, 1), 1)(grams, index)
+    gram_u = jnp.sum(active[..., :, None] * active[..., None, :] * gathered, axis=1)  # [R, P, P]
+    targets = jnp.asarray(np.arange(num_regions * latent_dim).reshape(num_regions, latent_dim))
+    cross = jax.vmap(lambda g, i: g[i[..., :, None], targets[:, None, :]], (0, 1), 1)(grams, index)
+    cross_u = jnp.sum(active[..., None] * cross, axis=1)  # [R, P, K]
+    total = grams.sum(0)
+    square = jnp.diagonal(total[targets[:, :, None], targets[:, None, :]], axis1=-2, axis2=-1)
+    width = index.shape[-1]
+    prior_precision = jnp.concatenate(
+        [
+            jnp.full(latent_dim, config.dynamics_scale**-2),
+            jnp.full(width - latent_dim, config.coupling_scale**-2),
+        ]
+    ).astype(grams.dtype)
+    region_noise = params.noise_variance[: num_regions * latent_dim].reshape(
+        num_regions, latent_dim
+    )
+    regression = jax.vmap(
+        jax.vmap(delayed_lds.regression_evidence, (None, 1, 0, None, None, 0)),
+        (0, 0, 0, None, None, 0),
+    )(gram_u, cross_u, square, rows, prior_precision, region_noise)
+    means = regression.mean  # [R, K, P]
+    region_size = num_regions * latent_dim
+    lag_matrices = jnp.zeros(
+        (config.num_conditions, config.max_delay, region_size, region_size), grams.dtype
+    )
+    per_condition = (num_regions - 1) * len(config.delays) * latent_dim
+    for target in range(num_regions):
+        rows_t = slice(target * latent_dim, (target + 1) * latent_dim)
+        lag_matrices = lag_matrices.at[:, 0, rows_t, rows_t].set(means[target, :, :latent_dim])
+        sources = [s for s in range(num_regions) if s != target]
+        for c in range(config.num_conditions):
+            for j, source in enumerate(sources):
+                cols = slice(source * latent_dim, (source + 1) * latent_dim)
+                for i, delay in enumerate(config.delays):
+                    start = (
+                        latent_dim + c * per_condition + (j * len(config.delays) + i) * latent_dim
+                    )
+                    block = means[target, :, start : start + latent_dim]
+                    lag_matrices = lag_matrices.at[c, delay - 1, rows_t, cols].set(block)
+    return lag_matrices, (regression.residual / rows).reshape(-1)
+
+
 class _Statistics(NamedTuple):
+    iteration: jax.Array  # EM iterations before this one
     grams: jax.Array  # [C, (D+1) M, (D+1) M]
     rows: jax.Array
     means: jax.Array  # [B, T, M]
@@ -731,7 +818,9 @@ class _Statistics(NamedTuple):
     bin_mask: jax.Array
 
 
-def _statistics(params: Params, moments: _Moments, trials, config: Config) -> _Statistics:
+def _statistics(
+    params: Params, moments: _Moments, trials, config: Config, iteration=0
+) -> _Statistics:
     size = params.noise_variance.shape[0]
     data, bin_mask = _data(trials)
     smoothed = moments.smoothed
@@ -743,18 +832,38 @@ def _statistics(params: Params, moments: _Moments, trials, config: Config) -> _S
     grams = jnp.einsum("bc,bpq->cpq", onehot, per_trial)
     rows = jnp.sum(bin_mask[:, 1:].astype(data.dtype))
     means, covs = _latent_moments(smoothed, size)
-    return _Statistics(grams, rows, means, covs, data, bin_mask)
+    return _Statistics(jnp.asarray(iteration), grams, rows, means, covs, data, bin_mask)
+
+
+def _scale(stats: _Statistics) -> jax.Array:
+    """`[M]` root mean second moment of each latent: the M-step divides the latents by it."""
+    size = stats.means.shape[-1]
+    return jnp.sqrt(jnp.diagonal(stats.grams.sum(0))[:size] / stats.rows)
 
 
 def _m_step(params: Params, stats: _Statistics, continuous: bool, config: Config) -> Params:
     """Rescale every latent to unit second moment, then the structure, dynamics and
     emission updates."""
-    size = params.noise_variance.shape[0]
-    scale = jnp.sqrt(jnp.diagonal(stats.grams.sum(0))[:size] / stats.rows)
+    scale = _scale(stats)
     lagged_scale = jnp.tile(scale, config.max_delay + 1)
     grams = stats.grams / jnp.outer(lagged_scale, lagged_scale)
     params = params._replace(noise_variance=params.noise_variance / scale**2)
+    dense_lags, dense_noise = _dense_dynamics(grams, stats.rows, params, config)
     params = _structure_m_step(grams, stats.rows, params, config)
+    warm = stats.iteration < config.warmup_iters
+    region_size = dense_noise.shape[0]
+    params = params._replace(
+        lag_matrices=params.lag_matrices.at[:, :, :region_size, :region_size].set(
+            jnp.where(warm, dense_lags, params.lag_matrices[:, :, :region_size, :region_size])
+        ),
+        noise_variance=params.noise_variance.at[:region_size].set(
+            jnp.where(
+                warm,
+                jnp.maximum(dense_noise, config.min_variance),
+                params.noise_variance[:region_size],
+            )
+        ),
+    )
     moments = (stats.means / scale, stats.covariances / jnp.outer(scale, scale))
     params = params._replace(emissions=params.emissions * scale)
     if continuous:
@@ -778,14 +887,15 @@ def fitter(config: Config) -> Fitter:
     observations, the Laplace approximation for counts) at the parameters before the update."""
 
     def init_carry(params, trials):
-        return _start(params, trials, config)
+        return _start(params, trials, config), jnp.ones_like(params.noise_variance), 0
 
-    def e_step(params, trials, start):
-        moments = _e_step(params, trials, start, config, config.newton_iters)
-        stats = _statistics(params, moments, trials, config)
+    def e_step(params, trials, carry):
+        modes, scale, iteration = carry  # modes in the units before the last rescaling
+        moments = _e_step(params, trials, modes / scale, config, config.newton_iters)
+        stats = _statistics(params, moments, trials, config, iteration)
         entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
         total = jnp.sum(moments.smoothed.log_likelihood)
-        return EStep(stats, total, entries, moments.modes)
+        return EStep(stats, total, entries, (moments.modes, _scale(stats), iteration + 1))
 
     def m_step(params, stats, trials):
         return _m_step(params, stats, trials.continuous, config)
