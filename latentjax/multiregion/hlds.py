@@ -75,7 +75,6 @@ import numpyro.distributions as dist
 from latentjax.data import Trials
 from latentjax.multiregion import _regions
 from latentjax.nn import delayed_lds
-from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import Potentials, SmootherResult, smooth_potentials
 from latentjax.nn.linear_gaussian import emission_potentials
 from latentjax.nn.poisson import LINKS, log_likelihood_terms
@@ -100,6 +99,8 @@ __all__ = [
 
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
 _INIT_STRUCTURE_STEPS = 0
+_EXCLUDED = 1e30
+"""Log-prior penalty of a configuration with a pruned edge (probability 0 after softmax)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +114,8 @@ class Config:
       num_conditions: 1 (one coupling for all trials) or C >= 2: the coupling B_rs^c and
         the edges' presence may differ between the trials' `conditions` (integer codes
         0..C-1), for modulation; delays are shared.
-      warmup_iters: EM iterations at the start whose E-step uses the dense model (every edge
-        at every candidate delay, ridge posterior means) rather than the structure-averaged
-        one: EM started from noisy latents otherwise locks into spurious edges that its own
-        E-step then supports; the structure posterior is computed at every iteration.
+      search_start: EM iterations before the edge-pruning search (`fitter`).
+      search_iters: EM iterations of each edge's test in the search.
       edge_prior: prior probability that an edge is present (in each condition).
       coupling_scale: prior standard deviation of each coupling entry (the slab), in units
         of the (unit-variance) latents.
@@ -135,7 +134,8 @@ class Config:
     global_latent_dim: int = 0
     delays: tuple[int, ...] = (1, 2, 3)
     num_conditions: int = 1
-    warmup_iters: int = 0
+    search_start: int = 25
+    search_iters: int = 8
     edge_prior: float = 0.5
     coupling_scale: float = 0.5
     dynamics_scale: float = 1.0
@@ -146,7 +146,7 @@ class Config:
     min_variance: float = 1e-3
     num_samples: int = 500
     credible_mass: float = 0.9
-    train: TrainConfig = TrainConfig(steps=60, chunk_size=10)
+    train: TrainConfig = TrainConfig(steps=80, chunk_size=10)
 
     def __post_init__(self):
         for name in (
@@ -156,6 +156,8 @@ class Config:
             "posterior_newton_iters",
             "emission_newton_iters",
             "num_samples",
+            "search_start",
+            "search_iters",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -259,34 +261,6 @@ def structure(
     return Structure(np.stack(index), np.stack(active), np.stack(presence), np.stack(lags), targets)
 
 
-@functools.lru_cache(maxsize=16)
-def _dense_tables(
-    num_regions: int, latent_dim: int, global_dim: int, delays: tuple, num_conditions: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(index `[R, C, P]`, active `[R, C, P]`) of the dense model's regressors: the target's
-    own lag-1 latents, then for each condition every source at every candidate delay."""
-    size = num_regions * latent_dim + global_dim
-    block = np.arange(latent_dim)
-    per_condition = (num_regions - 1) * len(delays) * latent_dim
-    width = latent_dim + num_conditions * per_condition
-    index = np.zeros((num_regions, num_conditions, width), int)
-    active = np.zeros((num_regions, num_conditions, width))
-    for target in range(num_regions):
-        index[target, :, :latent_dim] = size + target * latent_dim + block
-        active[target, :, :latent_dim] = 1.0
-        columns = [
-            delay * size + source * latent_dim + block
-            for source in range(num_regions)
-            if source != target
-            for delay in delays
-        ]
-        for c in range(num_conditions):
-            start = latent_dim + c * per_condition
-            index[target, :, start : start + per_condition] = np.concatenate(columns)
-            active[target, c, start : start + per_condition] = 1.0
-    return index, active
-
-
 def _log_structure_prior(tables: Structure, config: Config) -> np.ndarray:
     """`[R, Q]` log prior of each configuration: independent edges per condition
     (`edge_prior`), a uniform delay for every edge present in some condition."""
@@ -318,6 +292,7 @@ class Params(NamedTuple):
       weight_means: `[R, Q, K, P]` posterior means of each target output's regression weights
         (`Structure` column order) under each configuration; weight_covariances:
         `[R, Q, K, P, P]`.
+      forbidden: `[R, R]` 1 for edges `[s, r]` the search has pruned (prior probability 0).
     """
 
     lag_matrices: jax.Array
@@ -329,6 +304,7 @@ class Params(NamedTuple):
     log_structure: jax.Array
     weight_means: jax.Array
     weight_covariances: jax.Array
+    forbidden: jax.Array
 
 
 def _sizes(params: Params, config: Config) -> tuple[int, int]:
@@ -485,6 +461,7 @@ def init(key, config: Config, trials) -> Params:
         weight_covariances=jnp.broadcast_to(
             jnp.eye(width, dtype=jnp.float32), (num_regions, num_configs, latent_dim, width, width)
         ),
+        forbidden=jnp.zeros((num_regions, num_regions), jnp.float32),
     )
     for _ in range(_INIT_STRUCTURE_STEPS):
         params = _structure_m_step(
@@ -709,7 +686,10 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
         ),
         (0, 0, 0, None, None, 0),
     )(gram_u, cross_u, square, rows, prior_precision, region_noise)
-    log_prior = jnp.asarray(_log_structure_prior(tables, config), grams.dtype)
+    uses = jnp.asarray(tables.presence.any(2), grams.dtype)  # [R, Q, R]: r's config uses s -> r
+    log_prior = jnp.asarray(_log_structure_prior(tables, config), grams.dtype) - _EXCLUDED * (
+        jnp.einsum("rqs,sr->rq", uses, params.forbidden)
+    )
     log_joint = regression.log_evidence.sum(-1) + log_prior  # [R, Q]
     log_structure = jax.nn.log_softmax(log_joint, axis=-1)
     probs = jnp.exp(log_structure)
@@ -756,60 +736,7 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
     )
 
 
-def _dense_dynamics(grams, rows, params: Params, config: Config):
-    """Region dynamics `[C, D, R K, R K]` and noise variances `[R K]` of the dense model (every
-    edge at every candidate delay, Gaussian prior of scale `coupling_scale`): the posterior
-    means, what the E-step uses during the `warmup_iters` first iterations."""
-    num_regions, size = _sizes(params, config)
-    latent_dim = config.latent_dim
-    index, active = _dense_tables(num_regions, latent_dim, config.global_latent_dim,
-                                  config.delays, config.num_conditions)  # fmt: skip
-    index, active = jnp.asarray(index), jnp.asarray(active, grams.dtype)
-    gathered = jax.vmap(lambda g, i: g[i[..., :, None], i[..., None, :]], (0, 1), 1)(grams, index)
-    gram_u = jnp.sum(active[..., :, None] * active[..., None, :] * gathered, axis=1)  # [R, P, P]
-    targets = jnp.asarray(np.arange(num_regions * latent_dim).reshape(num_regions, latent_dim))
-    cross = jax.vmap(lambda g, i: g[i[..., :, None], targets[:, None, :]], (0, 1), 1)(grams, index)
-    cross_u = jnp.sum(active[..., None] * cross, axis=1)  # [R, P, K]
-    total = grams.sum(0)
-    square = jnp.diagonal(total[targets[:, :, None], targets[:, None, :]], axis1=-2, axis2=-1)
-    width = index.shape[-1]
-    prior_precision = jnp.concatenate(
-        [
-            jnp.full(latent_dim, config.dynamics_scale**-2),
-            jnp.full(width - latent_dim, config.coupling_scale**-2),
-        ]
-    ).astype(grams.dtype)
-    region_noise = params.noise_variance[: num_regions * latent_dim].reshape(
-        num_regions, latent_dim
-    )
-    regression = jax.vmap(
-        jax.vmap(delayed_lds.regression_evidence, (None, 1, 0, None, None, 0)),
-        (0, 0, 0, None, None, 0),
-    )(gram_u, cross_u, square, rows, prior_precision, region_noise)
-    means = regression.mean  # [R, K, P]
-    region_size = num_regions * latent_dim
-    lag_matrices = jnp.zeros(
-        (config.num_conditions, config.max_delay, region_size, region_size), grams.dtype
-    )
-    per_condition = (num_regions - 1) * len(config.delays) * latent_dim
-    for target in range(num_regions):
-        rows_t = slice(target * latent_dim, (target + 1) * latent_dim)
-        lag_matrices = lag_matrices.at[:, 0, rows_t, rows_t].set(means[target, :, :latent_dim])
-        sources = [s for s in range(num_regions) if s != target]
-        for c in range(config.num_conditions):
-            for j, source in enumerate(sources):
-                cols = slice(source * latent_dim, (source + 1) * latent_dim)
-                for i, delay in enumerate(config.delays):
-                    start = (
-                        latent_dim + c * per_condition + (j * len(config.delays) + i) * latent_dim
-                    )
-                    block = means[target, :, start : start + latent_dim]
-                    lag_matrices = lag_matrices.at[c, delay - 1, rows_t, cols].set(block)
-    return lag_matrices, (regression.residual / rows).reshape(-1)
-
-
 class _Statistics(NamedTuple):
-    iteration: jax.Array  # EM iterations before this one
     grams: jax.Array  # [C, (D+1) M, (D+1) M]
     rows: jax.Array
     means: jax.Array  # [B, T, M]
@@ -818,9 +745,7 @@ class _Statistics(NamedTuple):
     bin_mask: jax.Array
 
 
-def _statistics(
-    params: Params, moments: _Moments, trials, config: Config, iteration=0
-) -> _Statistics:
+def _statistics(params: Params, moments: _Moments, trials, config: Config) -> _Statistics:
     size = params.noise_variance.shape[0]
     data, bin_mask = _data(trials)
     smoothed = moments.smoothed
@@ -832,7 +757,7 @@ def _statistics(
     grams = jnp.einsum("bc,bpq->cpq", onehot, per_trial)
     rows = jnp.sum(bin_mask[:, 1:].astype(data.dtype))
     means, covs = _latent_moments(smoothed, size)
-    return _Statistics(jnp.asarray(iteration), grams, rows, means, covs, data, bin_mask)
+    return _Statistics(grams, rows, means, covs, data, bin_mask)
 
 
 def _scale(stats: _Statistics) -> jax.Array:
@@ -848,22 +773,7 @@ def _m_step(params: Params, stats: _Statistics, continuous: bool, config: Config
     lagged_scale = jnp.tile(scale, config.max_delay + 1)
     grams = stats.grams / jnp.outer(lagged_scale, lagged_scale)
     params = params._replace(noise_variance=params.noise_variance / scale**2)
-    dense_lags, dense_noise = _dense_dynamics(grams, stats.rows, params, config)
     params = _structure_m_step(grams, stats.rows, params, config)
-    warm = stats.iteration < config.warmup_iters
-    region_size = dense_noise.shape[0]
-    params = params._replace(
-        lag_matrices=params.lag_matrices.at[:, :, :region_size, :region_size].set(
-            jnp.where(warm, dense_lags, params.lag_matrices[:, :, :region_size, :region_size])
-        ),
-        noise_variance=params.noise_variance.at[:region_size].set(
-            jnp.where(
-                warm,
-                jnp.maximum(dense_noise, config.min_variance),
-                params.noise_variance[:region_size],
-            )
-        ),
-    )
     moments = (stats.means / scale, stats.covariances / jnp.outer(scale, scale))
     params = params._replace(emissions=params.emissions * scale)
     if continuous:
@@ -881,26 +791,108 @@ def _m_step(params: Params, stats: _Statistics, continuous: bool, config: Config
 # Fitter, validation, posterior
 
 
+class SearchState(NamedTuple):
+    """State of the EM `Fitter` with its edge-pruning search.
+
+    Attributes:
+      params: current `Params`; modes: `[B, T + D - 1, M]` Laplace warm start, in the units
+        of the parameters before the last rescaling; scale: `[M]` that rescaling.
+      iteration: EM iterations done.
+      saved: (params, modes, scale) at the start of the current test, restored if rejected.
+      tested: `[R, R]` 1 for edges already tested.
+      trial_edge: flat index s * R + r of the edge forced out in the current test (-1 none).
+      start_log_likelihood: log p(y) at the start of the current test.
+    """
+
+    params: Params
+    modes: jax.Array
+    scale: jax.Array
+    iteration: jax.Array
+    saved: tuple
+    tested: jax.Array
+    trial_edge: jax.Array
+    start_log_likelihood: jax.Array
+
+
+def _edge_penalty(config: Config, rows) -> jax.Array:
+    """Log-likelihood (nats) an edge must add to stay: BIC's `K^2 C / 2 * log(rows)` for
+    its coupling entries plus `log(len(delays))` for its delay."""
+    entries = config.latent_dim**2 * config.num_conditions
+    return 0.5 * entries * jnp.log(rows) + np.log(len(config.delays))
+
+
 def fitter(config: Config) -> Fitter:
-    """Variational EM as a `Fitter` (`latentjax.nn.em`); the Laplace E-step warm-starts from
-    the previous iteration's modes. `info["log_likelihood"]`: log p(y) (exact for Gaussian
-    observations, the Laplace approximation for counts) at the parameters before the update."""
+    """Variational EM with an edge-pruning search, as a `Fitter` (one EM iteration per step).
 
-    def init_carry(params, trials):
-        return _start(params, trials, config), jnp.ones_like(params.noise_variance), 0
+    EM alone can settle where a spurious edge (a reverse or a shortcut edge) explains what a
+    still too weak true coupling does not, and its own E-step then supports that edge (the
+    structure posterior of one iteration is conditional on the latents' posterior). So after
+    `search_start` iterations each edge the structure posterior includes is tested once, in
+    turn: it is forced out for `search_iters` iterations; if the log-likelihood log p(y)
+    (exact, or Laplace) then falls by less than `_edge_penalty`, the edge stays out for
+    good, else the parameters before the test are restored. After the tests (or when no edge
+    is left to test) EM goes on. `info["log_likelihood"]`: log p(y) at the parameters
+    before the step; `info["loss"]` its negative per observed entry.
+    """
 
-    def e_step(params, trials, carry):
-        modes, scale, iteration = carry  # modes in the units before the last rescaling
-        moments = _e_step(params, trials, modes / scale, config, config.newton_iters)
-        stats = _statistics(params, moments, trials, config, iteration)
-        entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
+    def init(params: Params, trials) -> SearchState:
+        num_regions = params.forbidden.shape[0]
+        modes = _start(params, trials, config)
+        scale = jnp.ones_like(params.noise_variance)
+        return SearchState(
+            params, modes, scale, jnp.asarray(0), (params, modes, scale),
+            jnp.zeros((num_regions, num_regions)), jnp.asarray(-1), jnp.asarray(0.0),
+        )  # fmt: skip
+
+    def step(state: SearchState, trials, key):
+        del key
+        num_regions = state.params.forbidden.shape[0]
+        searching = state.iteration >= config.search_start
+        position = (state.iteration - config.search_start) % config.search_iters
+        starts = searching & (position == 0)
+        # at a test's start: the included, untested edge of highest inclusion (if any)
+        _, inclusion = _inclusion(state.params, config)
+        candidates = (inclusion > 0.5) & (state.tested == 0) & (state.params.forbidden == 0)
+        flat = jnp.where(candidates, inclusion, -1.0).reshape(-1)
+        chosen = jnp.where(flat.max() > 0, jnp.argmax(flat), -1)
+        trial_edge = jnp.where(starts, chosen, state.trial_edge)
+        saved = jax.tree.map(
+            lambda new, old: jnp.where(starts, new, old),
+            (state.params, state.modes, state.scale),
+            state.saved,
+        )
+        forced = jax.nn.one_hot(trial_edge, num_regions**2).reshape(num_regions, num_regions)
+        params = state.params._replace(
+            forbidden=jnp.maximum(state.params.forbidden, jnp.where(starts, forced, 0.0))
+        )
+
+        moments = _e_step(params, trials, state.modes / state.scale, config, config.newton_iters)
+        stats = _statistics(params, moments, trials, config)
         total = jnp.sum(moments.smoothed.log_likelihood)
-        return EStep(stats, total, entries, (moments.modes, _scale(stats), iteration + 1))
+        start_ll = jnp.where(starts, total, state.start_log_likelihood)
+        new = _m_step(params, stats, trials.continuous, config)
+        modes, scale = moments.modes, _scale(stats)
 
-    def m_step(params, stats, trials):
-        return _m_step(params, stats, trials.continuous, config)
+        # at a test's end: keep the edge out, or restore the parameters before the test
+        ends = searching & (position == config.search_iters - 1) & (trial_edge >= 0)
+        rejected = ends & (total < start_ll - _edge_penalty(config, stats.rows))
+        new, modes, scale = jax.tree.map(
+            lambda restored, kept: jnp.where(rejected, restored, kept), saved, (new, modes, scale)
+        )
+        tested = jnp.where(ends, jnp.maximum(state.tested, forced), state.tested)
+        next_state = SearchState(
+            new, modes, scale, state.iteration + 1, saved, tested,
+            jnp.where(ends, -1, trial_edge), start_ll,
+        )  # fmt: skip
+        entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
+        info = {
+            "loss": -total / entries,
+            "log_likelihood": total,
+            "edges_pruned": jnp.sum(new.forbidden),
+        }
+        return next_state, info
 
-    return em_fitter(e_step, m_step, init_carry)
+    return Fitter(init, step)
 
 
 def validation_loss(params: Params, trials, key, config: Config, step):
@@ -964,6 +956,18 @@ def _coupling_draws(params: Params, config: Config, key) -> np.ndarray:
                 block = weights[:, target, :, start : start + latent_dim]
                 draws[:, c, source, target] = block * present[:, c, source, None, None]
     return draws
+
+
+def _inclusion(params: Params, config: Config):
+    """(`[C, R, R]` inclusion per condition, `[R, R]` in some condition), traceable."""
+    num_regions = params.forbidden.shape[0]
+    tables = structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
+                       config.num_conditions)  # fmt: skip
+    probs = jnp.exp(params.log_structure)
+    presence = jnp.asarray(tables.presence, probs.dtype)
+    by_condition = jnp.einsum("rq,rqcs->csr", probs, presence)
+    anywhere = jnp.einsum("rq,rqs->sr", probs, jnp.asarray(tables.presence.any(2), probs.dtype))
+    return by_condition, anywhere
 
 
 def _edge_posteriors(params: Params, config: Config):
