@@ -3,10 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.stats import multivariate_normal
 
 import latentjax as lj
 from latentjax.multiregion import hlds
+from latentjax.nn import delayed_lds
 
 
 def _dense_log_likelihood(lag_matrices, noise_variance, emissions, bias, obs_noise, signals):
@@ -74,3 +76,50 @@ def test_gaussian_log_likelihood_with_delays_equals_the_dense_joint_gaussian():
             for trial in data.trials.spikes
         ]  # fmt: skip
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+
+
+def test_config_rejects_bad_values_naming_the_field():
+    for changes, name in [
+        (dict(delays=(0, 1)), "delays"),
+        (dict(delays=(1, 1)), "delays"),
+        (dict(latent_dim=0), "latent_dim"),
+        (dict(edge_prior=1.0), "edge_prior"),
+        (dict(link="relu"), "link"),
+        (dict(global_latent_dim=-1), "global_latent_dim"),
+        (dict(coupling_scale=0.0), "coupling_scale"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            hlds.Config(**changes)
+
+
+def test_structure_enumerates_every_configuration_with_a_normalised_prior():
+    config = hlds.Config()
+    tables = hlds.structure(3, 2, 0, config.delays, 1)
+    assert tables.index.shape[:2] == (3, 16)  # (1 + 3 delays) ** 2 sources
+    log_prior = hlds._log_structure_prior(tables, config)
+    np.testing.assert_allclose(np.logaddexp.reduce(log_prior, axis=1), 0.0, atol=1e-12)
+    modulated = hlds.structure(3, 2, 0, config.delays, 2)
+    assert modulated.index.shape[:2] == (3, 100)  # (1 + 3 delays x 3 condition sets) ** 2
+    log_prior = hlds._log_structure_prior(modulated, hlds.Config(num_conditions=2))
+    np.testing.assert_allclose(np.logaddexp.reduce(log_prior, axis=1), 0.0, atol=1e-12)
+
+
+def test_regression_evidence_equals_the_dense_marginal_likelihood():
+    """With point-mass statistics the evidence is log N(y; 0, s2 I + Z diag(1/p) Z^T)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        design, weights = rng.standard_normal((30, 4)), rng.standard_normal(4)
+        response = design @ weights + 0.5 * rng.standard_normal(30)
+        precision, variance = np.array([1.0, 2.0, 4.0, 0.5]), 0.3
+        got = delayed_lds.regression_evidence(
+            jnp.asarray(design.T @ design), jnp.asarray(design.T @ response),
+            jnp.asarray(response @ response), 30.0, jnp.asarray(precision), variance,
+        )  # fmt: skip
+        cov = variance * np.eye(30) + design @ np.diag(1 / precision) @ design.T
+        want = multivariate_normal(np.zeros(30), cov).logpdf(response)
+        np.testing.assert_allclose(float(got.log_evidence), want, rtol=0, atol=1e-9)
+        posterior_cov = np.linalg.inv(np.diag(precision) + design.T @ design / variance)
+        np.testing.assert_allclose(got.covariance, posterior_cov, atol=1e-12)
+        residual = response - design @ np.asarray(got.mean)
+        expected = residual @ residual + np.trace(design.T @ design @ posterior_cov)
+        np.testing.assert_allclose(float(got.residual), expected, rtol=1e-10)
