@@ -123,3 +123,37 @@ def test_regression_evidence_equals_the_dense_marginal_likelihood():
         residual = response - design @ np.asarray(got.mean)
         expected = residual @ residual + np.trace(design.T @ design @ posterior_cov)
         np.testing.assert_allclose(float(got.residual), expected, rtol=1e-10)
+
+
+def _subspace_angle_degrees(estimate, truth):
+    from scipy.linalg import subspace_angles
+
+    return float(np.degrees(subspace_angles(np.asarray(estimate), np.asarray(truth)).max()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_feedback_loop_and_global_latent_are_recovered(seed):
+    """0 -> 1 (delay 1) and 1 -> 0 (delay 3) with a global latent read by every region, 20
+    neurons per region, 100 trials (benchmarks/multiregion.md lists the seeds measured)."""
+    data = lj.datasets.multiregion(
+        seed=seed, edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1
+    )
+    result = lj.fit(hlds.Config(global_latent_dim=1), data.trials, progress=False)
+    post = lj.infer(result, data.trials)
+    np.testing.assert_array_equal(post.edges, data.truth["coupling"] > 0)
+    np.testing.assert_array_equal(post.delays, data.truth["delays"])
+    truth = data.truth["params"]["readout"][data.truth["latent_slices"]["global"]].T
+    assert _subspace_angle_degrees(post.global_loadings, truth) < 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_modulated_edge_is_found_in_its_condition_only(seed):
+    """0 -> 1 in condition 0 only, 1 -> 2 in both (per-condition coupling)."""
+    data = lj.datasets.multiregion(
+        seed=seed, condition_edges=(((0, 1), (1, 2)), ((1, 2),)), num_trials=200
+    )
+    result = lj.fit(hlds.Config(num_conditions=2), data.trials, progress=False)
+    post = lj.infer(result, data.trials)
+    np.testing.assert_array_equal(post.condition_edges, data.truth["condition_coupling"] > 0)
