@@ -108,14 +108,14 @@ def hlds_recovery(seeds, *, write: bool) -> None:
             f"| {seed} | {found} | {'yes' if edges_ok else 'no'} | "
             f"{'yes' if edges_ok and delays_ok else 'no'} | "
             f"{', '.join(f'{p:.2f}' for p in inclusion[true_edges])} | "
-            f"{inclusion[off].max():.2f} | {int(result.history['edges_pruned'][-1])} | "
+            f"{inclusion[off].max():.2f} | {int(result.history['tests_accepted'][-1])} | "
             f"{seconds:.0f} |"
         )
         print(rows[-1], flush=True)
     table = "\n".join(
         [
             "| seed | edges found (delay) | exact edges | exact edges and delays | "
-            "inclusion of the true edges | largest other inclusion | edges pruned by the "
+            "inclusion of the true edges | largest other inclusion | delay states excluded by the "
             "search | seconds per fit |",
             "|---|---|---|---|---|---|---|---|",
             *rows,

@@ -114,8 +114,8 @@ class Config:
       num_conditions: 1 (one coupling for all trials) or C >= 2: the coupling B_rs^c and
         the edges' presence may differ between the trials' `conditions` (integer codes
         0..C-1), for modulation; delays are shared.
-      search_start: EM iterations before the edge-pruning search (`fitter`).
-      search_iters: EM iterations of each edge's test in the search.
+      search_start: EM iterations before the structure search (`fitter`).
+      search_iters: EM iterations of each test of the search.
       edge_prior: prior probability that an edge is present (in each condition).
       coupling_scale: prior standard deviation of each coupling entry (the slab), in units
         of the (unit-variance) latents.
@@ -134,7 +134,7 @@ class Config:
     global_latent_dim: int = 0
     delays: tuple[int, ...] = (1, 2, 3)
     num_conditions: int = 1
-    search_start: int = 25
+    search_start: int = 30
     search_iters: int = 8
     edge_prior: float = 0.5
     coupling_scale: float = 0.5
@@ -146,7 +146,7 @@ class Config:
     min_variance: float = 1e-3
     num_samples: int = 500
     credible_mass: float = 0.9
-    train: TrainConfig = TrainConfig(steps=80, chunk_size=10)
+    train: TrainConfig = TrainConfig(steps=110, chunk_size=10)
 
     def __post_init__(self):
         for name in (
@@ -292,7 +292,8 @@ class Params(NamedTuple):
       weight_means: `[R, Q, K, P]` posterior means of each target output's regression weights
         (`Structure` column order) under each configuration; weight_covariances:
         `[R, Q, K, P, P]`.
-      forbidden: `[R, R]` 1 for edges `[s, r]` the search has pruned (prior probability 0).
+      excluded: `[R, R, L]` 1 where the search has excluded delay `delays[l]` of the edge
+        `[s, r]` (prior probability 0); all L excluded: the edge is pruned.
     """
 
     lag_matrices: jax.Array
@@ -304,7 +305,7 @@ class Params(NamedTuple):
     log_structure: jax.Array
     weight_means: jax.Array
     weight_covariances: jax.Array
-    forbidden: jax.Array
+    excluded: jax.Array
 
 
 def _sizes(params: Params, config: Config) -> tuple[int, int]:
@@ -461,7 +462,7 @@ def init(key, config: Config, trials) -> Params:
         weight_covariances=jnp.broadcast_to(
             jnp.eye(width, dtype=jnp.float32), (num_regions, num_configs, latent_dim, width, width)
         ),
-        forbidden=jnp.zeros((num_regions, num_regions), jnp.float32),
+        excluded=jnp.zeros((num_regions, num_regions, len(config.delays)), jnp.float32),
     )
     for _ in range(_INIT_STRUCTURE_STEPS):
         params = _structure_m_step(
@@ -686,9 +687,9 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
         ),
         (0, 0, 0, None, None, 0),
     )(gram_u, cross_u, square, rows, prior_precision, region_noise)
-    uses = jnp.asarray(tables.presence.any(2), grams.dtype)  # [R, Q, R]: r's config uses s -> r
+    uses = np.stack([tables.lags == d for d in config.delays], -1)  # [R, Q, R, L]
     log_prior = jnp.asarray(_log_structure_prior(tables, config), grams.dtype) - _EXCLUDED * (
-        jnp.einsum("rqs,sr->rq", uses, params.forbidden)
+        jnp.einsum("rqsl,srl->rq", jnp.asarray(uses, grams.dtype), params.excluded)
     )
     log_joint = regression.log_evidence.sum(-1) + log_prior  # [R, Q]
     log_structure = jax.nn.log_softmax(log_joint, axis=-1)
@@ -792,15 +793,18 @@ def _m_step(params: Params, stats: _Statistics, continuous: bool, config: Config
 
 
 class SearchState(NamedTuple):
-    """State of the EM `Fitter` with its edge-pruning search.
+    """State of the EM `Fitter` with its structure search.
 
     Attributes:
       params: current `Params`; modes: `[B, T + D - 1, M]` Laplace warm start, in the units
         of the parameters before the last rescaling; scale: `[M]` that rescaling.
       iteration: EM iterations done.
       saved: (params, modes, scale) at the start of the current test, restored if rejected.
-      tested: `[R, R]` 1 for edges already tested.
-      trial_edge: flat index s * R + r of the edge forced out in the current test (-1 none).
+      removal_tested: `[R, R]` 1 for edges whose removal was tested.
+      shift_tested: `[R]` 1 for regions whose delays were tested.
+      trial: `[R, R, L]` the delay states the current test excludes (zeros: no test).
+      removal: whether the current test is a removal (else a delay change).
+      region: the region of the current delay test.
       start_log_likelihood: log p(y) at the start of the current test.
     """
 
@@ -809,61 +813,102 @@ class SearchState(NamedTuple):
     scale: jax.Array
     iteration: jax.Array
     saved: tuple
-    tested: jax.Array
-    trial_edge: jax.Array
+    removal_tested: jax.Array
+    shift_tested: jax.Array
+    trial: jax.Array
+    removal: jax.Array
+    region: jax.Array
     start_log_likelihood: jax.Array
 
 
 def _edge_penalty(config: Config, rows) -> jax.Array:
-    """Log-likelihood (nats) an edge must add to stay: BIC's `K^2 C / 2 * log(rows)` for
-    its coupling entries plus `log(len(delays))` for its delay."""
+    """Log-likelihood (nats) an edge must add to stay, and a delay change to be made: BIC's
+    `K^2 C / 2 * log(rows)` for the coupling entries plus `log(len(delays))`."""
     entries = config.latent_dim**2 * config.num_conditions
     return 0.5 * entries * jnp.log(rows) + np.log(len(config.delays))
 
 
-def fitter(config: Config) -> Fitter:
-    """Variational EM with an edge-pruning search, as a `Fitter` (one EM iteration per step).
+def _delay_posterior(params: Params, config: Config) -> jax.Array:
+    """`[R, R, L]` joint posterior of each edge's presence with each delay (traceable)."""
+    num_regions = params.excluded.shape[0]
+    tables = structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
+                       config.num_conditions)  # fmt: skip
+    uses = np.stack([tables.lags == d for d in config.delays], -1)  # [R, Q, R, L]
+    return jnp.einsum("rq,rqsl->srl", jnp.exp(params.log_structure), jnp.asarray(uses, float))
 
-    EM alone can settle where a spurious edge (a reverse or a shortcut edge) explains what a
-    still too weak true coupling does not, and its own E-step then supports that edge (the
-    structure posterior of one iteration is conditional on the latents' posterior). So after
-    `search_start` iterations each edge the structure posterior includes is tested once, in
-    turn: it is forced out for `search_iters` iterations; if the log-likelihood log p(y)
-    (exact, or Laplace) then falls by less than `_edge_penalty`, the edge stays out for
-    good, else the parameters before the test are restored. After the tests (or when no edge
-    is left to test) EM goes on. `info["log_likelihood"]`: log p(y) at the parameters
-    before the step; `info["loss"]` its negative per observed entry.
+
+def _coupling_strength(params: Params, config: Config) -> jax.Array:
+    """`[R, R]` Frobenius norm of the model-averaged coupling of each edge (all lags)."""
+    num_regions, latent_dim = params.excluded.shape[0], config.latent_dim
+    size = num_regions * latent_dim
+    blocks = params.lag_matrices[:, :, :size, :size].reshape(
+        params.lag_matrices.shape[:2] + (num_regions, latent_dim, num_regions, latent_dim)
+    )  # [C, D, r, k, s, l]
+    return jnp.sqrt(jnp.sum(blocks**2, axis=(0, 1, 3, 5))).T  # [s, r]
+
+
+def fitter(config: Config) -> Fitter:
+    """Variational EM with a structure search, as a `Fitter` (one EM iteration per step).
+
+    EM alone can settle where a spurious edge (a reverse or a shortcut edge) or a wrong delay
+    explains what a still too weak true coupling does not, and its own E-step then supports
+    it (each iteration's structure posterior is conditional on the latents' posterior). So
+    after `search_start` iterations the included edges are tested one at a time, weakest
+    first, each for `search_iters` iterations: first its removal (the edge is forced out; it
+    stays out if log p(y), exact or Laplace, falls by less than `_edge_penalty`); then, for
+    each region in turn, the delays of the edges into and out of it (their most probable
+    delays are excluded together, so that the region's latents may shift in time, which a
+    single edge's delay cannot do; the new delays stay if log p(y) rises by more than
+    `_edge_penalty`, and the removals may then be tested again). A rejected test restores
+    the parameters from before it. When no test is left (or no room for one before
+    `train.steps`), EM goes on.
+    `info["log_likelihood"]`: log p(y) at the parameters before the step; `info["loss"]` its
+    negative per observed entry; `info["tests_accepted"]` the number of excluded delay states.
     """
 
     def init(params: Params, trials) -> SearchState:
-        num_regions = params.forbidden.shape[0]
+        num_regions, num_delays = params.excluded.shape[0], params.excluded.shape[-1]
         modes = _start(params, trials, config)
         scale = jnp.ones_like(params.noise_variance)
         return SearchState(
             params, modes, scale, jnp.asarray(0), (params, modes, scale),
-            jnp.zeros((num_regions, num_regions)), jnp.asarray(-1), jnp.asarray(0.0),
+            jnp.zeros((num_regions, num_regions)), jnp.zeros(num_regions),
+            jnp.zeros((num_regions, num_regions, num_delays)), jnp.asarray(True),
+            jnp.asarray(0), jnp.asarray(0.0),
         )  # fmt: skip
 
     def step(state: SearchState, trials, key):
         del key
-        num_regions = state.params.forbidden.shape[0]
+        params = state.params
+        num_regions, num_delays = params.excluded.shape[0], params.excluded.shape[-1]
         searching = state.iteration >= config.search_start
         position = (state.iteration - config.search_start) % config.search_iters
-        starts = searching & (position == 0)
-        # at a test's start: the included, untested edge of highest inclusion (if any)
-        _, inclusion = _inclusion(state.params, config)
-        candidates = (inclusion > 0.5) & (state.tested == 0) & (state.params.forbidden == 0)
-        flat = jnp.where(candidates, inclusion, -1.0).reshape(-1)
-        chosen = jnp.where(flat.max() > 0, jnp.argmax(flat), -1)
-        trial_edge = jnp.where(starts, chosen, state.trial_edge)
+        room = state.iteration + config.search_iters <= (config.train.steps or 0)
+        starts = searching & (position == 0) & room  # a test ends before the last step
+        # at a test's start: the weakest untested included edge, removal tests first
+        _, inclusion = _inclusion(params, config)
+        included = (inclusion > 0.5) & ~jnp.eye(num_regions, dtype=bool)
+        strength = _coupling_strength(params, config)
+        removable = included & (state.removal_tested == 0)
+        removal = removable.any()
+        edge = jnp.argmin(jnp.where(removable, strength, jnp.inf).reshape(-1))
+        edge_mask = jax.nn.one_hot(edge, num_regions**2).reshape(num_regions, num_regions)
+        shiftable = (included.any(0) | included.any(1)) & (state.shift_tested == 0)
+        region = jnp.argmax(shiftable)
+        touching = jax.nn.one_hot(region, num_regions)
+        touching = included * shiftable.any() * (touching[:, None] + touching[None, :] > 0)
+        best = jax.nn.one_hot(jnp.argmax(_delay_posterior(params, config), -1), num_delays)
+        proposal = jnp.where(removal, edge_mask[..., None], touching[..., None] * best)
+        trial = jnp.where(starts, proposal, state.trial)
+        removal = jnp.where(starts, removal, state.removal)
+        region = jnp.where(starts, region, state.region)
         saved = jax.tree.map(
             lambda new, old: jnp.where(starts, new, old),
-            (state.params, state.modes, state.scale),
+            (params, state.modes, state.scale),
             state.saved,
         )
-        forced = jax.nn.one_hot(trial_edge, num_regions**2).reshape(num_regions, num_regions)
-        params = state.params._replace(
-            forbidden=jnp.maximum(state.params.forbidden, jnp.where(starts, forced, 0.0))
+        params = params._replace(
+            excluded=jnp.maximum(params.excluded, jnp.where(starts, trial, 0.0))
         )
 
         moments = _e_step(params, trials, state.modes / state.scale, config, config.newton_iters)
@@ -873,22 +918,37 @@ def fitter(config: Config) -> Fitter:
         new = _m_step(params, stats, trials.continuous, config)
         modes, scale = moments.modes, _scale(stats)
 
-        # at a test's end: keep the edge out, or restore the parameters before the test
-        ends = searching & (position == config.search_iters - 1) & (trial_edge >= 0)
-        rejected = ends & (total < start_ll - _edge_penalty(config, stats.rows))
+        # at a test's end: keep the change, or restore the parameters from before the test
+        tested = trial.any(-1).astype(total.dtype)  # [R, R]
+        ends = searching & (position == config.search_iters - 1) & (tested.sum() > 0)
+        penalty = _edge_penalty(config, stats.rows)
+        accepted = jnp.where(removal, total >= start_ll - penalty, total > start_ll + penalty)
+        rejected = ends & ~accepted
         new, modes, scale = jax.tree.map(
             lambda restored, kept: jnp.where(rejected, restored, kept), saved, (new, modes, scale)
         )
-        tested = jnp.where(ends, jnp.maximum(state.tested, forced), state.tested)
+        delay_changed = ends & accepted & ~removal
+        removal_tested = jnp.where(
+            delay_changed,
+            0.0,
+            jnp.where(
+                ends & removal, jnp.maximum(state.removal_tested, tested), state.removal_tested
+            ),
+        )
+        shift_tested = jnp.where(
+            ends & ~removal,
+            jnp.maximum(state.shift_tested, jax.nn.one_hot(region, num_regions)),
+            state.shift_tested,
+        )
         next_state = SearchState(
-            new, modes, scale, state.iteration + 1, saved, tested,
-            jnp.where(ends, -1, trial_edge), start_ll,
+            new, modes, scale, state.iteration + 1, saved, removal_tested, shift_tested,
+            jnp.where(ends, 0.0, trial), removal, region, start_ll,
         )  # fmt: skip
         entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
         info = {
             "loss": -total / entries,
             "log_likelihood": total,
-            "edges_pruned": jnp.sum(new.forbidden),
+            "tests_accepted": jnp.sum(new.excluded),
         }
         return next_state, info
 
@@ -960,7 +1020,7 @@ def _coupling_draws(params: Params, config: Config, key) -> np.ndarray:
 
 def _inclusion(params: Params, config: Config):
     """(`[C, R, R]` inclusion per condition, `[R, R]` in some condition), traceable."""
-    num_regions = params.forbidden.shape[0]
+    num_regions = params.excluded.shape[0]
     tables = structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
                        config.num_conditions)  # fmt: skip
     probs = jnp.exp(params.log_structure)
