@@ -157,3 +157,78 @@ def test_modulated_edge_is_found_in_its_condition_only(seed):
     result = lj.fit(hlds.Config(num_conditions=2), data.trials, progress=False)
     post = lj.infer(result, data.trials)
     np.testing.assert_array_equal(post.condition_edges, data.truth["condition_coupling"] > 0)
+
+
+SBC_REPLICATES = 100
+
+
+def _prior_draw(key, config):
+    """A draw of the structure and dynamics from `hlds.model` (2 regions, 1 latent each),
+    redrawn until the system is stable (spectral radius below 0.95)."""
+    import numpyro
+
+    while True:
+        key, sub = jax.random.split(key)
+        traced = numpyro.handlers.trace(numpyro.handlers.seed(hlds.model, sub))
+        lag_matrices = np.asarray(traced(2, config))[0]
+        trace = traced.trace
+        if np.max(np.abs(np.linalg.eigvals(lag_matrices))) < 0.95:
+            return key, trace, lag_matrices
+
+
+def _simulate(rng, lag_matrices, loadings, num_trials, num_bins):
+    """Gaussian observations `[B, T, N]` and latents `[B, T, 2]` of the VAR(1) with unit
+    noise, started from its stationary covariance."""
+    import scipy.linalg
+
+    stationary = scipy.linalg.solve_discrete_lyapunov(lag_matrices, np.eye(2))
+    latents = np.zeros((num_trials, num_bins, 2))
+    latents[:, 0] = rng.multivariate_normal(np.zeros(2), stationary, num_trials)
+    for t in range(1, num_bins):
+        latents[:, t] = latents[:, t - 1] @ lag_matrices.T + rng.standard_normal((num_trials, 2))
+    signals = latents @ loadings + 0.3 * rng.standard_normal(latents.shape[:2] + loadings.shape[1:])
+    return signals, latents
+
+
+@pytest.mark.slow
+def test_simulation_based_calibration_of_a_coupling_and_its_inclusion():
+    """Ranks of the true coupling 0 -> 1 and of its presence among posterior draws, over
+    prior draws of `hlds.model` (Gaussian observations of 2 regions x 8 neurons, nearly
+    noise-free, so the latents are well determined; no structure search): uniform by a
+    chi-square test. Couplings are compared in the fit's units (latents of unit second
+    moment, signs aligned with the true latents)."""
+    from scipy.stats import chisquare
+
+    config = hlds.Config(
+        latent_dim=1, delays=(1,), dynamics_scale=0.5, num_samples=200,
+        search_start=1000, train=lj.train.TrainConfig(steps=25, chunk_size=25),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    key = jax.random.PRNGKey(0)
+    coupling_ranks, inclusion_ranks = [], []
+    regions = np.repeat(["A", "B"], 8)
+    for _ in range(SBC_REPLICATES):
+        key, trace, lag_matrices = _prior_draw(key, config)
+        loadings = np.zeros((2, 16))
+        loadings[0, :8], loadings[1, 8:] = rng.uniform(0.5, 1.5, (2, 8))
+        signals, latents = _simulate(rng, lag_matrices, loadings, 20, 50)
+        trials = lj.Trials(signals.astype(np.float32), 0.01, regions=regions, continuous=True)
+        post = lj.infer(lj.fit(config, trials, progress=False), trials)
+        present = bool(np.asarray(trace["edges"]["value"])[0, 1])
+        scale = np.sqrt(np.mean(latents[:, 1:] ** 2, axis=(0, 1)))
+        true = lag_matrices[1, 0] * scale[0] / scale[1] if present else 0.0
+        draws = np.asarray(post.coupling_matrices)[:, 0, 1, 0, 0]  # B_10: 0 -> 1
+        # each fitted latent's sign is arbitrary: align it with the true latent
+        sign = np.sign(np.corrcoef(post.latents[..., 0].ravel(), latents[..., 0].ravel())[0, 1])
+        sign *= np.sign(np.corrcoef(post.latents[..., 1].ravel(), latents[..., 1].ravel())[0, 1])
+        draws = sign * draws
+        ties = np.sum(draws == true)
+        coupling_ranks.append((np.sum(draws < true) + rng.integers(0, ties + 1)) / (len(draws) + 1))
+        included = rng.random(len(draws)) < post.inclusion[0, 1]
+        ties = np.sum(included == present)
+        inclusion_ranks.append(
+            (np.sum(included < present) + rng.integers(0, ties + 1)) / (len(draws) + 1)
+        )
+    for ranks in (coupling_ranks, inclusion_ranks):
+        counts = np.histogram(ranks, bins=5, range=(0, 1))[0]
+        assert chisquare(counts).pvalue > 0.01, counts
