@@ -100,11 +100,13 @@ from latentjax.train.fitter import Fitter
 __all__ = [
     "Config",
     "Params",
+    "SearchState",
     "Structure",
     "diagnostics",
     "figures",
     "fitter",
     "init",
+    "lag_matrices_of",
     "log_likelihood",
     "model",
     "posterior",
@@ -113,7 +115,6 @@ __all__ = [
 ]
 
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
-_INIT_STRUCTURE_STEPS = 0
 _EXCLUDED = 1e30
 """Log-prior penalty of a configuration with a pruned edge (probability 0 after softmax)."""
 
@@ -434,9 +435,10 @@ def _corrected_grams(latents, noise, trials, config: Config):
 
 def init(key, config: Config, trials) -> Params:
     """Initial parameters from per-region factor analysis (and, with a global latent, the
-    principal components of the residual signals): the structure, dynamics and noise are one
-    structure M-step on the factor-analysis latents' lagged statistics with their measurement
-    noise removed (`_corrected_grams`); emissions by regression of the signals on those
+    principal components of the residual signals): each region's own lag-1 dynamics and
+    noise variances by least squares on those latents' lagged statistics with their
+    measurement noise removed (`_corrected_grams`), no coupling (the structure posterior is
+    the prior until the first M-step); emissions by regression of the signals on the
     latents."""
     del key
     names = _check_trials("hlds", config, trials)
@@ -479,10 +481,6 @@ def init(key, config: Config, trials) -> Params:
         ),
         excluded=jnp.zeros((num_regions, num_regions, len(config.delays)), jnp.float32),
     )
-    for _ in range(_INIT_STRUCTURE_STEPS):
-        params = _structure_m_step(
-            jnp.asarray(grams, jnp.float32), jnp.asarray(rows, jnp.float32), params, config
-        )
     points = jnp.asarray(latents, jnp.float32)
     moments = (points, jnp.zeros(points.shape + points.shape[-1:], jnp.float32))
     counts, bin_mask = _data(trials)
@@ -1079,7 +1077,8 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
       `coupling` `[S, R, R]` Frobenius norm of B_rs per draw (0 where the draw has no edge;
       the mean over conditions); `coupling_matrices` `[S, R, R, K, K]` (condition 0);
       `coupling_mean`, `coupling_lower`, `coupling_upper` `[R, R]` (central
-      `credible_mass` interval); `global_loadings` `[N, G]`; with `num_conditions` > 1
+      `credible_mass` interval); `global_loadings` `[N, G]`; `excluded` `[R, R, L]` the delay
+      states the structure search excluded (`fitter`); with `num_conditions` > 1
       also `condition_inclusion` `[C, R, R]`, `condition_edges` `[C, R, R]` and
       `condition_coupling` `[S, C, R, R]`.
     """
@@ -1118,6 +1117,7 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
         "coupling_lower": np.quantile(coupling, tail, axis=0),
         "coupling_upper": np.quantile(coupling, 1 - tail, axis=0),
         "global_loadings": np.asarray(params.emissions)[:, num_regions * config.latent_dim :],
+        "excluded": np.asarray(params.excluded),
     }
     if config.num_conditions > 1:
         extras.update(

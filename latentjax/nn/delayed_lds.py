@@ -28,8 +28,8 @@ All functions work on one trial; callers vmap over trials.
 Examples:
     >>> import jax.numpy as jnp
     >>> from latentjax.nn.delayed_lds import companion
-    >>> companion(jnp.stack([0.5 * jnp.eye(1), 0.2 * jnp.eye(1)])).tolist()
-    [[0.5, 0.2], [1.0, 0.0]]
+    >>> companion(jnp.stack([0.5 * jnp.eye(1), 0.25 * jnp.eye(1)])).tolist()
+    [[0.5, 0.25], [1.0, 0.0]]
 """
 
 from __future__ import annotations
