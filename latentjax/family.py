@@ -137,6 +137,7 @@ _BUILT_IN = {
     "node": ("latentjax.models.node", "lorenz"),
     "contrastive": ("latentjax.models.contrastive", "lorenz"),
     "coupled_lds": ("latentjax.multiregion.coupled_lds", "multiregion"),
+    "hlds": ("latentjax.multiregion.hlds", "multiregion"),
     "dlag": ("latentjax.multiregion.dlag", "multiregion"),
     "gnn": ("latentjax.multiregion.gnn", "multiregion"),
     "attention": ("latentjax.multiregion.attention", "multiregion"),

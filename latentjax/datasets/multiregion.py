@@ -99,14 +99,16 @@ def _companion_radius(var_matrices: np.ndarray) -> float:
 
 
 def _sample_var(rng, var_matrices, noise_variance, num_trials, num_bins, burn_in):
-    """`[trials, time, K]` of the VAR started at zero, after `burn_in` discarded bins."""
-    num_lags, size, _ = var_matrices.shape
+    """`[trials, time, K]` of the VAR started at zero, after `burn_in` discarded bins;
+    `var_matrices` `[L, K, K]`, or `[trials, L, K, K]` (each trial its own)."""
+    num_lags, size, _ = var_matrices.shape[-3:]
     total = num_lags + burn_in + num_bins
     noise = rng.standard_normal((num_trials, total, size)) * np.sqrt(noise_variance)
     states = np.zeros((num_trials, total, size))
+    pattern = "lij,blj->bi" if var_matrices.ndim == 3 else "blij,blj->bi"
     for t in range(num_lags, total):
         past = states[:, t - num_lags : t][:, ::-1]  # past[:, l - 1] = x[t - l]
-        states[:, t] = np.einsum("lij,blj->bi", var_matrices, past) + noise[:, t]
+        states[:, t] = np.einsum(pattern, var_matrices, past) + noise[:, t]
     return states[:, num_lags + burn_in :]
 
 
@@ -128,6 +130,7 @@ def multiregion(
     max_radius: float = 0.98,
     baseline_hz=(5.0, 20.0),
     observation_noise: float = 0.5,
+    condition_edges=None,
 ) -> Dataset:
     """Regions with their own latent dynamics, coupled by directed delayed edges.
 
@@ -148,6 +151,9 @@ def multiregion(
       spectral_radius: of each region's own dynamics `A_r`, in (0, 1).
       max_radius: largest spectral radius allowed for the whole coupled system, in (0, 1).
       baseline_hz: Poisson baseline rates (spikes/s); `observation_noise`: Gaussian noise std.
+      condition_edges: None (every edge in every trial), or one tuple per task condition of
+        the edges (members of `edges`) present in that condition's trials (modulation):
+        trial i belongs to condition `i % len(condition_edges)` (`trials.conditions`).
 
     Returns:
       `Dataset` with `trials.regions` labels "R0", "R1", ... and truth `latents`
@@ -157,6 +163,8 @@ def multiregion(
       the latent axis) and `params`: `dynamics` (tuple of `A_r`), `coupling_matrices`
       (`{(source, target): B}`, `B` `[K_target, K_source]`), `var_matrices` `[L, K, K]`,
       `noise_variance`, `readout` `[K, neurons]`, `bias` `[neurons]`, and `R` (Gaussian).
+      With `condition_edges`: `condition_coupling` `[C, R, R]` (each condition's edges) and
+      `params["condition_var_matrices"]` `[C, L, K, K]`; `coupling` is their union.
 
     Examples:
       >>> data = multiregion(seed=0, num_trials=4)
@@ -187,6 +195,13 @@ def multiregion(
         )
     baseline_hz = check_range(_NAME, "baseline_hz", baseline_hz)
     observation_noise = check_positive(_NAME, "observation_noise", observation_noise)
+    if condition_edges is not None:
+        condition_edges = [[tuple(edge) for edge in group] for group in condition_edges]
+        if not condition_edges or any(edge not in edges for g in condition_edges for edge in g):
+            raise ValueError(
+                f"lj.datasets.{_NAME}: `condition_edges` must be a non-empty list with, per "
+                f"condition, edges from `edges` ({edges!r}), got {condition_edges!r}"
+            )
 
     labels = [f"R{r}" for r in range(num_regions)]
     bounds = np.cumsum([0, *latent_dims, global_latent_dim]).tolist()
@@ -205,20 +220,34 @@ def multiregion(
         raw = rng.standard_normal((latent_dims[target], latent_dims[source]))
         directions[source, target] = raw / np.linalg.norm(raw, ord=2)
 
-    def add_coupling(scale: float) -> np.ndarray:
+    def add_coupling(scale: float, present=None) -> np.ndarray:
         coupled = var_matrices.copy()
         for (source, target), delay, strength in zip(edges, edge_delays, strengths, strict=True):
+            if present is not None and (source, target) not in present:
+                continue
             rows, cols = slices[labels[target]], slices[labels[source]]
             coupled[delay - 1, rows, cols] += scale * strength * directions[source, target]
         return coupled
 
+    def radius(scale: float) -> float:
+        if condition_edges is None:
+            return _companion_radius(add_coupling(scale))
+        return max(_companion_radius(add_coupling(scale, group)) for group in condition_edges)
+
     scale = 1.0
-    while _companion_radius(add_coupling(scale)) >= max_radius:
+    while radius(scale) >= max_radius:
         scale *= 0.9
     var_matrices = add_coupling(scale)
 
     noise_variance = 1.0 - spectral_radius**2
-    latents = _sample_var(rng, var_matrices, noise_variance, num_trials, num_bins, burn_in=100)
+    if condition_edges is None:
+        latents = _sample_var(rng, var_matrices, noise_variance, num_trials, num_bins, 100)
+    else:
+        condition_var = np.stack([add_coupling(scale, group) for group in condition_edges])
+        codes = np.arange(num_trials) % len(condition_edges)
+        latents = _sample_var(
+            rng, condition_var[codes], noise_variance, num_trials, num_bins, burn_in=100
+        )
 
     readout = np.zeros((num_latents, sum(neuron_counts)))
     bias = np.zeros(sum(neuron_counts))
@@ -257,7 +286,17 @@ def multiregion(
         delay_matrix[source, target] = delay
 
     regions = np.repeat(labels, neuron_counts)
-    trials = Trials(trials_data, dt, regions=regions, continuous=observations == "gaussian")
+    conditions = None
+    if condition_edges is not None:
+        conditions = np.arange(num_trials) % len(condition_edges)
+        params["condition_var_matrices"] = condition_var
+    trials = Trials(
+        trials_data,
+        dt,
+        regions=regions,
+        conditions=conditions,
+        continuous=observations == "gaussian",
+    )
     truth = dict(
         latents=latents,
         rates=rates,
@@ -266,4 +305,15 @@ def multiregion(
         latent_slices=slices,
         params=params,
     )
+    if condition_edges is not None:
+        truth["condition_coupling"] = np.stack(
+            [np.where(_edge_mask(group, num_regions), coupling, 0.0) for group in condition_edges]
+        )
     return Dataset(trials, as_float32(truth))
+
+
+def _edge_mask(group, num_regions: int) -> np.ndarray:
+    mask = np.zeros((num_regions, num_regions), bool)
+    for source, target in group:
+        mask[source, target] = True
+    return mask

@@ -40,11 +40,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln
 
 from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
 from latentjax.nn.linear_gaussian import emission_potentials, prior_m_step, subspace_init
+from latentjax.nn.poisson import LINKS as _LINKS
+from latentjax.nn.poisson import log_likelihood_terms as _log_likelihood_terms
 from latentjax.results import CausalFilter, Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.fitter import Fitter
@@ -60,7 +61,6 @@ __all__ = [
     "validation_loss",
 ]
 
-_LINKS = ("exp", "softplus")
 _STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
 
 
@@ -132,20 +132,6 @@ def _prior(params: Params, num_bins: int) -> LatentPrior:
     return LatentPrior(
         params.initial_mean, params.initial_cov, params.dynamics, offsets, params.dynamics_cov
     )
-
-
-def _log_likelihood_terms(link: str, counts, log_rates_arg):
-    """Poisson log-likelihood per entry and its first two derivatives in the linear predictor."""
-    if link == "exp":
-        rate = jnp.exp(log_rates_arg)
-        return counts * log_rates_arg - rate - gammaln(counts + 1), counts - rate, rate
-    rate = jax.nn.softplus(log_rates_arg)
-    slope = jax.nn.sigmoid(log_rates_arg)
-    ratio = counts / rate
-    value = counts * jnp.log(rate) - rate - gammaln(counts + 1)
-    gradient = (ratio - 1.0) * slope
-    curvature = ratio / rate * slope**2 - (ratio - 1.0) * slope * (1.0 - slope)
-    return value, gradient, curvature
 
 
 def _log_prior(prior: LatentPrior, latents):
