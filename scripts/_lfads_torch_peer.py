@@ -6,8 +6,8 @@ without a Lightning `Trainer`: one training step is what the trainer does per ba
 bookkeeping (zero the gradients, `training_step`, backward, gradient clipping, AdamW step),
 which favours the peer. Forward and posterior sampling follow
 `lfads_torch.post_run.analysis.run_posterior_sampling` (eval mode, `predict_step` with
-posterior samples, no gradients). Requires torch and pytorch-lightning (`pip install
--e ".[bench]"` does not install them: `pip install torch pytorch-lightning torchmetrics`).
+posterior samples, no gradients). Requires torch, pytorch-lightning and torchmetrics
+(`pip install -e ".[bench]"`).
 
 `scripts/bench_lfads.py` runs this file as a separate process (`main`, which prints its
 timings as JSON): in one process with JAX, the two libraries' worker threads compete for the
