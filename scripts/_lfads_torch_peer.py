@@ -10,8 +10,7 @@ posterior samples, no gradients). Requires torch, pytorch-lightning and torchmet
 (`pip install -e ".[bench]"`).
 
 `scripts/bench_lfads.py` runs this file as a separate process (`main`, which prints its
-timings as JSON): in one process with JAX, the two libraries' worker threads compete for the
-two cores and the peer ran up to 50x slower.
+timings as JSON), so that the worker threads of torch and of JAX never share the cores.
 """
 
 from __future__ import annotations
