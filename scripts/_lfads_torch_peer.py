@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -105,18 +104,6 @@ class Peer:
             return [sum(values) / samples for values in zip(*outputs, strict=True)]
 
 
-def seconds_per_call(call, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of `call()` after `warmup` calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def main():
     """Print `{"versions", "train": {batch: s}, "forward": s, "posterior": s}` as JSON."""
     parser = argparse.ArgumentParser(description="lfads-torch timings for bench_lfads.py")
@@ -126,7 +113,7 @@ def main():
     args = parser.parse_args()
     import pytorch_lightning
     import torch
-    from bench_lfads import make_trials, sizes
+    from bench_lfads import make_trials, median_seconds, sizes
 
     config, total, bins, batches = sizes(args.quick)
     versions = f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -134,9 +121,9 @@ def main():
     result = {"versions": versions, "train": {}}
     for batch in batches:
         peer = Peer(args.source, config, np.asarray(make_trials(batch, bins, total).spikes))
-        result["train"][batch] = seconds_per_call(peer.train_step, args.repeats)
-    result["forward"] = seconds_per_call(peer.forward, args.repeats)
-    result["posterior"] = seconds_per_call(lambda: peer.posterior_means(20), 2, warmup=1)
+        result["train"][batch] = median_seconds(peer.train_step, args.repeats)
+    result["forward"] = median_seconds(peer.forward, args.repeats)
+    result["posterior"] = median_seconds(lambda: peer.posterior_means(20), 2, warmup=1)
     print(json.dumps(result))
 
 

@@ -45,7 +45,9 @@ from latentjax.nn.em import EStep, em_fitter
 from latentjax.nn.kalman import LatentPrior, Potentials, SmootherResult, smooth_potentials
 from latentjax.nn.linear_gaussian import emission_potentials, prior_m_step, subspace_init
 from latentjax.nn.poisson import LINKS as _LINKS
+from latentjax.nn.poisson import STEP_SIZES as _STEP_SIZES
 from latentjax.nn.poisson import log_likelihood_terms as _log_likelihood_terms
+from latentjax.nn.poisson import newton_maximise
 from latentjax.results import CausalFilter, Posterior
 from latentjax.train.config import TrainConfig, knob
 from latentjax.train.fitter import Fitter
@@ -61,7 +63,6 @@ __all__ = [
     "validation_loss",
 ]
 
-_STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,19 +213,7 @@ def _emission_m_step(params: Params, means, covs, counts, bin_mask, config):
                 config.link, theta[:-1], theta[-1], neuron_counts, weight, means, covs
             )
 
-        def step(theta, _):
-            gradient = jax.grad(value)(theta)
-            hessian = jax.hessian(value)(theta)
-            ridge = 1e-6 * jnp.eye(theta.shape[0])
-            direction = jnp.linalg.solve(hessian - ridge, -gradient)
-            candidates = jnp.stack([theta + a * direction for a in _STEP_SIZES])
-            values = jax.vmap(value)(candidates)
-            best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-            return candidates[best], None
-
-        theta, _ = jax.lax.scan(
-            step, jnp.append(emission, bias), None, length=config.emission_newton_iters
-        )
+        theta = newton_maximise(value, jnp.append(emission, bias), config.emission_newton_iters)
         return theta[:-1], theta[-1]
 
     return jax.vmap(neuron, in_axes=(0, 0, 2))(params.emissions, params.emissions_bias, counts)

@@ -79,6 +79,20 @@ def check_regions(caller: str, trials, latent_dim: int, projection: str) -> tupl
     return names
 
 
+def check_delays(caller: str, delays) -> tuple[int, ...]:
+    """`delays` as a tuple of ints, or a ValueError naming `caller`: distinct ints >= 1."""
+    delays = tuple(delays)
+    if (
+        not delays
+        or any(
+            not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1 for d in delays
+        )
+        or len(set(delays)) != len(delays)
+    ):
+        raise ValueError(f"{caller}: `delays` must be distinct ints >= 1, got {delays!r}")
+    return tuple(int(d) for d in delays)
+
+
 def signals(trials) -> jnp.ndarray:
     """`[trials, time, neurons]` the signals the projection reads (sqrt of counts)."""
     spikes = jnp.asarray(trials.spikes, jnp.float32)

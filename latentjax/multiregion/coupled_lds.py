@@ -187,18 +187,8 @@ class Config:
             "svi_draws",
         ):
             positive_int(name)
-        delays = tuple(self.delays)
-        if (
-            not delays
-            or any(
-                not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1 for d in delays
-            )
-            or len(set(delays)) != len(delays)
-        ):
-            raise ValueError(
-                f"coupled_lds.Config: `delays` must be distinct ints >= 1, got {self.delays!r}"
-            )
-        object.__setattr__(self, "delays", tuple(int(d) for d in delays))
+        delays = _regions.check_delays("coupled_lds.Config", self.delays)
+        object.__setattr__(self, "delays", delays)
         if not isinstance(self.noise_correction, bool):
             raise ValueError(
                 "coupled_lds.Config: `noise_correction` must be a bool, "

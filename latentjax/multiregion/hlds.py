@@ -92,7 +92,8 @@ from latentjax.multiregion import _regions
 from latentjax.nn import delayed_lds
 from latentjax.nn.kalman import Potentials, SmootherResult, smooth_potentials
 from latentjax.nn.linear_gaussian import emission_potentials
-from latentjax.nn.poisson import LINKS, log_likelihood_terms
+from latentjax.nn.poisson import LINKS, log_likelihood_terms, newton_maximise
+from latentjax.nn.poisson import STEP_SIZES as _STEP_SIZES
 from latentjax.results import Posterior
 from latentjax.train.config import TrainConfig
 from latentjax.train.fitter import Fitter
@@ -114,7 +115,6 @@ __all__ = [
     "validation_loss",
 ]
 
-_STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)
 _EXCLUDED = 1e30
 """Log-prior penalty of a configuration with a pruned edge (probability 0 after softmax)."""
 
@@ -181,18 +181,8 @@ class Config:
         value = self.global_latent_dim
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"hlds.Config: `global_latent_dim` must be an int >= 0, got {value!r}")
-        delays = tuple(self.delays)
-        if (
-            not delays
-            or any(
-                not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1 for d in delays
-            )
-            or len(set(delays)) != len(delays)
-        ):
-            raise ValueError(
-                f"hlds.Config: `delays` must be distinct ints >= 1, got {self.delays!r}"
-            )
-        object.__setattr__(self, "delays", tuple(sorted(int(d) for d in delays)))
+        delays = _regions.check_delays("hlds.Config", self.delays)
+        object.__setattr__(self, "delays", tuple(sorted(delays)))
         if self.link not in LINKS:
             raise ValueError(f"hlds.Config: `link` must be one of {LINKS}, got {self.link!r}")
         if not 0 < self.edge_prior < 1 or not 0 < self.credible_mass < 1:
@@ -622,19 +612,8 @@ def _poisson_emissions(params: Params, moments, counts, bin_mask, config: Config
                 return jnp.sum(weight * (neuron_counts * linear - jnp.exp(linear + 0.5 * variance)))
             return jnp.sum(weight * log_likelihood_terms(config.link, neuron_counts, linear)[0])
 
-        def step(theta, _):
-            gradient = jax.grad(value)(theta)
-            hessian = jax.hessian(value)(theta)
-            fixed = jnp.append(1.0 - mask, 0.0)
-            direction = jnp.linalg.solve(hessian - jnp.diag(1e-6 + fixed), -gradient)
-            candidates = jnp.stack([theta + a * direction for a in _STEP_SIZES])
-            values = jax.vmap(value)(candidates)
-            best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-            return candidates[best], None
-
-        theta, _ = jax.lax.scan(
-            step, jnp.append(emission, bias), None, length=config.emission_newton_iters
-        )
+        theta = newton_maximise(value, jnp.append(emission, bias), config.emission_newton_iters,
+                                fixed=jnp.append(1.0 - mask, 0.0))  # fmt: skip
         return theta[:-1] * mask, theta[-1]
 
     return jax.vmap(neuron, in_axes=(0, 0, 0, 2))(

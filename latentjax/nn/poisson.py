@@ -4,7 +4,8 @@
 
 `log_likelihood_terms` returns, per entry, log p(y | a) and its first two derivatives in `a`
 (the gradient and the *negative* second derivative, the curvature a Newton step or a Laplace
-approximation uses). Shared by the Poisson LDS and the hierarchical multi-region model.
+approximation uses); `newton_maximise` fits a neuron's read-out by damped Newton steps. Shared
+by the Poisson LDS and the hierarchical multi-region model.
 
 Examples:
     >>> import jax.numpy as jnp
@@ -20,9 +21,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-__all__ = ["LINKS", "log_likelihood_terms"]
+__all__ = ["LINKS", "STEP_SIZES", "log_likelihood_terms", "newton_maximise"]
 
 LINKS = ("exp", "softplus")
+STEP_SIZES = (1.0, 0.5, 0.25, 0.1, 0.0)  # of a damped Newton step; 0 keeps the current point
 
 
 def log_likelihood_terms(link: str, counts, linear):
@@ -47,3 +49,21 @@ def log_likelihood_terms(link: str, counts, linear):
     gradient = (ratio - 1.0) * slope
     curvature = ratio / rate * slope**2 - (ratio - 1.0) * slope * (1.0 - slope)
     return value, gradient, curvature
+
+
+def newton_maximise(value, theta, iterations: int, fixed=None):
+    """`theta` `[P]` after `iterations` Newton steps on the concave `value(theta)`, each taking
+    the best finite value among `STEP_SIZES` of the step. `fixed` `[P]` (1 for coordinates
+    held in place) adds that much curvature to them, so they barely move."""
+    extra = jnp.zeros_like(theta) if fixed is None else fixed
+
+    def step(theta, _):
+        gradient = jax.grad(value)(theta)
+        hessian = jax.hessian(value)(theta)
+        direction = jnp.linalg.solve(hessian - jnp.diag(1e-6 + extra), -gradient)
+        candidates = jnp.stack([theta + a * direction for a in STEP_SIZES])
+        values = jax.vmap(value)(candidates)
+        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
+        return candidates[best], None
+
+    return jax.lax.scan(step, theta, None, length=iterations)[0]
