@@ -63,6 +63,7 @@ def test_gaussian_log_likelihood_with_delays_equals_the_dense_joint_gaussian():
             emission_mask=jnp.asarray(mask, jnp.float64),
             log_structure=jnp.zeros((3, 1)), weight_means=jnp.zeros((3, 1, 2, 2)),
             weight_covariances=jnp.zeros((3, 1, 2, 2, 2)), excluded=jnp.zeros((3, 3, 2)),
+            removed=jnp.zeros((1, 3, 3)),
         )  # fmt: skip
         assert float(jnp.abs(lag_matrices[2, 2:4, 0:2]).sum()) > 0  # the delay-3 edge 0 -> 1
         got = np.asarray(hlds.log_likelihood(params, data.trials, config))

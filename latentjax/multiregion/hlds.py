@@ -300,6 +300,8 @@ class Params(NamedTuple):
         `[R, Q, K, P, P]`.
       excluded: `[R, R, L]` 1 where the search has excluded delay `delays[l]` of the edge
         `[s, r]` (prior probability 0); all L excluded: the edge is pruned.
+      removed: `[C, R, R]` 1 where the search has removed the edge `[s, r]` in condition c
+        (prior probability 0 of its presence there).
     """
 
     lag_matrices: jax.Array
@@ -312,6 +314,7 @@ class Params(NamedTuple):
     weight_means: jax.Array
     weight_covariances: jax.Array
     excluded: jax.Array
+    removed: jax.Array
 
 
 def _sizes(params: Params, config: Config) -> tuple[int, int]:
@@ -470,6 +473,7 @@ def init(key, config: Config, trials) -> Params:
             jnp.eye(width, dtype=jnp.float32), (num_regions, num_configs, latent_dim, width, width)
         ),
         excluded=jnp.zeros((num_regions, num_regions, len(config.delays)), jnp.float32),
+        removed=jnp.zeros((config.num_conditions, num_regions, num_regions), jnp.float32),
     )
     points = jnp.asarray(latents, jnp.float32)
     moments = (points, jnp.zeros(points.shape + points.shape[-1:], jnp.float32))
@@ -680,8 +684,10 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
         (0, 0, 0, None, None, 0),
     )(gram_u, cross_u, square, rows, prior_precision, region_noise)
     uses = np.stack([tables.lags == d for d in config.delays], -1)  # [R, Q, R, L]
+    presence = jnp.asarray(tables.presence, grams.dtype)
     log_prior = jnp.asarray(_log_structure_prior(tables, config), grams.dtype) - _EXCLUDED * (
         jnp.einsum("rqsl,srl->rq", jnp.asarray(uses, grams.dtype), params.excluded)
+        + jnp.einsum("rqcs,csr->rq", presence, params.removed)
     )
     log_joint = regression.log_evidence.sum(-1) + log_prior  # [R, Q]
     log_structure = jax.nn.log_softmax(log_joint, axis=-1)
@@ -690,7 +696,6 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
     means = regression.mean  # [R, Q, K, P]
 
     lag_matrices = jnp.zeros((config.num_conditions, num_lags, size, size), grams.dtype)
-    presence = jnp.asarray(tables.presence, grams.dtype)
     for target in range(num_regions):
         rows_t = slice(target * latent_dim, (target + 1) * latent_dim)
         own = jnp.einsum("q,qkp->kp", probs[target], means[target, :, :, :latent_dim])
@@ -792,12 +797,15 @@ class SearchState(NamedTuple):
         of the parameters before the last rescaling; scale: `[M]` that rescaling.
       iteration: EM iterations done.
       saved: (params, modes, scale) at the start of the current test, restored if rejected.
-      removal_tested: `[R, R]` 1 for edges whose removal was tested.
-      shift_tested: `[R]` 1 for regions whose delays were tested.
-      trial: `[R, R, L]` the delay states the current test excludes (zeros: no test).
+      removal_loss: `[C, R, R]` log p(y) lost by the last test of the edge's removal in
+        condition c (0: not tested).
+      shift_tested: `[R]` 1 for regions whose delay test was rejected.
+      trial: `[R, R, L]` the delay states the current delay test excludes;
+      trial_removed: `[C, R, R]` the edge the current removal test removes (zeros: none).
       removal: whether the current test is a removal (else a delay change).
       region: the region of the current delay test.
       start_log_likelihood: log p(y) at the start of the current test.
+      accepted: the number of tests kept so far.
     """
 
     params: Params
@@ -805,19 +813,20 @@ class SearchState(NamedTuple):
     scale: jax.Array
     iteration: jax.Array
     saved: tuple
-    removal_tested: jax.Array
+    removal_loss: jax.Array
     shift_tested: jax.Array
     trial: jax.Array
+    trial_removed: jax.Array
     removal: jax.Array
     region: jax.Array
     start_log_likelihood: jax.Array
+    accepted: jax.Array
 
 
 def _edge_penalty(config: Config, rows) -> jax.Array:
-    """Log-likelihood (nats) an edge must add to stay, and a delay change to be made: BIC's
-    `K^2 C / 2 * log(rows)` for the coupling entries plus `log(len(delays))`."""
-    entries = config.latent_dim**2 * config.num_conditions
-    return 0.5 * entries * jnp.log(rows) + np.log(len(config.delays))
+    """Log-likelihood (nats) an edge must add in a condition to stay there: BIC's
+    `K^2 / 2 * log(rows)` for its coupling entries plus `log(len(delays))`."""
+    return 0.5 * config.latent_dim**2 * jnp.log(rows) + np.log(len(config.delays))
 
 
 def _delay_posterior(params: Params, config: Config) -> jax.Array:
@@ -830,32 +839,35 @@ def _delay_posterior(params: Params, config: Config) -> jax.Array:
 
 
 def _coupling_strength(params: Params, config: Config) -> jax.Array:
-    """`[R, R]` Frobenius norm of the model-averaged coupling of each edge (all lags)."""
+    """`[C, R, R]` Frobenius norm of the model-averaged coupling of each edge in each
+    condition (all lags)."""
     num_regions, latent_dim = params.excluded.shape[0], config.latent_dim
     size = num_regions * latent_dim
     blocks = params.lag_matrices[:, :, :size, :size].reshape(
         params.lag_matrices.shape[:2] + (num_regions, latent_dim, num_regions, latent_dim)
     )  # [C, D, r, k, s, l]
-    return jnp.sqrt(jnp.sum(blocks**2, axis=(0, 1, 3, 5))).T  # [s, r]
+    return jnp.swapaxes(jnp.sqrt(jnp.sum(blocks**2, axis=(1, 3, 5))), 1, 2)  # [c, s, r]
 
 
 def fitter(config: Config) -> Fitter:
     """Variational EM with a structure search, as a `Fitter` (one EM iteration per step).
 
-    EM alone can settle where a spurious edge (a reverse or a shortcut edge) or a wrong delay
-    explains what a still too weak true coupling does not, and its own E-step then supports
-    it (each iteration's structure posterior is conditional on the latents' posterior). So
-    after `search_start` iterations the included edges are tested one at a time, weakest
-    first, each for `search_iters` iterations: first its removal (the edge is forced out; it
-    stays out if log p(y), exact or Laplace, falls by less than `_edge_penalty`); then, for
-    each region in turn, the delays of the edges into and out of it (their most probable
-    delays are excluded together, so that the region's latents may shift in time, which a
-    single edge's delay cannot do; the new delays stay if log p(y) rises by more than
-    `_edge_penalty`, and the removals may then be tested again). A rejected test restores
-    the parameters from before it. When no test is left (or no room for one before
-    `train.steps`), EM goes on.
+    EM alone can settle where a spurious edge (a reverse or a shortcut edge, or an edge in a
+    condition where it is absent) or a wrong delay explains what a still too weak true
+    coupling does not, and its own E-step then supports it (each iteration's structure
+    posterior is conditional on the latents' posterior). So after `search_start` iterations
+    the included edges are tested one at a time, weakest first, each for `search_iters`
+    iterations: first its removal in each condition where it is included (the edge is forced
+    out there; it stays out if log p(y), exact or Laplace, falls by less than
+    `_edge_penalty`); then, for each region in turn, the delays of the edges into and out of
+    it (their most probable delays are excluded together, so that the region's latents may
+    shift in time, which a single edge's delay cannot do; the new delays stay if log p(y)
+    rises, as a delay adds no parameter; the region is then tested again and the removals
+    may be tested again). A rejected test restores the parameters from before it. When no
+    test is left (or no room for one before `train.steps`), EM goes on.
     `info["log_likelihood"]`: log p(y) at the parameters before the step; `info["loss"]` its
-    negative per observed entry; `info["tests_accepted"]` the number of excluded delay states.
+    negative per observed entry; `info["tests_accepted"]` the number of tests kept before the
+    step.
     """
 
     def init(params: Params, trials) -> SearchState:
@@ -864,9 +876,9 @@ def fitter(config: Config) -> Fitter:
         scale = jnp.ones_like(params.noise_variance)
         return SearchState(
             params, modes, scale, jnp.asarray(0), (params, modes, scale),
-            jnp.zeros((num_regions, num_regions)), jnp.zeros(num_regions),
-            jnp.zeros((num_regions, num_regions, num_delays)), jnp.asarray(True),
-            jnp.asarray(0), jnp.asarray(0.0),
+            jnp.zeros_like(params.removed), jnp.zeros(num_regions),
+            jnp.zeros((num_regions, num_regions, num_delays)), jnp.zeros_like(params.removed),
+            jnp.asarray(True), jnp.asarray(0), jnp.asarray(0.0), jnp.asarray(0),
         )  # fmt: skip
 
     def step(state: SearchState, trials, key):
@@ -878,20 +890,21 @@ def fitter(config: Config) -> Fitter:
         room = state.iteration + config.search_iters <= (config.train.steps or 0)
         starts = searching & (position == 0) & room  # a test ends before the last step
         # at a test's start: the weakest untested included edge, removal tests first
-        _, inclusion = _inclusion(params, config)
-        included = (inclusion > 0.5) & ~jnp.eye(num_regions, dtype=bool)
+        by_condition, inclusion = _inclusion(params, config)
+        off_diagonal = ~jnp.eye(num_regions, dtype=bool)
+        included = (inclusion > 0.5) & off_diagonal
         strength = _coupling_strength(params, config)
-        removable = included & (state.removal_tested == 0)
+        removable = (by_condition > 0.5) & off_diagonal & (state.removal_loss == 0)
         removal = removable.any()
         edge = jnp.argmin(jnp.where(removable, strength, jnp.inf).reshape(-1))
-        edge_mask = jax.nn.one_hot(edge, num_regions**2).reshape(num_regions, num_regions)
+        edge_mask = jax.nn.one_hot(edge, removable.size).reshape(removable.shape)
         shiftable = (included.any(0) | included.any(1)) & (state.shift_tested == 0)
         region = jnp.argmax(shiftable)
         touching = jax.nn.one_hot(region, num_regions)
         touching = included * shiftable.any() * (touching[:, None] + touching[None, :] > 0)
         best = jax.nn.one_hot(jnp.argmax(_delay_posterior(params, config), -1), num_delays)
-        proposal = jnp.where(removal, edge_mask[..., None], touching[..., None] * best)
-        trial = jnp.where(starts, proposal, state.trial)
+        trial = jnp.where(starts, jnp.where(removal, 0.0, touching[..., None] * best), state.trial)
+        trial_removed = jnp.where(starts, removal * edge_mask, state.trial_removed)
         removal = jnp.where(starts, removal, state.removal)
         region = jnp.where(starts, region, state.region)
         saved = jax.tree.map(
@@ -900,7 +913,8 @@ def fitter(config: Config) -> Fitter:
             state.saved,
         )
         params = params._replace(
-            excluded=jnp.maximum(params.excluded, jnp.where(starts, trial, 0.0))
+            excluded=jnp.maximum(params.excluded, jnp.where(starts, trial, 0.0)),
+            removed=jnp.maximum(params.removed, jnp.where(starts, trial_removed, 0.0)),
         )
 
         moments = _e_step(params, trials, state.modes / state.scale, config, config.newton_iters)
@@ -911,36 +925,40 @@ def fitter(config: Config) -> Fitter:
         modes, scale = moments.modes, _scale(stats)
 
         # at a test's end: keep the change, or restore the parameters from before the test
-        tested = trial.any(-1).astype(total.dtype)  # [R, R]
-        ends = searching & (position == config.search_iters - 1) & (tested.sum() > 0)
+        tested = trial.sum() + trial_removed.sum()
+        ends = searching & (position == config.search_iters - 1) & (tested > 0)
         penalty = _edge_penalty(config, stats.rows)
-        accepted = jnp.where(removal, total >= start_ll - penalty, total > start_ll + penalty)
+        accepted = jnp.where(removal, total >= start_ll - penalty, total > start_ll)
         rejected = ends & ~accepted
         new, modes, scale = jax.tree.map(
             lambda restored, kept: jnp.where(rejected, restored, kept), saved, (new, modes, scale)
         )
         delay_changed = ends & accepted & ~removal
-        removal_tested = jnp.where(
+        # a kept delay change frees the excluded delays again: the test only moved EM
+        new = new._replace(excluded=jnp.where(delay_changed, saved[0].excluded, new.excluded))
+        # a delay change reopens the removal tests that were close calls (10 penalties)
+        lost = jnp.maximum(start_ll - total, 1e-6)
+        removal_loss = jnp.where(ends & removal & (trial_removed > 0), lost, state.removal_loss)
+        removal_loss = jnp.where(delay_changed & (removal_loss < 10 * penalty), 0.0, removal_loss)
+        shift_tested = jnp.where(
             delay_changed,
             0.0,
             jnp.where(
-                ends & removal, jnp.maximum(state.removal_tested, tested), state.removal_tested
+                rejected & ~removal,
+                jnp.maximum(state.shift_tested, jax.nn.one_hot(region, num_regions)),
+                state.shift_tested,
             ),
         )
-        shift_tested = jnp.where(
-            ends & ~removal,
-            jnp.maximum(state.shift_tested, jax.nn.one_hot(region, num_regions)),
-            state.shift_tested,
-        )
         next_state = SearchState(
-            new, modes, scale, state.iteration + 1, saved, removal_tested, shift_tested,
-            jnp.where(ends, 0.0, trial), removal, region, start_ll,
+            new, modes, scale, state.iteration + 1, saved, removal_loss, shift_tested,
+            jnp.where(ends, 0.0, trial), jnp.where(ends, 0.0, trial_removed), removal, region,
+            start_ll, state.accepted + (ends & accepted),
         )  # fmt: skip
         entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
         info = {
             "loss": -total / entries,
             "log_likelihood": total,
-            "tests_accepted": jnp.sum(new.excluded),
+            "tests_accepted": state.accepted,
         }
         return next_state, info
 
@@ -1057,7 +1075,8 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
       the mean over conditions); `coupling_matrices` `[S, R, R, K, K]` (condition 0);
       `coupling_mean`, `coupling_lower`, `coupling_upper` `[R, R]` (central
       `credible_mass` interval); `global_loadings` `[N, G]`; `excluded` `[R, R, L]` the delay
-      states the structure search excluded (`fitter`); with `num_conditions` > 1
+      states and `removed` `[C, R, R]` the per-condition edges the structure search
+      excluded (`fitter`); with `num_conditions` > 1
       also `condition_inclusion` `[C, R, R]`, `condition_edges` `[C, R, R]` and
       `condition_coupling` `[S, C, R, R]`.
     """
@@ -1097,6 +1116,7 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
         "coupling_upper": np.quantile(coupling, 1 - tail, axis=0),
         "global_loadings": np.asarray(params.emissions)[:, num_regions * config.latent_dim :],
         "excluded": np.asarray(params.excluded),
+        "removed": np.asarray(params.removed),
     }
     if config.num_conditions > 1:
         extras.update(
