@@ -238,6 +238,22 @@ def test_multiregion_neurons_read_their_own_region_and_the_global_latent():
         assert not np.concatenate([own[sl] for sl in others]).any()
 
 
+def test_multiregion_condition_dynamics_hold_exactly_their_conditions_edges():
+    """Each condition's VAR has the union's coupling blocks for its own edges and none for
+    the others (a regression: condition matrices were once built on top of the union)."""
+    data = lj.datasets.multiregion(
+        seed=0, num_trials=4, condition_edges=(((0, 1), (1, 2)), ((1, 2),))
+    )
+    union = data.truth["params"]["var_matrices"]
+    conditions = data.truth["params"]["condition_var_matrices"]
+    blocks = {(0, 1): (slice(2, 4), slice(0, 2)), (1, 2): (slice(4, 6), slice(2, 4))}
+    for c, edges in enumerate((((0, 1), (1, 2)), ((1, 2),))):
+        for edge, (rows, cols) in blocks.items():
+            want = union[:, rows, cols] if edge in edges else 0.0 * union[:, rows, cols]
+            np.testing.assert_array_equal(conditions[c][:, rows, cols], want)
+    np.testing.assert_array_equal(conditions[1][:, 0:2, 0:2], union[:, 0:2, 0:2])  # own
+
+
 def decode_angle(counts, preferred):
     """Population-vector estimate of the angle from counts `[..., neurons]`."""
     return np.angle(counts @ np.exp(1j * preferred))

@@ -212,16 +212,16 @@ def multiregion(
 
     blocks = [*latent_dims] + ([global_latent_dim] if global_latent_dim else [])
     dynamics = tuple(rotational_dynamics(rng, k, spectral_radius) for k in blocks)
-    var_matrices = np.zeros((max(edge_delays, default=1), num_latents, num_latents))
+    own_dynamics = np.zeros((max(edge_delays, default=1), num_latents, num_latents))
     for block, start in zip(dynamics, bounds[: len(blocks)], strict=True):
-        var_matrices[0, start : start + len(block), start : start + len(block)] = block
+        own_dynamics[0, start : start + len(block), start : start + len(block)] = block
     directions = {}
     for source, target in edges:
         raw = rng.standard_normal((latent_dims[target], latent_dims[source]))
         directions[source, target] = raw / np.linalg.norm(raw, ord=2)
 
     def add_coupling(scale: float, present=None) -> np.ndarray:
-        coupled = var_matrices.copy()
+        coupled = own_dynamics.copy()
         for (source, target), delay, strength in zip(edges, edge_delays, strengths, strict=True):
             if present is not None and (source, target) not in present:
                 continue
