@@ -1,6 +1,6 @@
 """Edge and delay recovery of `lj.multiregion.coupled_lds` (by data size and
-errors-in-variables handling) and `lj.multiregion.hlds` (at the dataset's defaults, per seed),
-and the across-region delays of `lj.multiregion.dlag` on the same data and seeds, from spike
+errors-in-variables handling) and `lj.multiregion.hlds` (at the dataset's defaults, per seed;
+and on the feedback-loop and modulation settings of tests/test_hlds.py), and the across-region delays of `lj.multiregion.dlag` on the same data and seeds, from spike
 counts; writes the tables to benchmarks/multiregion.md.
 
 `lj.datasets.multiregion` (3 regions, edges 0 -> 1 with delay 2 and 1 -> 2 with delay 1,
@@ -8,7 +8,8 @@ coupling strength 0.5, Poisson spikes at 5-20 Hz in 10 ms bins), seeds 0-4, NUTS
 default warm-up and draws. A seed counts when the reported edges (inclusion > 0.5) are exactly
 the true ones, and the delays of the true edges are right.
 
-    python scripts/multiregion_recovery.py [--quick] [--family coupled_lds|hlds|dlag]
+    python scripts/multiregion_recovery.py [--quick]
+        [--family coupled_lds|hlds|hlds-feedback|hlds-modulation|dlag]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import jax
 import numpy as np
 from _report import BENCHMARKS, machine, write_section
+from scipy.linalg import subspace_angles
 
 import latentjax as lj
 from latentjax.multiregion import coupled_lds, dlag, hlds
@@ -41,10 +43,18 @@ REPORT = BENCHMARKS / "multiregion.md"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one size, two seeds, no file")
-    parser.add_argument("--family", choices=("coupled_lds", "hlds", "dlag"), default="coupled_lds")
+    parser.add_argument(
+        "--family",
+        choices=("coupled_lds", "hlds", "hlds-feedback", "hlds-modulation", "dlag"),
+        default="coupled_lds",
+    )
     args = parser.parse_args()
     if args.family == "hlds":
         hlds_recovery(range(2) if args.quick else range(5), write=not args.quick)
+        return
+    if args.family in ("hlds-feedback", "hlds-modulation"):
+        setting = args.family.removeprefix("hlds-")
+        hlds_setting(setting, range(2) if args.quick else range(5), write=not args.quick)
         return
     if args.family == "dlag":
         dlag_recovery(range(2) if args.quick else range(5), write=not args.quick)
@@ -145,6 +155,80 @@ def hlds_recovery(seeds, *, write: bool) -> None:
     print(text)
     if write:
         write_section(REPORT, "hlds_recovery", text, "Multi-region benchmarks")
+
+
+SETTINGS = {
+    "feedback": (
+        "a feedback loop with a global latent: `lj.datasets.multiregion(seed, edges=((0, 1), "
+        "(1, 0)), delays=(1, 3), global_latent_dim=1)` (20 neurons per region, 100 trials), "
+        "`hlds.Config(global_latent_dim=1)`",
+        dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1),
+        dict(global_latent_dim=1),
+    ),
+    "modulation": (
+        "modulation: `lj.datasets.multiregion(seed, condition_edges=(((0, 1), (1, 2)), "
+        "((1, 2),)), num_trials=200)` (0 -> 1 in condition 0 only, 1 -> 2 in both), "
+        "`hlds.Config(num_conditions=2)`",
+        dict(condition_edges=(((0, 1), (1, 2)), ((1, 2),)), num_trials=200),
+        dict(num_conditions=2),
+    ),
+}
+
+
+def hlds_setting(name: str, seeds, *, write: bool) -> None:
+    """`hlds` on the feedback-loop or the modulation setting of tests/test_hlds.py's slow
+    tests: per seed, the (per-condition) edges and delays found against the truth."""
+    description, data_options, config_options = SETTINGS[name]
+    config, rows = hlds.Config(**config_options), []
+    for seed in seeds:
+        data = lj.datasets.multiregion(seed=seed, **data_options)
+        start = time.perf_counter()
+        result = lj.fit(config, data.trials, progress=False)
+        seconds = time.perf_counter() - start
+        post = lj.infer(result, data.trials)
+        truth = data.truth
+        if name == "modulation":
+            found = "; ".join(
+                f"c{c}: {s}->{r} (d={post.delays[s, r]})"
+                for c, s, r in np.argwhere(post.condition_edges)
+            )
+            edges_ok = np.array_equal(post.condition_edges, truth["condition_coupling"] > 0)
+            extra = ", ".join(f"{p:.2f}" for p in post.condition_inclusion[:, 0, 1])
+        else:
+            found = ", ".join(
+                f"{s}->{r} (d={post.delays[s, r]})" for s, r in np.argwhere(post.edges)
+            )
+            edges_ok = np.array_equal(post.edges, truth["coupling"] > 0)
+            loadings = truth["params"]["readout"][truth["latent_slices"]["global"]].T
+            angles = subspace_angles(np.asarray(post.global_loadings), np.asarray(loadings))
+            extra = f"{np.degrees(angles.max()):.1f}"
+        delays_ok = edges_ok and np.array_equal(post.delays, truth["delays"])
+        rows.append(
+            f"| {seed} | {found} | {'yes' if edges_ok else 'no'} | "
+            f"{'yes' if delays_ok else 'no'} | {extra} | {seconds:.0f} |"
+        )
+        print(rows[-1], flush=True)
+    extra_name = (
+        "0 -> 1 inclusion (condition 0, 1)"
+        if name == "modulation"
+        else "global loadings' largest subspace angle (degrees)"
+    )
+    table = "\n".join(
+        [
+            f"| seed | edges found (delay) | exact edges | exact edges and delays | {extra_name} | "
+            "seconds per fit |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    text = (
+        f"## hlds: {name}\n\n`python scripts/multiregion_recovery.py --family hlds-{name}`: "
+        f"{description}; seconds of `lj.fit` including compilation.\n\n"
+        f"{table}\n\nMachine: {machine()}.\n"
+    )
+    print(text)
+    if write:
+        write_section(REPORT, f"hlds_{name}", text, "Multi-region benchmarks")
 
 
 def dlag_recovery(seeds, *, write: bool) -> None:
