@@ -1,7 +1,8 @@
 """Edge and delay recovery of `lj.multiregion.coupled_lds` (by data size and
 errors-in-variables handling) and `lj.multiregion.hlds` (at the dataset's defaults, per seed;
-and on the feedback-loop and modulation settings of tests/test_hlds.py), and the across-region delays of `lj.multiregion.dlag` on the same data and seeds, from spike
-counts; writes the tables to benchmarks/multiregion.md.
+and on the feedback-loop and modulation settings of tests/test_hlds.py), and the
+across-region delays of `lj.multiregion.dlag` on the same data and seeds, from spike counts;
+writes the tables to benchmarks/multiregion.md.
 
 `lj.datasets.multiregion` (3 regions, edges 0 -> 1 with delay 2 and 1 -> 2 with delay 1,
 coupling strength 0.5, Poisson spikes at 5-20 Hz in 10 ms bins), seeds 0-4, NUTS with the
