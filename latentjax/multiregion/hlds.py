@@ -798,11 +798,13 @@ class SearchState(NamedTuple):
       saved: (params, modes, scale) at the start of the current test, restored if rejected.
       removal_loss: `[C, R, R]` log p(y) lost by the last test of the edge's removal in
         condition c (0: not tested).
+      edge_tested: `[R, R]` 1 for edges whose own delay test was rejected.
       shift_tested: `[R]` 1 for regions whose delay test was rejected.
       trial: `[R, R, L]` the delay states the current delay test excludes;
       trial_removed: `[C, R, R]` the edge the current removal test removes (zeros: none).
       removal: whether the current test is a removal (else a delay change).
-      region: the region of the current delay test.
+      single: whether the current delay test moves one edge (else a region's edges).
+      region: the edge (`s * R + r`) or the region of the current delay test.
       start_log_likelihood: log p(y) at the start of the current test.
       accepted: the number of tests kept so far.
     """
@@ -813,10 +815,12 @@ class SearchState(NamedTuple):
     iteration: jax.Array
     saved: tuple
     removal_loss: jax.Array
+    edge_tested: jax.Array
     shift_tested: jax.Array
     trial: jax.Array
     trial_removed: jax.Array
     removal: jax.Array
+    single: jax.Array
     region: jax.Array
     start_log_likelihood: jax.Array
     accepted: jax.Array
@@ -858,11 +862,12 @@ def fitter(config: Config) -> Fitter:
     the included edges are tested one at a time, weakest first, each for `search_iters`
     iterations: first its removal in each condition where it is included (the edge is forced
     out there; it stays out if log p(y), exact or Laplace, falls by less than
-    `_edge_penalty`); then, for each region in turn, the delays of the edges into and out of
-    it (their most probable delays are excluded together, so that the region's latents may
-    shift in time, which a single edge's delay cannot do; the new delays stay if log p(y)
-    rises, as a delay adds no parameter; the region is then tested again and the removals
-    may be tested again). A rejected test restores the parameters from before it. When no
+    `_edge_penalty`); then each included edge's delay alone (its most probable delay is
+    excluded, EM moves it to the next best), and then, for each region in turn, the delays
+    of the edges into and out of it together (so that the region's latents may shift in
+    time, which a single edge's delay cannot do). New delays stay if log p(y) rises, as a
+    delay adds no parameter; every delay test, and the removal tests that were close calls,
+    may then run again. A rejected test restores the parameters from before it. When no
     test is left (or no room for one before `train.steps`), EM goes on.
     `info["log_likelihood"]`: log p(y) at the parameters before the step; `info["loss"]` its
     negative per observed entry; `info["tests_accepted"]` the number of tests kept before the
@@ -875,9 +880,10 @@ def fitter(config: Config) -> Fitter:
         scale = jnp.ones_like(params.noise_variance)
         return SearchState(
             params, modes, scale, jnp.asarray(0), (params, modes, scale),
-            jnp.zeros_like(params.removed), jnp.zeros(num_regions),
-            jnp.zeros((num_regions, num_regions, num_delays)), jnp.zeros_like(params.removed),
-            jnp.asarray(True), jnp.asarray(0), jnp.asarray(0.0), jnp.asarray(0),
+            jnp.zeros_like(params.removed), jnp.zeros((num_regions, num_regions)),
+            jnp.zeros(num_regions), jnp.zeros((num_regions, num_regions, num_delays)),
+            jnp.zeros_like(params.removed), jnp.asarray(True), jnp.asarray(False),
+            jnp.asarray(0), jnp.asarray(0.0), jnp.asarray(0),
         )  # fmt: skip
 
     def step(state: SearchState, trials, key):
@@ -897,15 +903,22 @@ def fitter(config: Config) -> Fitter:
         removal = removable.any()
         edge = jnp.argmin(jnp.where(removable, strength, jnp.inf).reshape(-1))
         edge_mask = jax.nn.one_hot(edge, removable.size).reshape(removable.shape)
+        # then each edge's delay alone, then each region's edges together
+        movable = included & (state.edge_tested == 0)
+        single = movable.any()
+        moved_edge = jnp.argmax(movable.reshape(-1))
+        moved = jax.nn.one_hot(moved_edge, movable.size).reshape(movable.shape)
         shiftable = (included.any(0) | included.any(1)) & (state.shift_tested == 0)
         region = jnp.argmax(shiftable)
         touching = jax.nn.one_hot(region, num_regions)
         touching = included * shiftable.any() * (touching[:, None] + touching[None, :] > 0)
         best = jax.nn.one_hot(jnp.argmax(_delay_posterior(params, config), -1), num_delays)
-        trial = jnp.where(starts, jnp.where(removal, 0.0, touching[..., None] * best), state.trial)
+        delay_trial = jnp.where(single, moved, touching)[..., None] * best
+        trial = jnp.where(starts, jnp.where(removal, 0.0, delay_trial), state.trial)
         trial_removed = jnp.where(starts, removal * edge_mask, state.trial_removed)
         removal = jnp.where(starts, removal, state.removal)
-        region = jnp.where(starts, region, state.region)
+        single = jnp.where(starts, single, state.single)
+        region = jnp.where(starts, jnp.where(single, moved_edge, region), state.region)
         saved = jax.tree.map(
             lambda new, old: jnp.where(starts, new, old),
             (params, state.modes, state.scale),
@@ -939,18 +952,27 @@ def fitter(config: Config) -> Fitter:
         lost = jnp.maximum(start_ll - total, 1e-6)
         removal_loss = jnp.where(ends & removal & (trial_removed > 0), lost, state.removal_loss)
         removal_loss = jnp.where(delay_changed & (removal_loss < 10 * penalty), 0.0, removal_loss)
-        shift_tested = jnp.where(
-            delay_changed,
-            0.0,
-            jnp.where(
-                rejected & ~removal,
-                jnp.maximum(state.shift_tested, jax.nn.one_hot(region, num_regions)),
-                state.shift_tested,
+        delay_rejected = rejected & ~removal
+        edge_tested = jnp.where(
+            delay_rejected & single,
+            jnp.maximum(
+                state.edge_tested,
+                jax.nn.one_hot(region, num_regions**2).reshape(num_regions, num_regions),
             ),
+            state.edge_tested,
+        )
+        shift_tested = jnp.where(
+            delay_rejected & ~single,
+            jnp.maximum(state.shift_tested, jax.nn.one_hot(region, num_regions)),
+            state.shift_tested,
+        )
+        edge_tested, shift_tested = (
+            jnp.where(delay_changed, 0.0, t) for t in (edge_tested, shift_tested)
         )
         next_state = SearchState(
-            new, modes, scale, state.iteration + 1, saved, removal_loss, shift_tested,
-            jnp.where(ends, 0.0, trial), jnp.where(ends, 0.0, trial_removed), removal, region,
+            new, modes, scale, state.iteration + 1, saved, removal_loss, edge_tested,
+            shift_tested, jnp.where(ends, 0.0, trial), jnp.where(ends, 0.0, trial_removed),
+            removal, single, region,
             start_ll, state.accepted + (ends & accepted),
         )  # fmt: skip
         entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
