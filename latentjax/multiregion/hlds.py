@@ -798,13 +798,15 @@ class SearchState(NamedTuple):
       saved: (params, modes, scale) at the start of the current test, restored if rejected.
       removal_loss: `[C, R, R]` log p(y) lost by the last test of the edge's removal in
         condition c (0: not tested).
-      edge_tested: `[R, R]` 1 for edges whose own delay test was rejected.
+      edge_tested: `[R, R, L]` 1 where moving the edge alone to delay `delays[l]` was
+        rejected.
       shift_tested: `[R]` 1 for regions whose delay test was rejected.
       trial: `[R, R, L]` the delay states the current delay test excludes;
       trial_removed: `[C, R, R]` the edge the current removal test removes (zeros: none).
       removal: whether the current test is a removal (else a delay change).
       single: whether the current delay test moves one edge (else a region's edges).
-      region: the edge (`s * R + r`) or the region of the current delay test.
+      region: the edge and delay (`(s * R + r) * L + l`) or the region of the current delay
+        test.
       start_log_likelihood: log p(y) at the start of the current test.
       accepted: the number of tests kept so far.
     """
@@ -862,13 +864,14 @@ def fitter(config: Config) -> Fitter:
     the included edges are tested one at a time, weakest first, each for `search_iters`
     iterations: first its removal in each condition where it is included (the edge is forced
     out there; it stays out if log p(y), exact or Laplace, falls by less than
-    `_edge_penalty`); then each included edge's delay alone (its most probable delay is
-    excluded, EM moves it to the next best), and then, for each region in turn, the delays
-    of the edges into and out of it together (so that the region's latents may shift in
-    time, which a single edge's delay cannot do). New delays stay if log p(y) rises, as a
-    delay adds no parameter; every delay test, and the removal tests that were close calls,
-    may then run again. A rejected test restores the parameters from before it. When no
-    test is left (or no room for one before `train.steps`), EM goes on.
+    `_edge_penalty`); then, for each region in turn, the delays of the edges into and out of
+    it together (their most probable delays are excluded, so that the region's latents may
+    shift in time, which a single edge's delay cannot do); then each included edge alone
+    at each of its other delays (as in a feedback loop, whose two delays need not move
+    together). New delays stay if log p(y) rises, as a delay adds no parameter; every delay
+    test, and the removal tests that were close calls, may then run again. A rejected test
+    restores the parameters from before it. When no test is left (or no room for one before
+    `train.steps`), EM goes on.
     `info["log_likelihood"]`: log p(y) at the parameters before the step; `info["loss"]` its
     negative per observed entry; `info["tests_accepted"]` the number of tests kept before the
     step.
@@ -880,7 +883,7 @@ def fitter(config: Config) -> Fitter:
         scale = jnp.ones_like(params.noise_variance)
         return SearchState(
             params, modes, scale, jnp.asarray(0), (params, modes, scale),
-            jnp.zeros_like(params.removed), jnp.zeros((num_regions, num_regions)),
+            jnp.zeros_like(params.removed), jnp.zeros_like(params.excluded),
             jnp.zeros(num_regions), jnp.zeros((num_regions, num_regions, num_delays)),
             jnp.zeros_like(params.removed), jnp.asarray(True), jnp.asarray(False),
             jnp.asarray(0), jnp.asarray(0.0), jnp.asarray(0),
@@ -903,22 +906,23 @@ def fitter(config: Config) -> Fitter:
         removal = removable.any()
         edge = jnp.argmin(jnp.where(removable, strength, jnp.inf).reshape(-1))
         edge_mask = jax.nn.one_hot(edge, removable.size).reshape(removable.shape)
-        # then each edge's delay alone, then each region's edges together
-        movable = included & (state.edge_tested == 0)
-        single = movable.any()
-        moved_edge = jnp.argmax(movable.reshape(-1))
-        moved = jax.nn.one_hot(moved_edge, movable.size).reshape(movable.shape)
+        # then each region's edges together, then each edge alone to each other delay
         shiftable = (included.any(0) | included.any(1)) & (state.shift_tested == 0)
         region = jnp.argmax(shiftable)
         touching = jax.nn.one_hot(region, num_regions)
         touching = included * shiftable.any() * (touching[:, None] + touching[None, :] > 0)
         best = jax.nn.one_hot(jnp.argmax(_delay_posterior(params, config), -1), num_delays)
-        delay_trial = jnp.where(single, moved, touching)[..., None] * best
+        movable = included[..., None] & (state.edge_tested == 0) & (best == 0)
+        single = ~shiftable.any() & movable.any()
+        moved = jnp.argmax(movable.reshape(-1))
+        target = jax.nn.one_hot(moved, movable.size).reshape(movable.shape)  # [R, R, L]
+        alone = target.any(-1, keepdims=True) * (1.0 - target)  # every other delay excluded
+        delay_trial = jnp.where(single, alone, touching[..., None] * best)
         trial = jnp.where(starts, jnp.where(removal, 0.0, delay_trial), state.trial)
         trial_removed = jnp.where(starts, removal * edge_mask, state.trial_removed)
         removal = jnp.where(starts, removal, state.removal)
         single = jnp.where(starts, single, state.single)
-        region = jnp.where(starts, jnp.where(single, moved_edge, region), state.region)
+        region = jnp.where(starts, jnp.where(single, moved, region), state.region)
         saved = jax.tree.map(
             lambda new, old: jnp.where(starts, new, old),
             (params, state.modes, state.scale),
@@ -957,7 +961,7 @@ def fitter(config: Config) -> Fitter:
             delay_rejected & single,
             jnp.maximum(
                 state.edge_tested,
-                jax.nn.one_hot(region, num_regions**2).reshape(num_regions, num_regions),
+                jax.nn.one_hot(region, state.edge_tested.size).reshape(state.edge_tested.shape),
             ),
             state.edge_tested,
         )
