@@ -1,6 +1,7 @@
 """Poisson LDS: the Laplace E-step against a dense Newton solve, recovery, held-out bits/spike."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
@@ -146,3 +147,20 @@ def test_plds_validates_input():
     signals = lj.Trials(np.random.default_rng(0).normal(size=(2, 5, 3)), dt=0.01, continuous=True)
     with pytest.raises(ValueError, match="counts"):
         plds.init(jax.random.PRNGKey(0), plds.Config(latent_dim=1), signals)
+
+
+def test_newton_maximise_stays_put_when_the_step_is_not_finite():
+    """A damped Newton step that overflows (here exp(1000)) must not replace theta by NaN;
+    a finite problem still converges to its maximiser."""
+    from latentjax.nn.poisson import newton_maximise
+
+    def overflowing(theta):
+        return -jnp.sum(jnp.exp(theta))
+
+    stuck = newton_maximise(overflowing, jnp.array([1000.0]), 2)
+    np.testing.assert_array_equal(np.asarray(stuck), [1000.0])
+
+    def quadratic(theta):
+        return -jnp.sum((theta - 3.0) ** 2)
+
+    np.testing.assert_allclose(np.asarray(newton_maximise(quadratic, jnp.zeros(2), 2)), 3.0)

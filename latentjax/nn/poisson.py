@@ -53,8 +53,9 @@ def log_likelihood_terms(link: str, counts, linear):
 
 def newton_maximise(value, theta, iterations: int, fixed=None):
     """`theta` `[P]` after `iterations` Newton steps on the concave `value(theta)`, each taking
-    the best finite value among `STEP_SIZES` of the step. `fixed` `[P]` (1 for coordinates
-    held in place) adds that much curvature to them, so they barely move."""
+    the best finite value among `STEP_SIZES` of the step (a non-finite step, as from a
+    singular Hessian, leaves theta where it is). `fixed` `[P]` (1 for coordinates held in
+    place) adds that much curvature to them, so they barely move."""
     extra = jnp.zeros_like(theta) if fixed is None else fixed
 
     def step(theta, _):
@@ -63,7 +64,8 @@ def newton_maximise(value, theta, iterations: int, fixed=None):
         direction = jnp.linalg.solve(hessian - jnp.diag(1e-6 + extra), -gradient)
         candidates = jnp.stack([theta + a * direction for a in STEP_SIZES])
         values = jax.vmap(value)(candidates)
-        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-        return candidates[best], None
+        finite = jnp.isfinite(values) & jnp.isfinite(candidates).all(-1)
+        best = jnp.argmax(jnp.where(finite, values, -jnp.inf))
+        return jnp.where(finite.any(), candidates[best], theta), None
 
     return jax.lax.scan(step, theta, None, length=iterations)[0]
