@@ -153,11 +153,20 @@ def test_feedback_loop_and_global_latent_are_recovered(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue #22 not met: seed 0 found 0 -> 1 in both conditions",
-                   strict=False)  # fmt: skip
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,
+        pytest.param(1, marks=pytest.mark.xfail(
+            reason="seed 1's fit degenerates (a loading grows to ~46, spurious edges; "
+                   "benchmarks/multiregion.md, hlds_modulation); 4 of 5 seeds meet issue #22",
+            strict=True)),
+        2, 3, 4,
+    ],
+)  # fmt: skip
 def test_modulated_edge_is_found_in_its_condition_only(seed):
-    """0 -> 1 in condition 0 only, 1 -> 2 in both (per-condition coupling)."""
+    """0 -> 1 in condition 0 only, 1 -> 2 in both (per-condition coupling): the issue asks
+    for 4 of 5 seeds."""
     data = lj.datasets.multiregion(
         seed=seed, condition_edges=(((0, 1), (1, 2)), ((1, 2),)), num_trials=200
     )
