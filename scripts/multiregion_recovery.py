@@ -120,9 +120,7 @@ def hlds_recovery(seeds, *, write: bool) -> None:
         true_edges = data.truth["coupling"] > 0
         edges_ok = np.array_equal(posterior.edges, true_edges)
         delays_ok = np.array_equal(posterior.delays, data.truth["delays"])
-        found = ", ".join(
-            f"{s}->{r} (d={posterior.delays[s, r]})" for s, r in np.argwhere(posterior.edges)
-        )
+        found = edge_list(posterior)
         inclusion = np.asarray(posterior.inclusion)
         off = ~np.eye(len(inclusion), dtype=bool) & ~true_edges
         rows.append(
@@ -196,9 +194,7 @@ def hlds_setting(name: str, seeds, *, write: bool) -> None:
             edges_ok = np.array_equal(post.condition_edges, truth["condition_coupling"] > 0)
             extra = ", ".join(f"{p:.2f}" for p in post.condition_inclusion[:, 0, 1])
         else:
-            found = ", ".join(
-                f"{s}->{r} (d={post.delays[s, r]})" for s, r in np.argwhere(post.edges)
-            )
+            found = edge_list(post)
             edges_ok = np.array_equal(post.edges, truth["coupling"] > 0)
             loadings = truth["params"]["readout"][truth["latent_slices"]["global"]].T
             angles = subspace_angles(np.asarray(post.global_loadings), np.asarray(loadings))
@@ -308,6 +304,12 @@ def dlag_recovery(seeds, *, write: bool) -> None:
     print(text)
     if write:
         write_section(REPORT, "dlag_recovery", text, "Multi-region benchmarks")
+
+
+def edge_list(posterior) -> str:
+    """The posterior's edges with their delays, as `s->r (d=...)`."""
+    edges = np.argwhere(posterior.edges)
+    return ", ".join(f"{s}->{r} (d={posterior.delays[s, r]})" for s, r in edges)
 
 
 def per_latent(values) -> str:
