@@ -248,3 +248,25 @@ def test_simulation_based_calibration_of_a_coupling_and_its_inclusion():
     for ranks in (coupling_ranks, inclusion_ranks):
         counts = np.histogram(ranks, bins=5, range=(0, 1))[0]
         assert chisquare(counts).pvalue > 0.01, counts
+
+
+def test_variational_em_recovers_the_latent_noise_variances():
+    """Two uncoupled regions, each one AR(1) latent (a = 0.95) seen through 25 sparse Poisson
+    neurons: on unit-variance latents the innovation variance is 1 - a^2. Variational EM
+    (exp link) finds it; Laplace-EM shrank it to about half and kept shrinking."""
+    rng = np.random.default_rng(3)
+    num_trials, num_bins, decay = 40, 80, 0.95
+    latents = np.zeros((num_trials, num_bins, 2))
+    latents[:, 0] = rng.standard_normal((num_trials, 2))
+    for t in range(1, num_bins):
+        latents[:, t] = decay * latents[:, t - 1] + np.sqrt(1 - decay**2) * rng.standard_normal(
+            (num_trials, 2)
+        )
+    loadings = np.zeros((2, 50))
+    loadings[0, :25], loadings[1, 25:] = rng.uniform(0.4, 0.8, (2, 25))
+    spikes = rng.poisson(np.exp(latents @ loadings - 2.3))
+    trials = lj.Trials(spikes.astype(np.float32), 0.01, regions=np.repeat(["A", "B"], 25))
+    config = hlds.Config(latent_dim=1, delays=(1,), search_start=1000,
+                         train=lj.train.TrainConfig(steps=60, chunk_size=60))  # fmt: skip
+    result = lj.fit(config, trials, progress=False)
+    np.testing.assert_allclose(result.params.noise_variance, 1 - decay**2, rtol=0.2)
