@@ -1148,8 +1148,8 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
     Returns:
       `Posterior` with `latents` `[B, T, M]` (posterior means: region r in columns
       r*K:(r+1)*K, the global latent last), `rates` `[B, T, N]` (expected counts per bin
-      under the Gaussian approximate posterior, or the Gaussian mean), and extras (`[s, r]` = edge from
-      source s to target r; the graph is the fit's, from its training trials):
+      under the Gaussian approximate posterior, or the Gaussian mean), and extras (`[s, r]`
+      = edge from source s to target r; the graph is the fit's, from its training trials):
       `covariances` `[B, T, M, M]`; `log_likelihood` `[B]`;
       `inclusion` `[R, R]` posterior probability of the edge (in some condition); `edges`
       `[R, R]` bool (inclusion > 0.5); `delay_set` `[L]`; `delay_probs` `[R, R, L]`
