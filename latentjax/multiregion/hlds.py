@@ -14,8 +14,10 @@ with `global_latent_dim` = G; condition c of the trial, c = 0 without `num_condi
     B_rs^c ~ N(0, coupling_scale^2) entrywise (the slab),   A ~ N(0, dynamics_scale^2),
     (x_{-D+1}, ..., x_0) ~ N(0, I),   D = max(delays).
 
-The global latent reaches every region's neurons (as in `lj.datasets.multiregion`), not their
-dynamics; its loadings are the global columns of the emissions (`global_loadings`).
+The global latent reaches every region's neurons (as in `lj.datasets.multiregion`); its
+loadings are the global columns of the emissions (`global_loadings`). With `global_drive` it
+also drives every region's dynamics, `x_r[t] += L_r g[t-1]` (`global_drive` in the
+posterior: `[R, K, G]`).
 
 Why variational EM, not NUTS on a Kalman likelihood (the issue's first proposal):
 `coupled_lds` regresses factor-analysis latents on their lags; from 20 sparse neurons those
@@ -135,6 +137,9 @@ class Config:
     Attributes:
       latent_dim: latents per region K.
       global_latent_dim: size G of the global latent read by every region's neurons (0: none).
+      global_drive: the global latent also drives every region's dynamics, `L_r g[t-1]` in
+        x_r[t] (one bin late, the state-space form of the issue's `L_r g[t]`; L_r ~
+        N(0, dynamics_scale^2) entrywise, always present); needs `global_latent_dim`.
       delays: candidate delays in bins (each >= 1) of every directed edge.
       num_conditions: 1 (one coupling for all trials) or C >= 2: the coupling B_rs^c and
         the edges' presence may differ between the trials' `conditions` (integer codes
@@ -160,6 +165,7 @@ class Config:
 
     latent_dim: int = 2
     global_latent_dim: int = 0
+    global_drive: bool = False
     delays: tuple[int, ...] = (1, 2, 3)
     num_conditions: int = 1
     search_start: int = 30
@@ -194,6 +200,8 @@ class Config:
         value = self.global_latent_dim
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"hlds.Config: `global_latent_dim` must be an int >= 0, got {value!r}")
+        if self.global_drive and not self.global_latent_dim:
+            raise ValueError("hlds.Config: `global_drive` needs `global_latent_dim` >= 1")
         delays = _regions.check_delays("hlds.Config", self.delays)
         object.__setattr__(self, "delays", tuple(sorted(delays)))
         if self.link not in LINKS:
@@ -227,9 +235,10 @@ class Config:
 class Structure(NamedTuple):
     """Static tables of every target's incoming-edge configurations (NumPy).
 
-    With Q configurations per target and P = K + C (R-1) K regressors per output (the
+    With Q configurations per target and P = K + C (R-1) K (+ G) regressors per output (the
     target's own lag-1 latents, then for each condition c and each source s != r in order
-    K columns of x_s[t - d_sr] active in condition c only):
+    K columns of x_s[t - d_sr] active in condition c only, then with `global_drive` the
+    global latent's g[t-1]):
 
     Attributes:
       index: `[R, Q, C, P]` column of each regressor in the lagged Gram matrix, for the rows
@@ -249,17 +258,24 @@ class Structure(NamedTuple):
 
 @functools.lru_cache(maxsize=16)
 def structure(
-    num_regions: int, latent_dim: int, global_dim: int, delays: tuple, num_conditions: int
+    num_regions: int,
+    latent_dim: int,
+    global_dim: int,
+    delays: tuple,
+    num_conditions: int,
+    global_drive: bool = False,
 ) -> Structure:
-    """The `Structure` tables (cached)."""
+    """The `Structure` tables (cached); `global_drive`: the G columns of g[t-1] follow, in
+    every configuration."""
     size = num_regions * latent_dim + global_dim
+    drive = global_dim if global_drive else 0
     block = np.arange(latent_dim)
     subsets = [
         tuple(c for c in range(num_conditions) if mask >> c & 1)
         for mask in range(1, 2**num_conditions)
     ]
     states = [(0, ())] + [(d, s) for d in delays for s in subsets]
-    width = latent_dim * (1 + num_conditions * (num_regions - 1))
+    width = latent_dim * (1 + num_conditions * (num_regions - 1)) + drive
     index, active, presence, lags = [], [], [], []
     for target in range(num_regions):
         sources = [s for s in range(num_regions) if s != target]
@@ -271,6 +287,8 @@ def structure(
             lag = np.zeros(num_regions, int)
             idx[:, :latent_dim] = size + target * latent_dim + block
             act[:, :latent_dim] = 1.0
+            idx[:, width - drive :] = size + num_regions * latent_dim + np.arange(drive)
+            act[:, width - drive :] = 1.0
             for j, (source, (delay, conditions)) in enumerate(zip(sources, combo, strict=True)):
                 lag[source] = delay
                 for c in range(num_conditions):
@@ -285,6 +303,11 @@ def structure(
             store.append(np.stack(value))
     targets = np.arange(num_regions * latent_dim).reshape(num_regions, latent_dim)
     return Structure(np.stack(index), np.stack(active), np.stack(presence), np.stack(lags), targets)
+
+
+def _tables(num_regions: int, config: Config) -> Structure:
+    return structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
+                     config.num_conditions, config.global_drive)  # fmt: skip
 
 
 def _log_structure_prior(tables: Structure, config: Config) -> np.ndarray:
@@ -477,8 +500,7 @@ def init(key, config: Config, trials) -> Params:
         residual = total[np.ix_(block, block)] - weights @ total[np.ix_(past, block)]
         noise[block] = np.diagonal(residual) / rows
     emission_mask = _emission_mask(trials, config)
-    tables = structure(num_regions, latent_dim, config.global_latent_dim, config.delays,
-                       config.num_conditions)  # fmt: skip
+    tables = _tables(num_regions, config)
     num_configs, width = tables.index.shape[1], tables.index.shape[-1]
     params = Params(
         lag_matrices=jnp.asarray(lag_matrices, jnp.float32),
@@ -718,8 +740,7 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
     (normalised) per-condition lagged Gram matrices `grams` `[C, (D+1) M, (D+1) M]`."""
     num_regions, size = _sizes(params, config)
     latent_dim, num_lags = config.latent_dim, config.max_delay
-    tables = structure(num_regions, latent_dim, config.global_latent_dim, config.delays,
-                       config.num_conditions)  # fmt: skip
+    tables = _tables(num_regions, config)
     index, active = jnp.asarray(tables.index), jnp.asarray(tables.active, grams.dtype)
     gathered = jax.vmap(lambda g, i: g[i[..., :, None], i[..., None, :]], (0, 2), 2)(
         grams, index
@@ -733,10 +754,12 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
     total = grams.sum(0)
     square = jnp.diagonal(total[targets[:, :, None], targets[:, None, :]], axis1=-2, axis2=-1)
     width = index.shape[-1]
+    drive = config.global_latent_dim if config.global_drive else 0
     prior_precision = jnp.concatenate(
         [
             jnp.full(latent_dim, config.dynamics_scale**-2),
-            jnp.full(width - latent_dim, config.coupling_scale**-2),
+            jnp.full(width - latent_dim - drive, config.coupling_scale**-2),
+            jnp.full(drive, config.dynamics_scale**-2),
         ]
     ).astype(grams.dtype)
     region_noise = params.noise_variance[: num_regions * latent_dim].reshape(
@@ -766,6 +789,9 @@ def _structure_m_step(grams, rows, params: Params, config: Config):
         rows_t = slice(target * latent_dim, (target + 1) * latent_dim)
         own = jnp.einsum("q,qkp->kp", probs[target], means[target, :, :, :latent_dim])
         lag_matrices = lag_matrices.at[:, 0, rows_t, rows_t].set(own)
+        if drive:
+            loading = jnp.einsum("q,qkp->kp", probs[target], means[target, :, :, width - drive :])
+            lag_matrices = lag_matrices.at[:, 0, rows_t, size - drive :].set(loading)
         sources = [s for s in range(num_regions) if s != target]
         for j, source in enumerate(sources):
             cols = slice(source * latent_dim, (source + 1) * latent_dim)
@@ -907,8 +933,7 @@ def _edge_penalty(config: Config, rows) -> jax.Array:
 def _delay_posterior(params: Params, config: Config) -> jax.Array:
     """`[R, R, L]` joint posterior of each edge's presence with each delay (traceable)."""
     num_regions = params.excluded.shape[0]
-    tables = structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
-                       config.num_conditions)  # fmt: skip
+    tables = _tables(num_regions, config)
     uses = np.stack([tables.lags == d for d in config.delays], -1)  # [R, Q, R, L]
     return jnp.einsum("rq,rqsl->srl", jnp.exp(params.log_structure), jnp.asarray(uses, float))
 
@@ -1101,8 +1126,7 @@ def _coupling_draws(params: Params, config: Config, key) -> np.ndarray:
     posterior, then its weights from their Gaussian posterior."""
     num_regions, _ = _sizes(params, config)
     latent_dim, num_conditions = config.latent_dim, config.num_conditions
-    tables = structure(num_regions, latent_dim, config.global_latent_dim, config.delays,
-                       num_conditions)  # fmt: skip
+    tables = _tables(num_regions, config)
     config_key, weight_key = jax.random.split(key)
     chosen = jax.random.categorical(
         config_key, params.log_structure, shape=(config.num_samples, num_regions)
@@ -1130,8 +1154,7 @@ def _coupling_draws(params: Params, config: Config, key) -> np.ndarray:
 def _inclusion(params: Params, config: Config):
     """(`[C, R, R]` inclusion per condition, `[R, R]` in some condition), traceable."""
     num_regions = params.excluded.shape[0]
-    tables = structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
-                       config.num_conditions)  # fmt: skip
+    tables = _tables(num_regions, config)
     probs = jnp.exp(params.log_structure)
     presence = jnp.asarray(tables.presence, probs.dtype)
     by_condition = jnp.einsum("rq,rqcs->csr", probs, presence)
@@ -1143,8 +1166,7 @@ def _edge_posteriors(params: Params, config: Config):
     """(`[C, R, R]` inclusion per condition, `[R, R]` inclusion in some condition,
     `[R, R, L]` delay posterior given the edge)."""
     num_regions, _ = _sizes(params, config)
-    tables = structure(num_regions, config.latent_dim, config.global_latent_dim, config.delays,
-                       config.num_conditions)  # fmt: skip
+    tables = _tables(num_regions, config)
     probs = np.exp(np.asarray(params.log_structure, np.float64))  # [R, Q]
     by_condition = np.einsum("rq,rqcs->csr", probs, tables.presence)
     anywhere = np.einsum("rq,rqs->sr", probs, tables.presence.any(2))
@@ -1173,7 +1195,8 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
       `coupling` `[S, R, R]` Frobenius norm of B_rs per draw (0 where the draw has no edge;
       the mean over conditions); `coupling_matrices` `[S, R, R, K, K]` (condition 0);
       `coupling_mean`, `coupling_lower`, `coupling_upper` `[R, R]` (central
-      `credible_mass` interval); `global_loadings` `[N, G]`; `excluded` `[R, R, L]` the delay
+      `credible_mass` interval); `global_loadings` `[N, G]`; `global_drive`
+      `[R, K, G]` L_r (zero without `Config.global_drive`); `excluded` `[R, R, L]` the delay
       states and `removed` `[C, R, R]` the per-condition edges the structure search
       excluded (`fitter`); with `num_conditions` > 1
       also `condition_inclusion` `[C, R, R]`, `condition_edges` `[C, R, R]` and
@@ -1214,6 +1237,9 @@ def posterior(params: Params, trials, config: Config, key=None, **options) -> Po
         "coupling_lower": np.quantile(coupling, tail, axis=0),
         "coupling_upper": np.quantile(coupling, 1 - tail, axis=0),
         "global_loadings": np.asarray(params.emissions)[:, num_regions * config.latent_dim :],
+        "global_drive": np.asarray(params.lag_matrices[0, 0, : num_regions * config.latent_dim,
+                                                       num_regions * config.latent_dim :]
+                                   ).reshape(num_regions, config.latent_dim, -1),  # fmt: skip
         "excluded": np.asarray(params.excluded),
         "removed": np.asarray(params.removed),
     }
