@@ -255,7 +255,7 @@ def test_simulation_based_calibration_of_a_coupling_and_its_inclusion():
 def test_variational_em_recovers_the_latent_noise_variances():
     """Two uncoupled regions, each one AR(1) latent (a = 0.95) seen through 25 sparse Poisson
     neurons: on unit-variance latents the innovation variance is 1 - a^2. Variational EM
-    (exp link, the default) finds it (Laplace-EM ends at about 0.013 here, 1/8 of it)."""
+    (exp link) finds it (Laplace-EM, the default, ends at about 0.013 here, 1/8 of it)."""
     rng = np.random.default_rng(3)
     num_trials, num_bins, decay = 40, 80, 0.95
     latents = np.zeros((num_trials, num_bins, 2))
