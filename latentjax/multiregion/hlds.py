@@ -146,8 +146,6 @@ class Config:
         0..C-1), for modulation; delays are shared.
       search_start: EM iterations before the structure search (`fitter`).
       search_iters: EM iterations of each test of the search.
-      search_tolerance: a test starts only once EM has converged: its last iteration raised
-        log p(y) (or its lower bound) by less than this many nats per observed entry.
       edge_prior: prior probability that an edge is present (in each condition).
       coupling_scale: prior standard deviation of each coupling entry (the slab), in units
         of the (unit-variance) latents.
@@ -172,7 +170,6 @@ class Config:
     num_conditions: int = 1
     search_start: int = 30
     search_iters: int = 8
-    search_tolerance: float = 2e-6
     edge_prior: float = 0.5
     coupling_scale: float = 0.5
     dynamics_scale: float = 1.0
@@ -221,7 +218,7 @@ class Config:
                 "hlds.Config: `edge_prior` and `credible_mass` must lie in (0, 1), got "
                 f"{self.edge_prior!r} and {self.credible_mass!r}"
             )
-        for name in ("coupling_scale", "dynamics_scale", "min_variance", "search_tolerance"):
+        for name in ("coupling_scale", "dynamics_scale", "min_variance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"hlds.Config: `{name}` must be > 0, got {getattr(self, name)!r}")
 
@@ -892,10 +889,6 @@ class SearchState(NamedTuple):
         of the parameters before the last rescaling; scale: `[M]` that rescaling;
         variances: `[B, T, N]` the variational warm start (unchanged by the rescaling).
       iteration: EM iterations done.
-      position: iterations of the current test done (0: no test running).
-      last_log_likelihood: log p(y) of the previous iteration (convergence check).
-      start_gain: the incumbent's gain in log p(y) over its last iteration before the
-        current test (it would have gained about that much per iteration meanwhile).
       saved: (params, modes, scale, variances) at the start of the current test, restored
         if rejected.
       removal_loss: `[C, R, R]` log p(y) lost by the last test of the edge's removal in
@@ -918,9 +911,6 @@ class SearchState(NamedTuple):
     scale: jax.Array
     variances: jax.Array
     iteration: jax.Array
-    position: jax.Array
-    last_log_likelihood: jax.Array
-    start_gain: jax.Array
     saved: tuple
     removal_loss: jax.Array
     edge_tested: jax.Array
@@ -987,8 +977,7 @@ def fitter(config: Config) -> Fitter:
         modes, variances = _start(params, trials, config)
         scale = jnp.ones_like(params.noise_variance)
         return SearchState(
-            params, modes, scale, variances, jnp.asarray(0), jnp.asarray(0),
-            jnp.asarray(-jnp.inf), jnp.asarray(0.0), (params, modes, scale, variances),
+            params, modes, scale, variances, jnp.asarray(0), (params, modes, scale, variances),
             jnp.zeros_like(params.removed), jnp.zeros_like(params.excluded),
             jnp.zeros(num_regions), jnp.zeros((num_regions, num_regions, num_delays)),
             jnp.zeros_like(params.removed), jnp.asarray(True), jnp.asarray(False),
@@ -999,15 +988,10 @@ def fitter(config: Config) -> Fitter:
         del key
         params = state.params
         num_regions, num_delays = params.excluded.shape[0], params.excluded.shape[-1]
-        moments = _e_step(params, trials, (state.modes / state.scale, state.variances), config,
-                          config.newton_iters)  # fmt: skip
-        total = jnp.sum(moments.smoothed.log_likelihood)
-        entries = jnp.sum(jnp.asarray(trials.mask)) * trials.num_neurons
-        converged = total - state.last_log_likelihood < config.search_tolerance * entries
+        searching = state.iteration >= config.search_start
+        position = (state.iteration - config.search_start) % config.search_iters
         room = state.iteration + config.search_iters <= (config.train.steps or 0)
-        # a test starts from a converged incumbent and ends before the last step
-        starts = (state.iteration >= config.search_start) & (state.position == 0) & converged
-        starts = starts & room
+        starts = searching & (position == 0) & room  # a test ends before the last step
         # at a test's start: the weakest untested included edge, removal tests first
         by_condition, inclusion = _inclusion(params, config)
         off_diagonal = ~jnp.eye(num_regions, dtype=bool)
@@ -1029,7 +1013,6 @@ def fitter(config: Config) -> Fitter:
         target = jax.nn.one_hot(moved, movable.size).reshape(movable.shape)  # [R, R, L]
         alone = target.any(-1, keepdims=True) * (1.0 - target)  # every other delay excluded
         delay_trial = jnp.where(single, alone, touching[..., None] * best)
-        starts = starts & (removal | shiftable.any() | single)  # something left to test
         trial = jnp.where(starts, jnp.where(removal, 0.0, delay_trial), state.trial)
         trial_removed = jnp.where(starts, removal * edge_mask, state.trial_removed)
         removal = jnp.where(starts, removal, state.removal)
@@ -1045,21 +1028,19 @@ def fitter(config: Config) -> Fitter:
             removed=jnp.maximum(params.removed, jnp.where(starts, trial_removed, 0.0)),
         )
 
+        start = (state.modes / state.scale, state.variances)
+        moments = _e_step(params, trials, start, config, config.newton_iters)
         stats = _statistics(params, moments, trials, config)
+        total = jnp.sum(moments.smoothed.log_likelihood)
         start_ll = jnp.where(starts, total, state.start_log_likelihood)
-        start_gain = jnp.where(
-            starts, jnp.maximum(total - state.last_log_likelihood, 0.0), state.start_gain
-        )
         new = _m_step(params, stats, trials.continuous, config)
         modes, scale, variances = moments.modes, _scale(stats), moments.variances
 
         # at a test's end: keep the change, or restore the parameters from before the test
-        position = jnp.where(starts, 1, state.position + (state.position > 0))
-        ends = position == config.search_iters
+        tested = trial.sum() + trial_removed.sum()
+        ends = searching & (position == config.search_iters - 1) & (tested > 0)
         penalty = _edge_penalty(config, stats.rows)
-        # against where the incumbent would be by now (EM's gains shrink: conservative)
-        baseline = start_ll + (config.search_iters - 1) * start_gain
-        accepted = jnp.where(removal, total >= baseline - penalty, total > baseline)
+        accepted = jnp.where(removal, total >= start_ll - penalty, total > start_ll)
         rejected = ends & ~accepted
         new, modes, scale, variances = jax.tree.map(
             lambda restored, kept: jnp.where(rejected, restored, kept),
@@ -1070,7 +1051,7 @@ def fitter(config: Config) -> Fitter:
         # a kept delay change frees the excluded delays again: the test only moved EM
         new = new._replace(excluded=jnp.where(delay_changed, saved[0].excluded, new.excluded))
         # a delay change reopens the removal tests that were close calls (10 penalties)
-        lost = jnp.maximum(baseline - total, 1e-6)
+        lost = jnp.maximum(start_ll - total, 1e-6)
         removal_loss = jnp.where(ends & removal & (trial_removed > 0), lost, state.removal_loss)
         removal_loss = jnp.where(delay_changed & (removal_loss < 10 * penalty), 0.0, removal_loss)
         delay_rejected = rejected & ~removal
@@ -1091,13 +1072,12 @@ def fitter(config: Config) -> Fitter:
             jnp.where(delay_changed, 0.0, t) for t in (edge_tested, shift_tested)
         )
         next_state = SearchState(
-            new, modes, scale, variances, state.iteration + 1, jnp.where(ends, 0, position),
-            # after a rejected test EM resumes from the incumbent, with its last gain
-            jnp.where(rejected, start_ll - start_gain, total), start_gain, saved, removal_loss,
-            edge_tested, shift_tested, jnp.where(ends, 0.0, trial),
-            jnp.where(ends, 0.0, trial_removed), removal, single, region,
+            new, modes, scale, variances, state.iteration + 1, saved, removal_loss, edge_tested,
+            shift_tested, jnp.where(ends, 0.0, trial), jnp.where(ends, 0.0, trial_removed),
+            removal, single, region,
             start_ll, state.accepted + (ends & accepted),
         )  # fmt: skip
+        entries = jnp.sum(stats.bin_mask) * stats.data.shape[-1]
         info = {
             "loss": -total / entries,
             "log_likelihood": total,
