@@ -270,7 +270,7 @@ def test_variational_em_recovers_the_latent_noise_variances():
     trials = lj.Trials(spikes.astype(np.float32), 0.01, regions=np.repeat(["A", "B"], 25))
     config = hlds.Config(
         latent_dim=1, delays=(1,), search_start=1000, approximation="variational",
-        train=lj.train.TrainConfig(steps=60, chunk_size=60),
+        train=lj.train.TrainConfig(steps=40, chunk_size=40),
     )  # fmt: skip
     result = lj.fit(config, trials, progress=False)
     np.testing.assert_allclose(result.params.noise_variance, 1 - decay**2, rtol=0.2)
