@@ -609,8 +609,7 @@ def _laplace_one(params: Params, lag_matrices, counts, bin_mask, start, start_va
         return Potentials(information, weight[:, 0], shift, constant)
 
     def predictor_variance(smoothed):
-        size = emissions.shape[-1]
-        covs = smoothed.covariances[:, :size, :size]
+        _, covs = _latent_moments(smoothed, emissions.shape[-1])
         return jnp.einsum("nk,tkl,nl->tn", emissions, covs, emissions)
 
     def newton(carry, _):
@@ -631,8 +630,7 @@ def _laplace_one(params: Params, lag_matrices, counts, bin_mask, start, start_va
         return smoothed, mode, variance
     # lower bound = E_q[log p(y | x)] - KL(q || p), and KL(q || p) = E_q[local] - log Z for the
     # posterior q of the local quadratic potentials, whose normaliser log Z the smoother gives
-    size = emissions.shape[-1]
-    means, covs = smoothed.means[:, :size], smoothed.covariances[:, :size, :size]
+    means, covs = _latent_moments(smoothed, emissions.shape[-1])
     variance = predictor_variance(smoothed)
     expected_local = jnp.sum(
         local.constant
@@ -687,7 +685,7 @@ def _start(params: Params, trials, config: Config):
 
 
 def _latent_moments(smoothed: SmootherResult, size: int):
-    """(means `[B, T, M]`, covariances `[B, T, M, M]`) of x_t."""
+    """(means `[..., T, M]`, covariances `[..., T, M, M]`) of x_t."""
     return smoothed.means[..., :size], smoothed.covariances[..., :size, :size]
 
 
