@@ -178,6 +178,30 @@ def test_modulated_edge_is_found_in_its_condition_only(seed):
     np.testing.assert_array_equal(post.condition_edges, data.truth["condition_coupling"] > 0)
 
 
+def test_model_puts_the_global_latent_and_its_drive_in_the_lag_matrices():
+    """`hlds.model` with a global latent and its drive: the sampled A_g and L_r sit in the
+    lag matrices' global rows and columns (lag 1 only), and the likelihood factor is
+    `log_likelihood` of Gaussian trials at those lag matrices."""
+    import numpyro
+
+    data = lj.datasets.multiregion(
+        seed=0, num_regions=2, latent_dim=1, edges=((0, 1),), delays=(1,), global_latent_dim=1,
+        observations="gaussian", num_trials=3, num_bins=12,
+    )  # fmt: skip
+    config = hlds.Config(latent_dim=1, global_latent_dim=1, global_drive=True)
+    observation = hlds.init(jax.random.PRNGKey(0), config, data.trials)
+    traced = numpyro.handlers.trace(numpyro.handlers.seed(hlds.model, 0))
+    lag_matrices = np.asarray(traced(2, config, trials=data.trials, observation=observation))
+    sites = traced.trace
+    assert lag_matrices.shape == (3, 3, 3)
+    np.testing.assert_array_equal(lag_matrices[0, 2:, 2:], sites["global_dynamics"]["value"])
+    np.testing.assert_array_equal(lag_matrices[0, :2, 2:], sites["global_drive"]["value"][..., 0])
+    assert not lag_matrices[1:, 2:].any() and not lag_matrices[1:, :, 2:].any()
+    params = observation._replace(lag_matrices=jnp.asarray(lag_matrices)[None])
+    expected = jnp.sum(hlds.log_likelihood(params, data.trials, config))
+    np.testing.assert_allclose(sites["likelihood"]["value"], expected, rtol=1e-6)
+
+
 SBC_REPLICATES = 100
 
 

@@ -1291,13 +1291,21 @@ def model(
     Sites: `edges` `[R, R]` (z_sr, Bernoulli(`edge_prior`), the diagonal unused),
     `delay_index` `[R, R]` (index into `delays`, uniform), `own_dynamics` `[R, K, K]`
     (N(0, dynamics_scale^2)), `coupling` `[R, R, K, K]` (B_rs at `[s, r]`, N(0,
-    coupling_scale^2), multiplied by the edge indicator in `lag_matrices`). With `trials`
-    (continuous) and `observation` (its emissions, noise and the noise variance of the
-    dynamics), the exact log-likelihood of the trials (`log_likelihood`, the latents
-    marginalised by the Kalman filter) is added as `numpyro.factor("likelihood", ...)`.
-    Returns the `[D, M, M]` lag matrices of the draw (M = R K, no global latent).
+    coupling_scale^2), multiplied by the edge indicator in `lag_matrices`); with
+    `global_latent_dim` G also `global_dynamics` `[G, G]` (A_g), and with `global_drive`
+    `global_drive` `[R, K, G]` (L_r), both N(0, dynamics_scale^2). With `trials` (continuous)
+    and `observation` (its emissions, noise and the noise variance of the dynamics), the exact
+    log-likelihood of the trials (`log_likelihood`, the latents marginalised by the Kalman
+    filter) is added as `numpyro.factor("likelihood", ...)`.
+    Returns the `[D, M, M]` lag matrices of the draw (M = R K + G, the global latent last).
     """
     latent_dim, num_lags = config.latent_dim, config.max_delay
+    size = num_regions * latent_dim
+
+    def normal(name, shape, scale):
+        prior = dist.Normal(0.0, scale).expand(list(shape)).to_event(len(shape))
+        return numpyro.sample(name, prior)
+
     edges = numpyro.sample(
         "edges", dist.Bernoulli(config.edge_prior).expand([num_regions, num_regions]).to_event(2)
     )
@@ -1307,19 +1315,20 @@ def model(
         .expand([num_regions, num_regions])
         .to_event(2),
     )
-    own = numpyro.sample(
-        "own_dynamics",
-        dist.Normal(0.0, config.dynamics_scale)
-        .expand([num_regions, latent_dim, latent_dim])
-        .to_event(3),
-    )
-    coupling = numpyro.sample(
-        "coupling",
-        dist.Normal(0.0, config.coupling_scale)
-        .expand([num_regions, num_regions, latent_dim, latent_dim])
-        .to_event(4),
+    own = normal("own_dynamics", (num_regions, latent_dim, latent_dim), config.dynamics_scale)
+    coupling = normal(
+        "coupling", (num_regions, num_regions, latent_dim, latent_dim), config.coupling_scale
     )
     lag_matrices = lag_matrices_of(own, coupling, edges, delay_index, config.delays, num_lags)
+    if config.global_latent_dim:
+        glob = config.global_latent_dim
+        lag_matrices = jnp.pad(lag_matrices, ((0, 0), (0, glob), (0, glob)))
+        lag_matrices = lag_matrices.at[0, size:, size:].set(
+            normal("global_dynamics", (glob, glob), config.dynamics_scale)
+        )
+        if config.global_drive:
+            drive = normal("global_drive", (num_regions, latent_dim, glob), config.dynamics_scale)
+            lag_matrices = lag_matrices.at[0, :size, size:].set(drive.reshape(size, glob))
     if trials is not None:
         if observation is None:
             raise ValueError("hlds.model: `trials` needs `observation` parameters")
