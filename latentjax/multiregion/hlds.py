@@ -43,7 +43,11 @@ latents are marginalised by EM instead:
   With the variational bound a test's alternative gains from the EM it runs while the
   incumbent stays frozen; a search that waits for EM to converge and extrapolates the
   incumbent's gain (tried, git history) found the chain's seeds 0 and 1 but spurious edges
-  on seeds 2 and 3, and modulation's seed 1 went non-finite, so it was not kept.
+  on seeds 2 and 3, and modulation's seed 1 went non-finite, so it was not kept. Nor was a
+  delay test that runs the incumbent from the same start for as many iterations as the
+  changed delays (so both gain alike from EM): under Laplace both runs drift, and on the
+  feedback loop at 60 neurons it ended at delays (1, 1) where the frozen incumbent ends at
+  (1, 2) (the truth is (1, 3)).
 - Structure: for each target region every configuration of its incoming edges (each source
   absent, or present with one delay, and with conditions in which conditions) is
   enumerated, `(1 + L (2^C - 1))^(R-1)` of them (16 for 3 regions, 3 delays, one
