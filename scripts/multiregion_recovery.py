@@ -10,8 +10,9 @@ default warm-up and draws. A seed counts when the reported edges (inclusion > 0.
 the true ones, and the delays of the true edges are right.
 
     python scripts/multiregion_recovery.py [--quick]
-        [--family coupled_lds|hlds|hlds-feedback|hlds-feedback-60|hlds-feedback-evidence|
-                  hlds-modulation|dlag] [--neurons 20|60]
+        [--family coupled_lds|hlds|hlds-feedback|hlds-feedback-60|
+                  hlds-feedback-60-variational|hlds-feedback-evidence|hlds-modulation|dlag]
+        [--neurons 20|60]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def main() -> None:
     parser.add_argument(
         "--family",
         choices=("coupled_lds", "hlds", "hlds-feedback", "hlds-feedback-60",
-                 "hlds-feedback-evidence", "hlds-modulation", "dlag"),  # fmt: skip
+                 "hlds-feedback-60-variational", "hlds-feedback-evidence", "hlds-modulation",
+                 "dlag"),  # fmt: skip
         default="coupled_lds",
     )
     parser.add_argument(
@@ -64,7 +66,8 @@ def main() -> None:
     if args.family == "hlds-feedback-evidence":
         feedback_evidence(args.neurons, range(1) if args.quick else range(5), write=not args.quick)
         return
-    if args.family in ("hlds-feedback", "hlds-feedback-60", "hlds-modulation"):
+    if args.family in ("hlds-feedback", "hlds-feedback-60", "hlds-feedback-60-variational",
+                       "hlds-modulation"):  # fmt: skip
         setting = args.family.removeprefix("hlds-")
         hlds_setting(setting, range(2) if args.quick else range(5), write=not args.quick)
         return
@@ -181,6 +184,14 @@ SETTINGS = {
         "(100 trials), `hlds.Config(global_latent_dim=1)`",
         dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1, neurons_per_region=60),
         dict(global_latent_dim=1),
+    ),
+    "feedback-60-variational": (
+        "the feedback loop with 60 neurons per region, variational E-step: "
+        "`lj.datasets.multiregion(seed, edges=((0, 1), (1, 0)), delays=(1, 3), "
+        "global_latent_dim=1, neurons_per_region=60)` (100 trials), "
+        "`hlds.Config(global_latent_dim=1, approximation='variational')`",
+        dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1, neurons_per_region=60),
+        dict(global_latent_dim=1, approximation="variational"),
     ),
     "modulation": (
         "modulation: `lj.datasets.multiregion(seed, condition_edges=(((0, 1), (1, 2)), "

@@ -135,19 +135,30 @@ def _subspace_angle_degrees(estimate, truth):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue #22 not met: the edges and global loadings are found, but "
-                   "1 -> 0's delay mostly is not (true 3; benchmarks/multiregion.md, "
-                   "hlds_feedback); at 20 neurons per region EM fixed at the true delays "
-                   "ends below EM fixed at wrong ones in 4 of 5 seeds "
-                   "(hlds_feedback_evidence_20)", strict=False)  # fmt: skip
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0, 1, 2,
+        pytest.param(3, marks=pytest.mark.xfail(
+            reason="seed 3 ends with 1 -> 0 at delay 2: EM fixed at the true delays leads "
+                   "(1, 2) by only 0.9 nats there while still gaining 1 nat per 10 "
+                   "iterations (benchmarks/multiregion.md, hlds_feedback_evidence_60); 4 of "
+                   "5 seeds meet issue #22", strict=True)),
+        4,
+    ],
+)  # fmt: skip
 def test_feedback_loop_and_global_latent_are_recovered(seed):
-    """0 -> 1 (delay 1) and 1 -> 0 (delay 3) with a global latent read by every region, 20
-    neurons per region, 100 trials (benchmarks/multiregion.md lists the seeds measured)."""
+    """0 -> 1 (delay 1) and 1 -> 0 (delay 3) with a global latent read by every region, 60
+    neurons per region, 100 trials, the variational E-step (benchmarks/multiregion.md,
+    hlds_feedback-60-variational). At the dataset's 20 neurons per region the data favour
+    wrong delays in 4 of 5 seeds (hlds_feedback_evidence_20), and Laplace-EM's search ends
+    at 1 -> 0 delay 2 in 3 of 5 seeds at 60 (hlds_feedback-60)."""
     data = lj.datasets.multiregion(
-        seed=seed, edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1
-    )
-    result = lj.fit(hlds.Config(global_latent_dim=1), data.trials, progress=False)
+        seed=seed, edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1,
+        neurons_per_region=60,
+    )  # fmt: skip
+    config = hlds.Config(global_latent_dim=1, approximation="variational")
+    result = lj.fit(config, data.trials, progress=False)
     post = lj.infer(result, data.trials)
     np.testing.assert_array_equal(post.edges, data.truth["coupling"] > 0)
     np.testing.assert_array_equal(post.delays, data.truth["delays"])
