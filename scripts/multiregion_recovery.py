@@ -170,19 +170,22 @@ def hlds_recovery(seeds, *, write: bool) -> None:
         write_section(REPORT, "hlds_recovery", text, "Multi-region benchmarks")
 
 
+FEEDBACK = dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1)
+"""The feedback loop with a global latent (`lj.datasets.multiregion` options)."""
+
 SETTINGS = {
     "feedback": (
         "a feedback loop with a global latent: `lj.datasets.multiregion(seed, edges=((0, 1), "
         "(1, 0)), delays=(1, 3), global_latent_dim=1)` (20 neurons per region, 100 trials), "
         "`hlds.Config(global_latent_dim=1)`",
-        dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1),
+        FEEDBACK,
         dict(global_latent_dim=1),
     ),
     "feedback-60": (
         "the feedback loop with 60 neurons per region: `lj.datasets.multiregion(seed, "
         "edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1, neurons_per_region=60)` "
         "(100 trials), `hlds.Config(global_latent_dim=1)`",
-        dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1, neurons_per_region=60),
+        dict(FEEDBACK, neurons_per_region=60),
         dict(global_latent_dim=1),
     ),
     "feedback-60-variational": (
@@ -190,7 +193,7 @@ SETTINGS = {
         "`lj.datasets.multiregion(seed, edges=((0, 1), (1, 0)), delays=(1, 3), "
         "global_latent_dim=1, neurons_per_region=60)` (100 trials), "
         "`hlds.Config(global_latent_dim=1, approximation='variational')`",
-        dict(edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1, neurons_per_region=60),
+        dict(FEEDBACK, neurons_per_region=60),
         dict(global_latent_dim=1, approximation="variational"),
     ),
     "modulation": (
@@ -271,10 +274,7 @@ def feedback_evidence(neurons: int, seeds, *, write: bool, steps: int = 100) -> 
     step = jax.jit(fitter.step)
     pairs, rows = FEEDBACK_PAIRS[neurons], []
     for seed in seeds:
-        data = lj.datasets.multiregion(
-            seed=seed, edges=((0, 1), (1, 0)), delays=(1, 3), global_latent_dim=1,
-            neurons_per_region=neurons,
-        )  # fmt: skip
+        data = lj.datasets.multiregion(seed=seed, neurons_per_region=neurons, **FEEDBACK)
         bounds, gains = [], []
         for forward, backward in pairs:
             params = hlds.init(jax.random.PRNGKey(0), config, data.trials)
