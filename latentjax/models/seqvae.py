@@ -39,7 +39,7 @@ from latentjax.nn import readouts
 from latentjax.nn.bin_dropout import bin_dropout
 from latentjax.nn.linear_readout import init_readout, readout_log_params
 from latentjax.nn.priors import gaussian_kl, gaussian_log_prob
-from latentjax.nn.recurrent import GRU, autonomous_gru_step, gru_step, run_gru
+from latentjax.nn.recurrent import GRU, autonomous_gru_step, gru_step, run_gru, split_gates
 from latentjax.nn.refine import check_refine_options, refine_to_map
 from latentjax.results import LearnedDynamics, Posterior
 from latentjax.train.config import TrainConfig, knob
@@ -180,7 +180,7 @@ def _generator_states(params, latent_variables: dict, num_bins: int, config: Con
     generator = _generator(params, config)
     z0 = latent_variables["initial"]
     g0 = z0 @ params["to_generator"]["kernel"] + params["to_generator"]["bias"]
-    gates = inputs @ generator.input_kernel + generator.input_bias
+    gates = split_gates(inputs @ generator.input_kernel + generator.input_bias)
 
     def step(g, gates_t):
         g = gru_step(generator, gates_t, g, CELL_CLIP)

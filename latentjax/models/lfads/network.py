@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latentjax.nn.recurrent import GRU, gru_step, run_gru
+from latentjax.nn.recurrent import GRU, add_gates, gru_step, run_gru, split_gates
 
 __all__ = ["Architecture", "Core", "CoreOutputs", "Noise"]
 
@@ -144,7 +144,7 @@ class Core(nn.Module):
                 g = gru_step(gen, gates, g, clip)
                 return g, (g, (g * keep) @ w_fac)
 
-            _, (_, factors) = jax.lax.scan(step, g0, (ext_gates, noise.gen_keep))
+            _, (_, factors) = jax.lax.scan(step, g0, (split_gates(ext_gates), noise.gen_keep))
             empty = jnp.zeros((num_bins, 0))
             return CoreOutputs(factors, ic_mean, ic_var, g0, empty, empty, empty)
 
@@ -167,15 +167,15 @@ class Core(nn.Module):
         def step(carry, inputs):
             h, g, f = carry
             ci_gates_t, ext_gates_t, eps, keep = inputs
-            h = gru_step(con, ci_gates_t + f @ w_fac_to_con, h, clip)
+            h = gru_step(con, add_gates(ci_gates_t, f @ w_fac_to_con), h, clip)
             co_mean, co_logvar = jnp.split(h @ w_co + b_co, 2)
             co_var = jnp.exp(co_logvar) + a.co_post_var_min
             u = co_mean + jnp.sqrt(co_var) * eps
-            g = gru_step(gen, ext_gates_t + u @ w_u_to_gen, g, clip)
+            g = gru_step(gen, add_gates(ext_gates_t, u @ w_u_to_gen), g, clip)
             f = (g * keep) @ w_fac
             return (h, g, f), (f, co_mean, co_var, u)
 
         carry = (con.initial_state, g0, f0)
-        xs = (ci_gates, ext_gates, noise.co, noise.gen_keep)
+        xs = (split_gates(ci_gates), split_gates(ext_gates), noise.co, noise.gen_keep)
         _, (factors, co_mean, co_var, inputs) = jax.lax.scan(step, carry, xs)
         return CoreOutputs(factors, ic_mean, ic_var, g0, co_mean, co_var, inputs)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from latentjax.models.node.config import Config
-from latentjax.nn.recurrent import GRU, gru_step
+from latentjax.nn.recurrent import GRU, add_gates, gru_step, split_gates
 
 __all__ = ["VAR_MIN", "encode", "init_encoder"]
 
@@ -67,14 +67,15 @@ def _gru_states(gru_params, config: Config, inputs, filled_times, mask, reverse:
     weights = GRU(config.encoder_dim, learned_initial_state=False).apply(
         {"params": gru_params}, num_neurons + 1
     )
-    input_gates = inputs @ weights.input_kernel[:num_neurons] + weights.input_bias
+    input_gates = split_gates(inputs @ weights.input_kernel[:num_neurons] + weights.input_bias)
     gap_kernel = weights.input_kernel[num_neurons]
 
     def step(carry, observation):
         h, t_previous = carry
         gates, t, observed = observation
         gap = config.time_scale * jnp.abs(t - t_previous)
-        h = jnp.where(observed, gru_step(weights, gates + gap * gap_kernel, h, jnp.inf), h)
+        stepped = gru_step(weights, add_gates(gates, gap * gap_kernel), h, jnp.inf)
+        h = jnp.where(observed, stepped, h)
         return (h, jnp.where(observed, t, t_previous)), h
 
     start = filled_times[-1] if reverse else filled_times[0]
