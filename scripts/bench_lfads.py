@@ -20,11 +20,15 @@ counts. Timed, as medians after warm-up calls:
 - with `--profile`: where the time of one training step (batch 32) and of one population step
   (8 members) goes, from a `jax.profiler` trace grouped by kind of XLA operation.
 
+The side-by-side rows run in `--rounds` rounds (the peer, then latentjax, in turn), because
+the shared machine's speed drifts by tens of percent between minutes: each row gives the
+median seconds and the median of the rounds' speed-ups with their range.
+
 lfads-torch is not a dependency: `--peer DIR` points at a local checkout of its source
 (https://github.com/arsedler9/lfads-torch, fetched by the user, never copied into this repo),
 run with the installed torch and pytorch-lightning (`scripts/_lfads_torch_peer.py`).
 
-    python scripts/bench_lfads.py --peer ../lfads-torch --profile   # full run, ~15 minutes
+    python scripts/bench_lfads.py --peer ../lfads-torch --profile   # full run, ~30 minutes
     python scripts/bench_lfads.py --quick --out /tmp/lfads.md         # tiny sizes, seconds
 """
 
@@ -183,6 +187,9 @@ _MOVEMENT = ("copy", "transpose", "concatenate", "broadcast", "dynamic-update-sl
              "dynamic-slice", "slice", "pad", "reverse", "bitcast")  # fmt: skip
 
 
+_WRAPPERS = ("while", "conditional", "call")
+
+
 def _category(kind: str, hlo_line: str) -> str:
     if "lgamma" in hlo_line:
         return "log-factorial of the counts (lgamma)"
@@ -231,6 +238,8 @@ def profile(step, state, trials, bins: int, calls: int = 3) -> tuple[float, list
     by_category = collections.Counter()
     for name, seconds_in_op in total.items():
         kind = re.sub(r"\.\d+$", "", name)
+        if kind in _WRAPPERS:  # a loop's or branch's own event spans the operations within
+            continue
         where = "in loops" if count[name] / calls >= bins / 2 else "outside loops"
         by_category[(_category(kind, lines[name]), where)] += seconds_in_op
     measured = sum(by_category.values())
@@ -244,8 +253,53 @@ def profile(step, state, trials, bins: int, calls: int = 3) -> tuple[float, list
 # ----------------------------------------------------------------------------- main
 
 
-def ratio(peer, ours) -> str:
-    return f"{peer / ours:.2f}x" if peer and ours else "-"
+def median(values) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def ratios(peer: list[float] | None, ours: list[float]) -> str:
+    """The median of the rounds' speed-ups, with their range when there are several."""
+    if not peer:
+        return "-"
+    each = [p / o for p, o in zip(peer, ours, strict=True)]
+    spread = f" ({min(each):.2f}-{max(each):.2f})" if len(each) > 1 else ""
+    return f"{np.median(each):.2f}x{spread}"
+
+
+def run_peer(source: str, repeats: int, quick: bool) -> dict:
+    """lfads-torch's timings, flattened: `train32`, `forward`, ..., and `versions`."""
+    script = str(Path(__file__).with_name("_lfads_torch_peer.py"))
+    command = [sys.executable, script, source, "--repeats", str(repeats)]
+    command += ["--quick"] if quick else []
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    flat = {f"train{batch}": seconds for batch, seconds in result.pop("train").items()}
+    return {**flat, **result}
+
+
+def side_by_side_rows(batches):
+    """(what, batch, our key, the peer's key) of each row of the side-by-side table."""
+    rows = []
+    for batch in batches:
+        rows.append(("training step (lj.fit)", batch, f"fit{batch}", f"train{batch}"))
+        rows.append(("training step, lone jitted call", batch, f"step{batch}", f"train{batch}"))
+    rows.append(("forward, one posterior sample", batches[-1], "forward", "forward"))
+    rows.append(("posterior means, 20 samples", batches[-1], "posterior", "posterior"))
+    return rows
+
+
+def our_side(config, total: int, bins: int, batches, repeats: int) -> dict[str, float]:
+    """latentjax's seconds for each row of `side_by_side_rows`."""
+    seconds = {}
+    for batch in batches:
+        trials = make_trials(batch, bins, total)
+        config_b = with_batch(config, batch)
+        seconds[f"fit{batch}"] = engine_seconds(config_b, trials, 1, "auto")
+        seconds[f"step{batch}"] = time_step(*single_step(config_b, trials), trials, repeats)
+    trials = make_trials(batches[-1], bins, total)
+    seconds["forward"] = posterior_seconds(config, trials, 1, repeats)
+    seconds["posterior"] = posterior_seconds(config, trials, 20, 2)
+    return seconds
 
 
 def fmt(seconds) -> str:
@@ -257,6 +311,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script)")
     parser.add_argument("--peer", default=None, help="a local checkout of lfads-torch's source")
     parser.add_argument("--profile", action="store_true", help="also profile one step")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
     parser.add_argument("--out", default=str(BENCHMARKS / "lfads.md"))
     parser.add_argument("--note", default="", help="a line added to the file (e.g. the load)")
     args = parser.parse_args()
@@ -264,14 +319,6 @@ def main():
     config, total, bins, batches = sizes(args.quick)
     members, repeats, matmul_size = ((1, 2), 2, 512) if args.quick else ((1, 4, 8, 16), 5, 2048)
     ceiling = matmul_ceiling_gflops(matmul_size)
-    peer = {}
-    if args.peer:  # first, in its own process, while this one is idle
-        script = str(Path(__file__).with_name("_lfads_torch_peer.py"))
-        command = [sys.executable, script, args.peer, "--repeats", str(repeats)]
-        command += ["--quick"] if args.quick else []
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        peer = json.loads(output.strip().splitlines()[-1])
-
     profile_sections = []
     if args.profile:  # first, on a fresh process (after many large runs, buffers fault in slower)
         batch = batches[0]
@@ -293,32 +340,28 @@ def main():
                 "",
             ]
 
+    ours, theirs = collections.defaultdict(list), collections.defaultdict(list)
+    for _ in range(args.rounds):  # the peer, then ours, in turn: drifts in load hit both
+        if args.peer:
+            for key, seconds in run_peer(args.peer, repeats, args.quick).items():
+                theirs[key].append(seconds)
+        for key, seconds in our_side(config, total, bins, batches, repeats).items():
+            ours[key].append(seconds)
+
     rows = [
         "| what | batch | latentjax s | lfads-torch s | speed-up | latentjax GFLOP/s "
         "(fraction of matmul ceiling) |",
         "|---|---|---|---|---|---|",
     ]
-    for batch in batches:
-        trials = make_trials(batch, bins, total)
-        config_b = with_batch(config, batch)
-        theirs = peer.get("train", {}).get(str(batch))
-        alone = time_step(*single_step(config_b, trials), trials, repeats)
-        for what, ours in (("training step (lj.fit)", engine_seconds(config_b, trials, 1, "auto")),
-                           ("training step, lone jitted call", alone)):  # fmt: skip
-            gflops = training_gflop(config, total, bins, batch) / ours
-            rows.append(
-                f"| {what} | {batch} | {fmt(ours)} | {fmt(theirs)} | {ratio(theirs, ours)} "
-                f"| {gflops:.0f} ({gflops / ceiling:.0%}) |"
-            )
-    batch = batches[-1]
-    trials = make_trials(batch, bins, total)
-    passes = (("forward, one posterior sample", 1, "forward"),
-              ("posterior means, 20 samples", 20, "posterior"))  # fmt: skip
-    for what, samples, name in passes:
-        ours = posterior_seconds(config, trials, samples, repeats if samples == 1 else 2)
-        theirs = peer.get(name)
+    for what, batch, key, peer_key in side_by_side_rows(batches):
+        seconds = float(np.median(ours[key]))
+        gflops = "-"
+        if key.startswith(("fit", "step")):
+            rate = training_gflop(config, total, bins, batch) / seconds
+            gflops = f"{rate:.0f} ({rate / ceiling:.0%})"
         rows.append(
-            f"| {what} | {batch} | {fmt(ours)} | {fmt(theirs)} | {ratio(theirs, ours)} | - |"
+            f"| {what} | {batch} | {fmt(seconds)} | {fmt(median(theirs.get(peer_key)))} "
+            f"| {ratios(theirs.get(peer_key), ours[key])} | {gflops} |"
         )
 
     batch = batches[0]
@@ -349,8 +392,10 @@ def main():
         "",
         f"Machine: {machine(PACKAGES)}. f32 matmul ceiling {ceiling:.0f} GFLOP/s "
         f"({matmul_size}x{matmul_size} jnp.dot). No GPU was available to this run.",
-        "Peer: " + (f"lfads-torch from {args.peer} ({peer['versions']}), in a separate process"
-                    if peer else "not run (no --peer)"),  # fmt: skip
+        "Peer: " + (f"lfads-torch from {args.peer} ({theirs['versions'][0]}), in a separate "
+                    "process" if args.peer else "not run (no --peer)"),  # fmt: skip
+        f"Rounds: {args.rounds} (the peer, then latentjax, in turn); seconds are medians over "
+        "the rounds, speed-ups the median of the rounds' ratios (their range in brackets).",
     ]
     if args.note:
         header.append(f"Note: {args.note}")
