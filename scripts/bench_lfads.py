@@ -354,7 +354,7 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for what, batch, key, peer_key in side_by_side_rows(batches):
-        seconds = float(np.median(ours[key]))
+        seconds = median(ours[key])
         gflops = "-"
         if key.startswith(("fit", "step")):
             rate = training_gflop(config, total, bins, batch) / seconds
