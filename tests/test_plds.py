@@ -164,3 +164,17 @@ def test_newton_maximise_stays_put_when_the_step_is_not_finite():
         return -jnp.sum((theta - 3.0) ** 2)
 
     np.testing.assert_allclose(np.asarray(newton_maximise(quadratic, jnp.zeros(2), 2)), 3.0)
+
+
+def test_log_factorial_equals_scipy_gammaln():
+    """The Poisson read-outs' log(y!) (Stirling's series, shifted) against scipy, at counts
+    and between them, in float64 and float32."""
+    from latentjax.nn.poisson import log_factorial
+
+    y = np.concatenate([np.arange(0, 400), np.linspace(0, 60, 1201), [1e3, 1e4, 1e5, 1e6]])
+    exact = gammaln(y + 1)
+    with jax.enable_x64(True):
+        got = np.asarray(jax.jit(log_factorial)(jnp.asarray(y)))
+    np.testing.assert_allclose(got, exact, rtol=1e-12, atol=1e-12)
+    got32 = np.asarray(log_factorial(jnp.asarray(y, jnp.float32)), np.float64)
+    np.testing.assert_allclose(got32, exact, rtol=3e-6, atol=3e-6)

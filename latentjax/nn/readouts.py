@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from latentjax.nn.poisson import log_factorial
+
 __all__ = ["READOUTS", "expected_value", "log_likelihood", "num_params"]
 
 READOUTS = ("poisson", "gaussian", "gamma", "zero_inflated_gamma")
@@ -38,7 +40,7 @@ def log_likelihood(readout: str, log_params, y, threshold: float = 0.0):
     p = jnp.clip(log_params, -LOG_CLIP, LOG_CLIP)
     if readout == "poisson":
         log_rate = p[..., 0, :]
-        return y * log_rate - jnp.exp(log_rate) - jax.scipy.special.gammaln(y + 1)
+        return y * log_rate - jnp.exp(log_rate) - log_factorial(y)
     if readout == "gaussian":
         mean, log_var = p[..., 0, :], p[..., 1, :]
         return -0.5 * (jnp.log(2 * jnp.pi) + log_var + (y - mean) ** 2 * jnp.exp(-log_var))

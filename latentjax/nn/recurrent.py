@@ -82,16 +82,45 @@ def add_gates(a, b) -> tuple[jax.Array, jax.Array, jax.Array]:
     return tuple(x + y for x, y in zip(split_gates(a), split_gates(b), strict=True))
 
 
-def gru_step(weights: GRUWeights, input_gates, h, clip: float):
-    """One GRU update given the precomputed input gates `W x + b`, `[3 * hidden]` or split
-    (`split_gates`)."""
-    hidden_gates = h @ weights.hidden_kernel + weights.hidden_bias
-    xr, xz, xn = split_gates(input_gates)
-    hr, hz, hn = split_gates(hidden_gates)
+def _gates(input_gates, hidden_gates, h):
+    (xr, xz, xn), (hr, hz, hn) = input_gates, hidden_gates
     r = jax.nn.sigmoid(xr + hr)
     z = jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
-    return jnp.clip(z * h + (1 - z) * n, -clip, clip)
+    return r, z, n, z * h + (1 - z) * n
+
+
+@jax.custom_jvp
+def _update(input_gates, hidden_gates, h, clip):
+    """The GRU's new state from its split input and hidden gates and its state (`clip`, a
+    constant, gets no derivative)."""
+    return jnp.clip(_gates(input_gates, hidden_gates, h)[3], -clip, clip)
+
+
+@_update.defjvp
+def _update_jvp(primals, tangents):
+    """Each product takes a tangent first, so reverse mode keeps only r, z, n, the hidden
+    n gate, h and where the clip binds per step (autodiff of `_update` kept 14 arrays)."""
+    input_gates, hidden_gates, h, clip = primals
+    (dxr, dxz, dxn), (dhr, dhz, dhn), dh, _ = tangents
+    r, z, n, unclipped = _gates(input_gates, hidden_gates, h)
+    hn = hidden_gates[2]
+    dr = (dxr + dhr) * r
+    dr = dr - dr * r
+    dz = (dxz + dhz) * z
+    dz = dz - dz * z
+    a_n = dxn + dr * hn + dhn * r
+    dn = a_n - (a_n * n) * n
+    tangent = dz * h - dz * n + dh * z + dn - dn * z
+    inside = jnp.abs(unclipped) < clip  # the clip passes nothing where it binds
+    return jnp.clip(unclipped, -clip, clip), jnp.where(inside, tangent, 0.0)
+
+
+def gru_step(weights: GRUWeights, input_gates, h, clip: float):
+    """One GRU update given the precomputed input gates `W x + b`, `[3 * hidden]` or split
+    (`split_gates`)."""
+    hidden_gates = split_gates(h @ weights.hidden_kernel + weights.hidden_bias)
+    return _update(split_gates(input_gates), hidden_gates, h, clip)
 
 
 def autonomous_gru_step(h, weights: GRUWeights, clip):
