@@ -371,7 +371,12 @@ def main():
     flops = grouping.member_step_flops(
         FamilyGradientFitter(lfads.loss)(config_b).step, state, trials, jax.random.key(0)
     )
-    one = engine_seconds(config_b, trials, 1, "auto")
+    population = collections.defaultdict(list)  # (members, mode) -> seconds per member-step
+    for _ in range(args.rounds):  # each count's modes beside a fresh one-by-one time
+        for count in members:
+            population[count, "one"].append(engine_seconds(config_b, trials, 1, "auto"))
+            for mode in ("vmapped", "auto") if count > 1 else ():
+                population[count, mode].append(engine_seconds(config_b, trials, count, mode))
     population_rows = [
         f"| members (batch {batch}) | lj.sweep, vmapped: s per member-step | lj.sweep, auto: "
         "s per member-step | one by one (lj.fit): s per member-step | vmapped / one by one "
@@ -379,12 +384,13 @@ def main():
         "|---|---|---|---|---|---|---|",
     ]
     for count in members:  # one member: lj.sweep runs lj.fit's program whatever the mode
-        vmapped = engine_seconds(config_b, trials, count, "vmapped") if count > 1 else one
-        auto = engine_seconds(config_b, trials, count, "auto") if count > 1 else one
+        one = population[count, "one"]
+        vmapped = population.get((count, "vmapped"), one)
+        auto = population.get((count, "auto"), one)
         picked = grouping.choose("auto", count, jax.devices()[:1], lambda: flops)
         population_rows.append(
-            f"| {count} | {vmapped:.3f} | {auto:.3f} | {one:.3f} | {one / vmapped:.2f}x "
-            f"| {one / auto:.2f}x | {picked.mode} ({picked.reason}) |"
+            f"| {count} | {median(vmapped):.3f} | {median(auto):.3f} | {median(one):.3f} "
+            f"| {ratios(one, vmapped)} | {ratios(one, auto)} | {picked.mode} ({picked.reason}) |"
         )
 
     header = [
@@ -394,8 +400,9 @@ def main():
         f"({matmul_size}x{matmul_size} jnp.dot). No GPU was available to this run.",
         "Peer: " + (f"lfads-torch from {args.peer} ({theirs['versions'][0]}), in a separate "
                     "process" if args.peer else "not run (no --peer)"),  # fmt: skip
-        f"Rounds: {args.rounds} (the peer, then latentjax, in turn); seconds are medians over "
-        "the rounds, speed-ups the median of the rounds' ratios (their range in brackets).",
+        f"Rounds: {args.rounds} (the peer, then latentjax, in turn; for populations, each member "
+        "count's modes beside a fresh one-by-one time); seconds are medians over the rounds, "
+        "speed-ups the median of the rounds' ratios (their range in brackets).",
     ]
     if args.note:
         header.append(f"Note: {args.note}")

@@ -12,6 +12,13 @@ one `[time, 3 * hidden]` array sliced at each step: XLA:CPU fuses the step's sli
 scanned array with the gate arithmetic into a kernel that made a whole GRU step 2.5x slower
 (hidden 100, batch 128, timed once on 2 cores: 278 -> 111 us per step; forward and backward
 together unchanged).
+
+The gate update carries its derivative by hand (a custom JVP whose products each take a
+tangent first), so reverse mode through a scan keeps 5 arrays and a mask per step instead of
+the 14 that autodiff of the same equations kept, and fills that many fewer buffers. The LFADS
+training step got 8-13% faster (`nlb_mc_maze` sizes, batch 32 and 128, the two versions
+compiled side by side); forward mode (`jax.jacfwd`) still works, which a custom VJP would not
+allow (it was 4% faster still).
 """
 
 from __future__ import annotations
