@@ -1,6 +1,7 @@
-"""Populations run vmapped, in groups or one member after another (`TrainConfig.population_mode`,
-`latentjax.train.grouping`): the same members to float32 rounding, the choice recorded in the
-run folder, bad settings refused, kill and resume in groups."""
+"""Populations run vmapped, in groups, one member after another or in concurrent streams
+(`TrainConfig.population_mode`, `latentjax.train.grouping`): the same members to float32
+rounding, the choice recorded in the run folder, bad settings refused, kill and resume in
+groups."""
 
 import dataclasses
 import json
@@ -54,6 +55,25 @@ def test_vmapped_sequential_and_groups_give_the_same_members(populations):
     assert [int(p[0].history["group_size"]) for p in populations.values()] == [4, 1, 2, 3]
 
 
+def test_concurrent_streams_give_the_same_members(populations, trials, tmp_path, monkeypatch):
+    """Three streams (parts of 2, 1 and 1 members, each run by its own host thread) whatever
+    this machine's cores."""
+    monkeypatch.setattr(grouping, "host_cores", lambda: 3)
+    grid = {"train.learning_rate": [0.02, 0.05]}
+    population = lj.sweep(toy_config("concurrent"), trials, seeds=(0, 1), grid=grid,
+                          out=tmp_path / "run", progress=False)  # fmt: skip
+    with open(tmp_path / "run" / "population.json") as file:
+        record = json.load(file)
+    assert (record["mode"], record["group_size"], record["streams"]) == ("concurrent", 1, 3)
+    for member, same in zip(population, populations["sequential"], strict=True):
+        assert member.history["population_mode"] == "concurrent"
+        assert member.config.train.learning_rate == same.config.train.learning_rate
+        np.testing.assert_allclose(member.params["mean"], same.params["mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            member.history["loss"], same.history["loss"], rtol=1e-5, atol=1e-6
+        )
+
+
 def test_a_population_equals_its_members_fitted_one_by_one(populations, trials):
     for member in populations[2]:
         alone = lj.fit(member.config, trials, seed=int(member.history["seed"]), progress=False)
@@ -96,15 +116,23 @@ def test_the_cost_rule_counts_scan_bodies_times_their_length():
     flops = grouping.member_step_flops(step, jnp.ones((8, 8)), jnp.ones((4, 8)))
     assert flops == 10 * 2 * 4 * 8 * 8
     cpu = jax.devices("cpu")[:1]
-    big = grouping.choose("auto", 8, cpu, lambda: 10 * grouping.SEQUENTIAL_FLOPS)
-    small = grouping.choose("auto", 8, cpu, lambda: grouping.SEQUENTIAL_FLOPS / 10)
-    assert (big.mode, big.group_size, small.mode, small.group_size) == (
-        "sequential",
-        1,
-        "vmapped",
-        8,
-    )
+    big = grouping.choose("auto", 8, cpu, lambda: 10 * grouping.SEQUENTIAL_FLOPS, cores=1)
+    small = grouping.choose("auto", 8, cpu, lambda: grouping.SEQUENTIAL_FLOPS / 10, cores=4)
+    assert (big.mode, big.group_size, big.streams) == ("sequential", 1, 1)
+    assert (small.mode, small.group_size, small.streams) == ("vmapped", 8, 1)
     assert grouping.choose(16, 8, cpu, lambda: 0.0).mode == "vmapped"
+
+
+def test_a_large_model_on_several_cores_runs_one_stream_per_core():
+    cpu = jax.devices("cpu")[:1]
+    big = lambda: 10 * grouping.SEQUENTIAL_FLOPS  # noqa: E731
+    for size, cores, streams in ((8, 2, 2), (3, 4, 3), (1, 4, 1)):
+        chosen = grouping.choose("auto", size, cpu, big, cores=cores)
+        assert chosen.streams == streams and chosen.group_size == 1
+        assert chosen.mode == ("concurrent" if streams > 1 else "sequential")
+    assert grouping.choose("concurrent", 8, cpu, big, cores=3).streams == 3
+    assert grouping.choose("sequential", 8, cpu, big, cores=3).streams == 1
+    assert grouping.choose("auto", 8, cpu * 2, big, cores=3).streams == 1  # sharded instead
 
 
 @pytest.mark.parametrize("value", ["fast", 0, -2, 1.5, True, None])

@@ -2,7 +2,8 @@
 
 One compiled program, `run_chunk`, advances every member of a population by `chunk_size`
 steps (`lax.scan` over steps inside `vmap` over members, or over groups of members run one
-group after another: `grouping`), then computes each member's validation loss and keeps its
+group after another, or in parts run side by side from host threads: `grouping`), then
+computes each member's validation loss and keeps its
 best parameters. The program depends only on the static part
 of the config (knobs travel as traced arguments) and on array shapes, so it is compiled once
 per shape and reused by later chunks and later fits. Between chunks the host logs, shows
@@ -18,6 +19,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -243,6 +245,39 @@ def run_chunk(program: Program, state: LoopState, knobs, train, valid, stop_step
     return jax.lax.map(lambda args: member(*args), (state, knobs), batch_size=group_size)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _split_members(tree, sizes: tuple[int, ...]) -> tuple:
+    """A tree of `[members, ...]` leaves -> one tree per part, of `sizes` members each."""
+    bounds = np.cumsum((0, *sizes))
+    return tuple(
+        jax.tree.map(lambda x, start=start, stop=stop: x[start:stop], tree)
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    )
+
+
+@jax.jit
+def _join_members(parts: list) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+
+def _advance(program: Program, state: LoopState, knobs, train, valid, stop_step,
+             grouping: Grouping, pool: ThreadPoolExecutor | None):  # fmt: skip
+    """`run_chunk` of the whole population, or of `grouping.streams` parts side by side,
+    each called and waited for by a thread of `pool` (XLA:CPU runs the independent loops of
+    one program one after another, but two programs from two threads at once)."""
+    if pool is None:
+        return run_chunk(program, state, knobs, train, valid, stop_step, grouping.group_size)
+    members = np.arange(len(state.key))
+    sizes = tuple(len(part) for part in np.array_split(members, grouping.streams))
+
+    def advance(part):
+        state, knobs = part
+        result = run_chunk(program, state, knobs, train, valid, stop_step, grouping.group_size)
+        return jax.block_until_ready(result)
+
+    return _join_members(list(pool.map(advance, _split_members((state, knobs), sizes))))
+
+
 class TrainOutcome(NamedTuple):
     """params: final (or, with validation data, best) parameters, host arrays with a leading
     `[members]` axis; knobs: final knob values `{path: [members]}`; log: the metrics lines
@@ -455,19 +490,21 @@ def train_population(
     resumed = log.lines[-1] if log.lines else {}
     reasons: list[str | None] = list(resumed.get("failure", [None] * size))
     bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step")
+    pool = ThreadPoolExecutor(grouping.streams) if grouping.streams > 1 else None
     chunk_index = step // program.chunk_size
     last_checkpoint = None
     try:
         while step < steps and not finished:
             started = time.perf_counter()
-            state, summary = run_chunk(
+            state, summary = _advance(
                 program,
                 state,
                 knobs_device,
                 train_device,
                 valid_device,
                 jnp.int32(steps),
-                grouping.group_size,
+                grouping,
+                pool,
             )
             summary = population.to_host(summary)
             seconds = time.perf_counter() - started
@@ -517,6 +554,8 @@ def train_population(
                 checkpoints.save(step, {"loop": state, "knobs": knobs_device}, record)
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown()
         if checkpoints is not None:
             checkpoints.wait()
             last_checkpoint = checkpoints.latest_step()
