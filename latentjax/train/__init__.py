@@ -6,8 +6,8 @@
   `knob` declares a population-variable field.
 - `schedules`: KL / L2 ramps and learning-rate decay as pure functions of the step.
 - `train_population`: the compiled chunk loop behind `lj.fit` and `lj.sweep`.
-- `grouping`: a population vmapped, in groups or one member after another (on CPU, chosen
-  from the cost of one member's step; `TrainConfig.population_mode`).
+- `grouping`: a population vmapped, in groups, one member after another or in one stream per
+  core (on CPU, chosen from the cost of one member's step; `TrainConfig.population_mode`).
 - `PBTConfig`: population-based training; `NonFiniteError`: too many non-finite steps.
 """
 

@@ -118,9 +118,10 @@ class TrainConfig:
         on such a step whose info reports a failure (`*_failures` > 0, e.g. node's failed
         ODE solves); the others go on, and when every member has failed, `NonFiniteError`.
       population_mode: how the members of a population run on one device: "vmapped" (one
-        vmapped program), "sequential" (one member after another), an int (vmapped groups
-        of that many members, one group after another) or "auto" (`grouping.choose`: on CPU
-        sequential for large models, else vmapped). The results agree to float32 rounding,
+        vmapped program), "sequential" (one member after another), "concurrent" (one member
+        after another in each of one stream per CPU core, the streams side by side), an int
+        (vmapped groups of that many members, one group after another) or "auto"
+        (`grouping.choose`: on CPU concurrent for large models, else vmapped). The results agree to float32 rounding,
         so it is left out of the run's hash: a run may resume in another mode.
     """
 
