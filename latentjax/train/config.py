@@ -121,8 +121,9 @@ class TrainConfig:
         vmapped program), "sequential" (one member after another), "concurrent" (one member
         after another in each of one stream per CPU core, the streams side by side), an int
         (vmapped groups of that many members, one group after another) or "auto"
-        (`grouping.choose`: on CPU concurrent for large models, else vmapped). The results agree to float32 rounding,
-        so it is left out of the run's hash: a run may resume in another mode.
+        (`grouping.choose`: on CPU concurrent for large models, else vmapped). The results
+        agree to float32 rounding, so it is left out of the run's hash: a run may resume in
+        another mode.
     """
 
     learning_rate: float = knob(1e-3, "positive")
