@@ -3,11 +3,11 @@
 One compiled program, `run_chunk`, advances every member of a population by `chunk_size`
 steps (`lax.scan` over steps inside `vmap` over members, or over groups of members run one
 group after another, or in parts run side by side from host threads: `grouping`), then
-computes each member's validation loss and keeps its
-best parameters. The program depends only on the static part
-of the config (knobs travel as traced arguments) and on array shapes, so it is compiled once
-per shape and reused by later chunks and later fits. Between chunks the host logs, shows
-progress, early-stops, runs population-based training and writes checkpoints.
+computes each member's validation loss and keeps its best parameters. The program depends
+only on the static part of the config (knobs travel as traced arguments) and on array
+shapes, so it is compiled once per shape and reused by later chunks and later fits. Between
+chunks the host logs, shows progress, early-stops, runs population-based training and writes
+checkpoints.
 
 A single fit is a population of one: the same program, the same checkpoints.
 """
