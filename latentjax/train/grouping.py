@@ -158,6 +158,7 @@ def choose(mode: str | int, size: int, devices: list, flops: Callable[[], float]
     check_mode(mode, "choose")
     platform = devices[0].platform
     cores = host_cores() if cores is None else cores
+    streams = min(cores, size)
     if len(devices) > 1:
         return Grouping("vmapped", size, f"sharded over {len(devices)} devices", None, platform)
     if size == 1:
@@ -167,7 +168,6 @@ def choose(mode: str | int, size: int, devices: list, flops: Callable[[], float]
     if mode == "sequential":
         return Grouping("sequential", 1, "population_mode='sequential'", None, platform)
     if mode == "concurrent":
-        streams = min(cores, size)
         reason = f"population_mode='concurrent': {streams} streams ({cores} cores)"
         return Grouping("concurrent", 1, reason, None, platform, streams)
     if isinstance(mode, int):
@@ -179,8 +179,7 @@ def choose(mode: str | int, size: int, devices: list, flops: Callable[[], float]
     cost = float(flops())
     if cost > SEQUENTIAL_FLOPS:
         reason = f"auto: {cost:.3g} flops per member step > {SEQUENTIAL_FLOPS:.3g} on CPU"
-        if min(cores, size) > 1:
-            streams = min(cores, size)
+        if streams > 1:
             reason += f", {streams} streams ({cores} cores)"
             return Grouping("concurrent", 1, reason, cost, platform, streams)
         return Grouping("sequential", 1, reason, cost, platform)
